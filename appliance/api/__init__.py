@@ -1,0 +1,1 @@
+"""HTTP controllers: decode a struct, call a service, encode a struct."""

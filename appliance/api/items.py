@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+from litestar import Controller, delete, get, post
+from litestar.params import Parameter
+
+from appliance.domain import Item
+from appliance.schemas.items import (
+    ItemOut,
+    ItemPage,
+    ItemsUpsertRequest,
+    ItemsUpsertResponse,
+)
+from appliance.services.runtime import Runtime
+
+
+def _out(item: Item) -> ItemOut:
+    return ItemOut(item_id=item.item_id, title=item.title, text=item.text, metadata=item.metadata)
+
+
+class ItemController(Controller):
+    """The catalog."""
+
+    path = "/items"
+    tags = ["catalog"]
+
+    @post(status_code=200, summary="Add or replace items")
+    async def upsert(self, data: ItemsUpsertRequest, runtime: Runtime) -> ItemsUpsertResponse:
+        """Upsert a batch; items whose title and text did not change are not re-embedded."""
+        summary = await runtime.catalog.upsert(
+            [Item(i.item_id, i.title, i.text, i.metadata) for i in data.items]
+        )
+        return ItemsUpsertResponse(
+            received=len(data.items),
+            created=summary.created,
+            updated=summary.updated,
+            unchanged=summary.unchanged,
+            embedded=summary.embedded,
+        )
+
+    @get(summary="List items")
+    async def list_items(
+        self,
+        runtime: Runtime,
+        cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> ItemPage:
+        """Page through the catalog in item-id order."""
+        items, next_cursor = await runtime.catalog.page(cursor, limit)
+        return ItemPage(items=[_out(i) for i in items], next_cursor=next_cursor)
+
+    @get("/{item_id:str}", summary="Get an item")
+    async def get_item(self, item_id: str, runtime: Runtime) -> ItemOut:
+        """Return one item."""
+        return _out(await runtime.catalog.get(item_id))
+
+    @delete("/{item_id:str}", summary="Delete an item", status_code=204)
+    async def delete_item(self, item_id: str, runtime: Runtime) -> None:
+        """Remove an item from the catalog and the index; feedback about it is kept."""
+        await runtime.catalog.delete(item_id)

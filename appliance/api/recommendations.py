@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from litestar import Controller, post
+
+from appliance.domain import FieldCondition, Range
+from appliance.errors import InvalidInputError
+from appliance.schemas.recommendations import (
+    FilterValue,
+    RangeFilter,
+    RecommendationRequest,
+    RecommendationResponse,
+    RecommendedItem,
+)
+from appliance.services.recommend import RecommendationQuery
+from appliance.services.runtime import Runtime
+
+
+class RecommendationController(Controller):
+    """POST /recommendations."""
+
+    path = "/recommendations"
+    tags = ["recommendations"]
+
+    @post(status_code=200, summary="Recommend items for a user")
+    async def recommend(
+        self, data: RecommendationRequest, runtime: Runtime
+    ) -> RecommendationResponse:
+        """Blend the context with the user's learned preferences, retrieve, re-rank, return top_k."""
+        result = await runtime.recommender.recommend(
+            RecommendationQuery(
+                user_id=data.user_id,
+                context=data.context or "",
+                top_k=data.top_k,
+                conditions=tuple(_condition(k, v) for k, v in (data.filters or {}).items()),
+                exclude_seen=data.exclude_seen,
+                rerank=data.rerank,
+            )
+        )
+        return RecommendationResponse(
+            user_id=result.user_id,
+            recommendations=[
+                RecommendedItem(
+                    item_id=r.item.item_id,
+                    title=r.item.title,
+                    score=round(r.score, 6),
+                    metadata=r.item.metadata,
+                    sources={k: round(v, 6) for k, v in r.sources.items()},
+                )
+                for r in result.recommendations
+            ],
+            timestamp=result.timestamp,
+            request_id=result.request_id,
+            strategy=result.strategy,
+            reranked=result.reranked,
+            timings_ms=result.timings_ms,
+        )
+
+
+def _condition(field: str, value: FilterValue) -> FieldCondition:
+    if isinstance(value, RangeFilter):
+        bounds = (value.gt, value.gte, value.lt, value.lte)
+        if all(b is None for b in bounds):
+            raise InvalidInputError(
+                f"filter on {field!r} has no bounds; give at least one of gt, gte, lt, lte"
+            )
+        return FieldCondition(field, range=Range(*bounds))
+    if isinstance(value, list):
+        return FieldCondition(field, any_of=tuple(value))
+    return FieldCondition(field, equals=value)

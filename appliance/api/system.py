@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import anyio.to_thread
+from litestar import Controller, get, post
+from litestar.params import Parameter
+
+from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
+from appliance.schemas.users import RebuildResult
+from appliance.services.runtime import Runtime
+
+
+class SystemController(Controller):
+    """Health, counters and maintenance."""
+
+    tags = ["system"]
+
+    @get("/health", summary="Readiness")
+    async def health(self, runtime: Runtime) -> Health:
+        """Ready once the model, the index and the store are loaded (the server only listens then)."""
+        return Health(
+            status="ready",
+            components={
+                "model": runtime.embedder.name,
+                "index": type(runtime.index).__name__,
+                "store": f"duckdb schema v{runtime.store.schema_version()}",
+                "reranker": runtime.reranker.name,
+            },
+        )
+
+    @get("/stats", summary="Counts")
+    async def stats(self, runtime: Runtime) -> Stats:
+        """Items, users, feedback events, index points and encoder batching counters."""
+        counts = await anyio.to_thread.run_sync(runtime.store.counts)
+        points = await anyio.to_thread.run_sync(runtime.index.count)
+        e = runtime.encoder.stats
+        return Stats(
+            items=counts.items,
+            users=counts.users,
+            feedback_events=counts.feedback_events,
+            index_points=points,
+            encoder=EncoderStatsOut(batches=e.batches, texts=e.texts, largest_batch=e.largest_batch),
+        )
+
+    @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")
+    async def reindex(self, runtime: Runtime) -> ReindexResult:
+        """Drop the index and re-embed every item from the store."""
+        summary = await runtime.catalog.reindex()
+        return ReindexResult(embedded=summary.embedded, removed=summary.removed)
+
+    @post("/admin/users/rebuild", status_code=200, summary="Recompute preference vectors")
+    async def rebuild_users(
+        self,
+        runtime: Runtime,
+        user_id: str | None = Parameter(default=None, description="One user; default all"),
+    ) -> RebuildResult:
+        """Replay stored feedback into every user's preference vector."""
+        summary = await runtime.feedback.rebuild(user_id)
+        return RebuildResult(users=summary.users, max_deviation=summary.max_deviation)

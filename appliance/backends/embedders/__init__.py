@@ -1,0 +1,1 @@
+"""Text embedders: turn texts into unit-length vectors."""

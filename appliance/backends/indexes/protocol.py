@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from appliance.domain import Hit, Selection
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexEntry:
+    """What the index keeps for one item."""
+
+    item_id: str
+    vector: Vector
+    content_hash: str
+    seq: int
+    """Order in which items were first added; the newest-items fallback sorts on it."""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class VectorIndex(Protocol):
+    """Similarity search over item vectors, derived from the catalog in the store.
+
+    Everything in it can be rebuilt from the store, so implementations may favour speed over
+    durability of their own. Methods are synchronous and thread-safe; callers run them off the
+    event loop.
+    """
+
+    dimension: int
+
+    def upsert(self, entries: Sequence[IndexEntry]) -> None:
+        """Insert or replace items (vector, fingerprint and filterable metadata)."""
+        ...
+
+    def delete(self, item_ids: Iterable[str]) -> None:
+        """Remove items; unknown ids are ignored."""
+        ...
+
+    def search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
+        """Return up to ``limit`` items nearest to ``vector`` (cosine, best first).
+
+        Every item that ``selection`` admits is eligible, however few there are: a narrow
+        filter or a long exclusion list still yields ``limit`` hits when that many exist.
+        """
+        ...
+
+    def newest(self, limit: int, selection: Selection) -> list[str]:
+        """Return up to ``limit`` admitted item ids, most recently added first."""
+        ...
+
+    def vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
+        """Return the stored vectors of the given items that exist."""
+        ...
+
+    def fingerprints(self) -> dict[str, str]:
+        """Return every item id with the content hash its vector was computed from."""
+        ...
+
+    def count(self) -> int:
+        """Return the number of items."""
+        ...
+
+    def optimize(self) -> None:
+        """Build or refresh search structures after bulk writes; may take a while."""
+        ...
+
+    def clear(self) -> None:
+        """Remove every item, e.g. before a rebuild with another embedding model."""
+        ...
+
+    def close(self) -> None:
+        """Persist what is pending and release files."""
+        ...

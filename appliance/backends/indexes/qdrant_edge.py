@@ -1,0 +1,239 @@
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from appliance.backends.indexes.protocol import IndexEntry, Vector
+from appliance.domain import FieldCondition, Hit, Selection, point_id
+from appliance.errors import ConfigError
+
+_SCROLL_PAGE = 2048
+# Filterable metadata lives under this payload key so that it can never shadow the
+# appliance's own payload fields.
+_META = "metadata"
+
+
+class QdrantEdgeIndex:
+    """Qdrant's engine in-process: an ``EdgeShard`` in a folder of the data directory."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        dimension: int,
+        hnsw_m: int = 16,
+        hnsw_ef_construct: int = 100,
+        hnsw_ef: int = 128,
+    ) -> None:
+        self.dimension = dimension
+        self._path = path
+        self._config = qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(
+                m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
+            ),
+        )
+        self._search_params = qe.SearchParams(hnsw_ef=hnsw_ef)
+        # Writes and schema changes are serialised; queries run concurrently.
+        self._write_lock = threading.Lock()
+        self._shard = self._open()
+        self._indexed_fields: dict[str, str] = {
+            name.removeprefix(f"{_META}."): str(info.data_type)
+            for name, info in self._shard.info().payload_schema.items()
+        }
+
+    def _open(self) -> qe.EdgeShard:
+        try:
+            if self._path.exists() and any(self._path.iterdir()):
+                # Loading with the config checks that the stored vectors have our dimension.
+                shard = qe.EdgeShard.load(str(self._path), self._config)
+            else:
+                shard = qe.EdgeShard.create(str(self._path), self._config)
+                shard.update(
+                    qe.UpdateOperation.create_field_index(
+                        "seq", qe.IntegerIndexParams(lookup=False, range=True)
+                    )
+                )
+        except Exception as e:  # the binding raises plain Exceptions for I/O and format errors
+            raise ConfigError(
+                f"cannot open the vector index in {self._path}: {e}; if the embedding model "
+                "changed, run `appliance reindex` to rebuild it"
+            ) from e
+        return shard
+
+    def upsert(self, entries: Sequence[IndexEntry]) -> None:
+        """Insert or replace items, indexing new metadata fields for filtering."""
+        if not entries:
+            return
+        points = [
+            qe.Point(
+                id=point_id(e.item_id),
+                vector=np.asarray(e.vector, dtype=np.float32).tolist(),
+                payload={
+                    "item_id": e.item_id,
+                    "hash": e.content_hash,
+                    "seq": e.seq,
+                    _META: dict(e.metadata),
+                },
+            )
+            for e in entries
+        ]
+        with self._write_lock:
+            self._index_new_fields(entries)
+            self._shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def _index_new_fields(self, entries: Sequence[IndexEntry]) -> None:
+        for entry in entries:
+            for name, value in entry.metadata.items():
+                if name in self._indexed_fields:
+                    continue
+                schema = _schema_for(value)
+                if schema is None:
+                    continue
+                self._shard.update(qe.UpdateOperation.create_field_index(f"{_META}.{name}", schema))
+                self._indexed_fields[name] = str(schema)
+
+    def delete(self, item_ids: Iterable[str]) -> None:
+        """Remove items; unknown ids are ignored."""
+        ids: list[qe.PointId] = [point_id(i) for i in item_ids]
+        if ids:
+            with self._write_lock:
+                self._shard.update(qe.UpdateOperation.delete_points(ids))
+
+    def search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
+        """Return the nearest admitted items, best first."""
+        if selection.only is not None and not selection.only:
+            return []
+        points = self._shard.query(
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
+                filter=_to_filter(selection),
+                with_payload=["item_id"],
+                params=self._search_params,
+            )
+        )
+        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
+
+    def newest(self, limit: int, selection: Selection) -> list[str]:
+        """Return admitted item ids, most recently added first."""
+        if selection.only is not None and not selection.only:
+            return []
+        records, _ = self._shard.scroll(
+            qe.ScrollRequest(
+                limit=limit,
+                filter=_to_filter(selection),
+                with_payload=["item_id"],
+                order_by=qe.OrderBy("seq", direction=qe.Direction.Desc),
+            )
+        )
+        return [r.payload["item_id"] for r in records if r.payload]
+
+    def vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
+        """Return the stored vectors of the items that exist."""
+        if not item_ids:
+            return {}
+        records = self._shard.retrieve(
+            [point_id(i) for i in item_ids], with_payload=["item_id"], with_vector=True
+        )
+        out: dict[str, Vector] = {}
+        for record in records:
+            vector: Any = record.vector
+            if record.payload and vector is not None:
+                raw = vector[""] if isinstance(vector, dict) else vector
+                out[record.payload["item_id"]] = np.asarray(raw, dtype=np.float32)
+        return out
+
+    def fingerprints(self) -> dict[str, str]:
+        """Return every item id with the content hash of its vector."""
+        out: dict[str, str] = {}
+        offset: qe.PointId | None = None
+        while True:
+            records, offset = self._shard.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=_SCROLL_PAGE, with_payload=["item_id", "hash"]
+                )
+            )
+            for record in records:
+                if record.payload:
+                    out[record.payload["item_id"]] = record.payload.get("hash", "")
+            if offset is None:
+                return out
+
+    def count(self) -> int:
+        """Return the number of items."""
+        return int(self._shard.count(qe.CountRequest(exact=True)))
+
+    def optimize(self) -> None:
+        """Merge segments and build HNSW graphs for what was written since the last call."""
+        with self._write_lock:
+            self._shard.optimize()
+
+    def clear(self) -> None:
+        """Delete the shard's files and start an empty one."""
+        with self._write_lock:
+            self._shard.close()
+            shutil.rmtree(self._path, ignore_errors=True)
+            self._shard = self._open()
+            self._indexed_fields = {}
+
+    def close(self) -> None:
+        """Flush and release the shard."""
+        with self._write_lock:
+            self._shard.flush()
+            self._shard.close()
+
+
+def _schema_for(value: Any) -> qe.PayloadSchemaType | None:
+    if isinstance(value, list):
+        if value and all(isinstance(v, str) for v in value):
+            return qe.PayloadSchemaType.Keyword
+        return None
+    if isinstance(value, bool):
+        return qe.PayloadSchemaType.Bool
+    if isinstance(value, int):
+        return qe.PayloadSchemaType.Integer
+    if isinstance(value, float):
+        return qe.PayloadSchemaType.Float
+    # Long strings are prose, not categories: exact-match indexing them would waste memory.
+    if isinstance(value, str) and len(value) <= 256:  # noqa: PLR2004
+        return qe.PayloadSchemaType.Keyword
+    return None
+
+
+def _to_filter(selection: Selection) -> qe.Filter | None:
+    must: list[Any] = [_condition(c) for c in selection.conditions]
+    if selection.only is not None:
+        must.append(qe.HasIdCondition({point_id(i) for i in selection.only}))
+    must_not: list[Any] = []
+    if selection.exclude:
+        must_not.append(qe.HasIdCondition({point_id(i) for i in selection.exclude}))
+    if not must and not must_not:
+        return None
+    return qe.Filter(must=must or None, must_not=must_not or None)
+
+
+def _condition(condition: FieldCondition) -> Any:
+    key = f"{_META}.{condition.field}"
+    if condition.range is not None:
+        r = condition.range
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte))
+    if condition.any_of is not None:
+        values = list(condition.any_of)
+        if all(isinstance(v, str) for v in values) or all(
+            isinstance(v, int) and not isinstance(v, bool) for v in values
+        ):
+            return qe.FieldCondition(key=key, match=qe.MatchAny(values))  # type: ignore[arg-type]
+        return qe.Filter(should=[_condition(FieldCondition(condition.field, equals=v)) for v in values])
+    value = condition.equals
+    if isinstance(value, float):
+        # Exact-match conditions take strings, integers and booleans only.
+        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))  # type: ignore[arg-type]
+

@@ -1,0 +1,107 @@
+"""Maps the ``kind`` named in the settings to the factory that builds that backend."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from appliance import model_files
+from appliance.backends.embedders.protocol import Embedder
+from appliance.backends.indexes.protocol import VectorIndex
+from appliance.backends.rerankers.protocol import Reranker
+from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.errors import ConfigError
+from appliance.settings import Settings
+
+T = TypeVar("T")
+
+DATABASE_FILE = "appliance.duckdb"
+INDEX_DIR = "index"
+
+
+@dataclass(slots=True)
+class Backends:
+    """The heavy objects the services run on; any left ``None`` are built from the settings."""
+
+    embedder: Embedder | None = None
+    index: VectorIndex | None = None
+    store: DuckDBStore | None = None
+    reranker: Reranker | None = None
+
+
+def _sentence_transformers(settings: Settings) -> Embedder:
+    from appliance.backends.embedders.sentence_transformer import (  # noqa: PLC0415 - pulls torch
+        SentenceTransformerEmbedder,
+    )
+
+    path = model_files.require(settings.models_dir, settings.embedder.model)
+    return SentenceTransformerEmbedder(
+        path, name=settings.embedder.model, threads=settings.embedder.threads
+    )
+
+
+def _hashing(settings: Settings) -> Embedder:
+    del settings
+    from appliance.backends.embedders.hashing import HashingEmbedder  # noqa: PLC0415
+
+    return HashingEmbedder()
+
+
+def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
+    from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex  # noqa: PLC0415
+
+    # One folder per embedding model: switching models starts a fresh index that start-up
+    # fills from the store, instead of mixing vectors from two models.
+    folder = f"{embedder.name}-{embedder.dimension}".replace("/", "_")
+    return QdrantEdgeIndex(
+        settings.data_dir / INDEX_DIR / folder,
+        dimension=embedder.dimension,
+        hnsw_m=settings.index.hnsw_m,
+        hnsw_ef_construct=settings.index.hnsw_ef_construct,
+        hnsw_ef=settings.index.hnsw_ef,
+    )
+
+
+def _passthrough(settings: Settings) -> Reranker:
+    del settings
+    from appliance.backends.rerankers.passthrough import PassthroughReranker  # noqa: PLC0415
+
+    return PassthroughReranker()
+
+
+EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
+    "sentence-transformers": _sentence_transformers,
+    "hashing": _hashing,
+}
+INDEXES: dict[str, Callable[[Settings, Embedder], VectorIndex]] = {"qdrant-edge": _qdrant_edge}
+RERANKERS: dict[str, Callable[[Settings], Reranker]] = {"none": _passthrough}
+
+
+def _pick(family: str, registry: dict[str, T], kind: str) -> T:
+    try:
+        return registry[kind]
+    except KeyError:
+        known = ", ".join(sorted(registry))
+        raise ConfigError(f"unknown {family} kind {kind!r}; installed: {known}") from None
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """Build the embedder the settings name."""
+    return _pick("embedder", EMBEDDERS, settings.embedder.kind)(settings)
+
+
+def build_index(settings: Settings, embedder: Embedder) -> VectorIndex:
+    """Build the vector index the settings name, sized for ``embedder``."""
+    return _pick("index", INDEXES, settings.index.kind)(settings, embedder)
+
+
+def build_reranker(settings: Settings) -> Reranker:
+    """Build the re-ranker the settings name."""
+    return _pick("reranker", RERANKERS, settings.reranker.kind)(settings)
+
+
+def build_store(settings: Settings) -> DuckDBStore:
+    """Open the system-of-record database in the data directory."""
+    return DuckDBStore(Path(settings.data_dir) / DATABASE_FILE)

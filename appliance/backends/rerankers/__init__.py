@@ -1,0 +1,1 @@
+"""Re-rankers: reorder a short list of candidates for a request."""

@@ -1,0 +1,1 @@
+"""The system of record: items, feedback events and users, in DuckDB."""

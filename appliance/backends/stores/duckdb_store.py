@@ -1,0 +1,394 @@
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from appliance.backends.stores.migrations import MIGRATIONS
+from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
+from appliance.errors import ConfigError
+
+_ITEM_COLUMNS = "item_id, title, text, metadata"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredItem:
+    """An item with the bookkeeping the store keeps beside it."""
+
+    item: Item
+    content_hash: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Sizes of the stored collections."""
+
+    items: int
+    users: int
+    feedback_events: int
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    # DuckDB TIMESTAMP columns hold naive UTC; aware values are converted first.
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.replace(tzinfo=UTC)
+
+
+class DuckDBStore:
+    """Items, feedback and users in one DuckDB file.
+
+    DuckDB allows one writing process per file, and one connection must not be used from two
+    threads at once: every call takes the store's lock, and callers run them off the event loop.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = duckdb.connect(str(path))
+        except duckdb.Error as e:
+            raise ConfigError(
+                f"cannot open the database {path}: {e}. Another appliance process may own this "
+                "data directory; stop it or use another --data-dir"
+            ) from e
+        self._lock = threading.RLock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._rows(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+            )
+            applied = {r[0] for r in self._rows("SELECT version FROM schema_migrations")}
+            for migration in MIGRATIONS:
+                if migration.version in applied:
+                    continue
+                with self._transaction():
+                    self._rows(migration.sql)
+                    self._rows(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        [migration.version, migration.name, _naive_utc(datetime.now(UTC))],
+                    )
+
+    def _rows(self, sql: str, params: Sequence[Any] | None = None) -> list[tuple[Any, ...]]:
+        # Results are always drained: DuckDB refuses new work on a connection that still has
+        # an unfinished result.
+        return self._db.execute(sql, params).fetchall()
+
+    def _first(self, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...] | None:
+        rows = self._rows(sql, params)
+        return rows[0] if rows else None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._rows("BEGIN TRANSACTION")
+            try:
+                yield
+            except BaseException:
+                self._rows("ROLLBACK")
+                raise
+            self._rows("COMMIT")
+
+    def schema_version(self) -> int:
+        """Return the newest migration applied."""
+        with self._lock:
+            row = self._first("SELECT max(version) FROM schema_migrations")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        """Return a stored appliance setting, e.g. the model the index was built with."""
+        with self._lock:
+            row = self._first("SELECT value FROM appliance_meta WHERE key = ?", [key])
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store an appliance setting."""
+        with self._lock:
+            self._rows("INSERT OR REPLACE INTO appliance_meta VALUES (?, ?)", [key, value])
+
+    # -- items -------------------------------------------------------------------------------
+
+    def content_hashes(self, item_ids: Sequence[str] | None = None) -> dict[str, str]:
+        """Return the content hash of the given items that exist, or of every item."""
+        with self._lock:
+            if item_ids is None:
+                rows = self._rows("SELECT item_id, content_hash FROM items")
+            else:
+                rows = self._rows(
+                    "SELECT item_id, content_hash FROM items WHERE item_id IN "
+                    "(SELECT unnest(?::VARCHAR[]))",
+                    [list(item_ids)],
+                )
+        return dict(rows)
+
+    def put_items(self, items: Sequence[Item]) -> list[StoredItem]:
+        """Insert or replace items in one transaction, through Arrow (bulk, not row by row).
+
+        Item ids must be unique within ``items``. New items get the next sequence numbers; replaced items keep theirs.
+
+        Returns:
+            The stored items in input order, with their hashes and sequence numbers.
+        """
+        if not items:
+            return []
+        now = _naive_utc(datetime.now(UTC))
+        with self._transaction():
+            ids = [i.item_id for i in items]
+            known = dict(
+                self._rows(
+                    "SELECT item_id, seq FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [ids],
+                )
+            )
+            row = self._first("SELECT coalesce(max(seq), 0) FROM items")
+            next_seq = int(row[0]) + 1 if row else 1
+            stored: list[StoredItem] = []
+            for item in items:
+                seq = known.get(item.item_id)
+                if seq is None:
+                    seq = known[item.item_id] = next_seq
+                    next_seq += 1
+                stored.append(StoredItem(item, item.content_hash, int(seq)))
+            batch = pa.table(
+                {
+                    "item_id": ids,
+                    "title": [s.item.title for s in stored],
+                    "text": [s.item.text for s in stored],
+                    "metadata": [msgspec.json.encode(s.item.metadata).decode() for s in stored],
+                    "content_hash": [s.content_hash for s in stored],
+                    "seq": pa.array([s.seq for s in stored], type=pa.int64()),
+                    "updated_at": pa.array([now] * len(stored), type=pa.timestamp("us")),
+                }
+            )
+            self._db.register("incoming_items", batch)
+            try:
+                # Replaced items keep their created_at.
+                self._rows(
+                    """
+                    INSERT OR REPLACE INTO items
+                    SELECT n.item_id, n.title, n.text, n.metadata::JSON, n.content_hash, n.seq,
+                           coalesce(o.created_at, n.updated_at), n.updated_at
+                    FROM incoming_items AS n LEFT JOIN items AS o USING (item_id)
+                    """
+                )
+            finally:
+                self._db.unregister("incoming_items")
+        return stored
+
+    def get_items(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
+        """Return the given items that exist."""
+        with self._lock:
+            rows = self._rows(
+                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
+                "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+                [list(item_ids)],
+            )
+        return {r[0]: _stored_item(r) for r in rows}
+
+    def list_items(self, after: str | None, limit: int) -> list[StoredItem]:
+        """Return up to ``limit`` items ordered by id, starting after ``after``."""
+        with self._lock:
+            rows = self._rows(
+                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
+                "WHERE ? IS NULL OR item_id > ? ORDER BY item_id LIMIT ?",
+                [after, after, limit],
+            )
+        return [_stored_item(r) for r in rows]
+
+    def iter_items(self, batch_size: int = 1024) -> Iterator[list[StoredItem]]:
+        """Yield every item in id order, a batch at a time."""
+        after: str | None = None
+        while batch := self.list_items(after, batch_size):
+            yield batch
+            after = batch[-1].item.item_id
+
+    def delete_items(self, item_ids: Sequence[str]) -> list[str]:
+        """Delete items; their feedback events stay, so a user's history is never lost.
+
+        Returns:
+            The ids that existed.
+        """
+        with self._transaction():
+            rows = self._rows(
+                "DELETE FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[])) RETURNING item_id",
+                [list(item_ids)],
+            )
+        return [r[0] for r in rows]
+
+    def newest_item_ids(self, limit: int) -> list[str]:
+        """Return the most recently added item ids."""
+        with self._lock:
+            rows = self._rows(
+                "SELECT item_id FROM items ORDER BY seq DESC LIMIT ?", [limit]
+            )
+        return [r[0] for r in rows]
+
+    # -- feedback and users ------------------------------------------------------------------
+
+    def record_feedback(self, event: FeedbackEvent, state: PreferenceState) -> None:
+        """Store an event and the user's updated preference in one durable transaction."""
+        with self._transaction():
+            self._insert_event(event)
+            self._write_state(state)
+
+    def _insert_event(self, event: FeedbackEvent) -> None:
+        self._rows(
+            "INSERT INTO feedback (user_id, item_id, interaction_type, rating, weight, "
+            "event_time, request_id, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                event.user_id,
+                event.item_id,
+                event.interaction_type.value,
+                event.rating,
+                event.weight,
+                _naive_utc(event.timestamp),
+                event.request_id,
+                _naive_utc(datetime.now(UTC)),
+            ],
+        )
+
+    def _write_state(self, state: PreferenceState) -> None:
+        vector = None if state.vector_sum is None else np.asarray(state.vector_sum).tolist()
+        self._rows(
+            "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                state.user_id,
+                vector,
+                state.weight_sum,
+                state.anchor,
+                state.feedback_count,
+                _naive_utc(state.created_at or datetime.now(UTC)),
+                None if state.vector_updated_at is None else _naive_utc(state.vector_updated_at),
+            ],
+        )
+
+    def put_preference(self, state: PreferenceState) -> None:
+        """Replace a user's stored preference state."""
+        with self._lock:
+            self._write_state(state)
+
+    def preference(self, user_id: str) -> PreferenceState | None:
+        """Return a user's stored preference state, or ``None`` for an unknown user."""
+        with self._lock:
+            row = self._first(
+                "SELECT user_id, preference, weight_sum, anchor, feedback_count, created_at, "
+                "vector_updated_at FROM users WHERE user_id = ?",
+                [user_id],
+            )
+        if row is None:
+            return None
+        return PreferenceState(
+            user_id=row[0],
+            vector_sum=None if row[1] is None else np.asarray(row[1], dtype=np.float64),
+            weight_sum=float(row[2]),
+            anchor=None if row[3] is None else float(row[3]),
+            feedback_count=int(row[4]),
+            created_at=_aware(row[5]),
+            vector_updated_at=_aware(row[6]),
+        )
+
+    def user_ids(self) -> list[str]:
+        """Return every known user id."""
+        with self._lock:
+            return [r[0] for r in self._rows("SELECT user_id FROM users ORDER BY user_id")]
+
+    def seen_item_ids(self, user_id: str) -> set[str]:
+        """Return the items a user has given any feedback on."""
+        with self._lock:
+            rows = self._rows(
+                "SELECT DISTINCT item_id FROM feedback WHERE user_id = ?", [user_id]
+            )
+        return {r[0] for r in rows}
+
+    def user_events(self, user_id: str) -> list[FeedbackEvent]:
+        """Return a user's events in the order they were received."""
+        with self._lock:
+            rows = self._rows(
+                "SELECT user_id, item_id, interaction_type, rating, weight, event_time, request_id "
+                "FROM feedback WHERE user_id = ? ORDER BY event_id",
+                [user_id],
+            )
+        return [
+            FeedbackEvent(
+                user_id=r[0],
+                item_id=r[1],
+                interaction_type=InteractionType(r[2]),
+                rating=r[3],
+                weight=float(r[4]),
+                timestamp=r[5].replace(tzinfo=UTC),
+                request_id=r[6],
+            )
+            for r in rows
+        ]
+
+    def delete_user(self, user_id: str) -> int:
+        """Delete a user's events and profile.
+
+        Returns:
+            How many feedback events were deleted.
+        """
+        with self._transaction():
+            row = self._first(
+                "SELECT count(*) FROM feedback WHERE user_id = ?", [user_id]
+            )
+            self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
+            self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
+        return int(row[0]) if row else 0
+
+    def popularity(self, now: datetime, half_life_days: float, limit: int) -> list[tuple[str, float]]:
+        """Rank items by recency-weighted positive feedback, most popular first.
+
+        Only items still in the catalog count; an event weighs half after ``half_life_days``.
+        """
+        with self._lock:
+            rows = self._rows(
+                """
+                SELECT f.item_id,
+                       sum(f.weight * pow(0.5, greatest(epoch(?::TIMESTAMP) - epoch(f.event_time), 0)
+                                           / (? * 86400.0))) AS score
+                FROM feedback AS f SEMI JOIN items AS i USING (item_id)
+                WHERE f.weight > 0
+                GROUP BY f.item_id
+                ORDER BY score DESC, f.item_id
+                LIMIT ?
+                """,
+                [_naive_utc(now), half_life_days, limit],
+            )
+        return [(r[0], float(r[1])) for r in rows]
+
+    def counts(self) -> Counts:
+        """Return how many items, users and feedback events are stored."""
+        with self._lock:
+            row = self._first(
+                "SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM users), "
+                "(SELECT count(*) FROM feedback)"
+            )
+        assert row is not None  # noqa: S101 - an aggregate always returns a row
+        return Counts(int(row[0]), int(row[1]), int(row[2]))
+
+    def close(self) -> None:
+        """Checkpoint and close the database file."""
+        with self._lock:
+            self._rows("CHECKPOINT")
+            self._db.close()
+
+
+def _stored_item(row: tuple[Any, ...]) -> StoredItem:
+    metadata = msgspec.json.decode(row[3]) if isinstance(row[3], str | bytes) else row[3]
+    return StoredItem(Item(row[0], row[1], row[2], metadata or {}), row[4], int(row[5]))

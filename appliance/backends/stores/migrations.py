@@ -1,0 +1,60 @@
+"""Numbered schema migrations, applied in order at start-up and recorded in the database.
+
+Append a new ``Migration`` to ``MIGRATIONS`` for every schema change; never edit one that has
+shipped, because databases in the field have already applied it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema change."""
+
+    version: int
+    name: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "m001_initial",
+        """
+        CREATE TABLE items (
+            item_id VARCHAR PRIMARY KEY,
+            title VARCHAR NOT NULL,
+            text VARCHAR NOT NULL,
+            metadata JSON NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            seq BIGINT NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        CREATE SEQUENCE feedback_event_id;
+        CREATE TABLE feedback (
+            event_id BIGINT PRIMARY KEY DEFAULT nextval('feedback_event_id'),
+            user_id VARCHAR NOT NULL,
+            item_id VARCHAR NOT NULL,
+            interaction_type VARCHAR NOT NULL,
+            rating DOUBLE,
+            weight DOUBLE NOT NULL,
+            event_time TIMESTAMP NOT NULL,
+            request_id VARCHAR,
+            received_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE users (
+            user_id VARCHAR PRIMARY KEY,
+            preference DOUBLE[],
+            weight_sum DOUBLE NOT NULL,
+            anchor DOUBLE,
+            feedback_count BIGINT NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            vector_updated_at TIMESTAMP
+        );
+        CREATE TABLE appliance_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+        """,
+    ),
+)

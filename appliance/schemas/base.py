@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from msgspec import Meta
+
+#: A client-chosen id ("alice-123", "movie_101"): it appears in URL paths, so no slash and
+#: no control characters.
+Id = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^/\x00-\x1f]+$",
+        description="A client-chosen id: 1 to 256 characters, no '/' or control characters.",
+        examples=["alice-123"],
+    ),
+]
+
+
+class Request(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of request bodies: an unknown field is an error, not silently ignored."""
+
+
+class Response(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """Base of response bodies."""
+
+
+class ErrorBody(Response):
+    """Every 4xx and 5xx answer."""
+
+    status_code: int
+    detail: str
+    """What went wrong and what to change."""

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from msgspec import Meta
+
+from appliance.schemas.base import Id, Request, Response
+
+MAX_ITEMS_PER_REQUEST = 1000
+
+
+class ItemIn(Request):
+    """A catalog item to add or replace."""
+
+    item_id: Id
+    title: Annotated[str, Meta(min_length=1, max_length=1000)]
+    text: Annotated[str, Meta(max_length=20_000)] = ""
+    """Description embedded together with the title."""
+    metadata: Annotated[dict[str, Any], Meta(max_length=64)] = {}
+    """Filterable attributes: strings, numbers, booleans or lists of strings."""
+
+
+class ItemsUpsertRequest(Request):
+    """A batch of items to add or replace."""
+
+    items: Annotated[list[ItemIn], Meta(min_length=1, max_length=MAX_ITEMS_PER_REQUEST)]
+
+
+class ItemsUpsertResponse(Response):
+    """What the batch changed."""
+
+    received: int
+    created: int
+    updated: int
+    unchanged: int
+    embedded: int
+    """Items whose title or text changed and were embedded again."""
+
+
+class ItemOut(Response):
+    """A catalog item."""
+
+    item_id: str
+    title: str
+    text: str
+    metadata: dict[str, Any]
+
+
+class ItemPage(Response):
+    """A page of items in id order."""
+
+    items: list[ItemOut]
+    next_cursor: str | None = None
+    """Pass as ?cursor= to get the next page; absent on the last page."""

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from msgspec import Meta
+
+from appliance.schemas.base import Id, Request, Response
+
+Scalar = str | int | float | bool
+FieldName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+
+
+class RangeFilter(Request):
+    """Numeric bounds on a metadata field; give at least one."""
+
+    gt: float | None = None
+    gte: float | None = None
+    lt: float | None = None
+    lte: float | None = None
+
+
+FilterValue = Scalar | Annotated[list[Scalar], Meta(min_length=1, max_length=256)] | RangeFilter
+
+
+class RecommendationRequest(Request):
+    """Ask for recommendations for a user, optionally steered by a free-text context."""
+
+    user_id: Id
+    context: Annotated[str, Meta(max_length=4000)] | None = None
+    """What the user is looking for right now, in their own words."""
+    top_k: Annotated[int, Meta(ge=1, le=100)] = 5
+    """How many items to return."""
+    filters: Annotated[dict[FieldName, FilterValue], Meta(max_length=32)] | None = None
+    """Metadata conditions, all of which must hold: a value (equal, or contained in a list
+    field), a list of values (any of them), or a range such as {"gte": 1990, "lt": 2000}."""
+    exclude_seen: bool = True
+    """Leave out items the user has already given feedback on."""
+    rerank: bool | None = None
+    """Run the re-rank stage (default: when a re-ranker is configured)."""
+
+
+class RecommendedItem(Response):
+    """One recommended item."""
+
+    item_id: str
+    title: str
+    score: float
+    """Relevance from the strongest candidate source (cosine similarity for vector search)."""
+    metadata: dict[str, Any]
+    sources: dict[str, float] = {}
+    """Each candidate source that proposed the item, with its own score."""
+
+
+class RecommendationResponse(Response):
+    """The recommendations, best first."""
+
+    user_id: str
+    recommendations: list[RecommendedItem]
+    timestamp: datetime
+    request_id: str = ""
+    """Identifies this answer; send it back with feedback on these items."""
+    strategy: str = ""
+    """What the query was built from: context, context+preference, preference or popularity."""
+    reranked: bool = False
+    """Whether the re-rank stage ran."""
+    timings_ms: dict[str, float] = {}
+    """Milliseconds spent in each pipeline stage."""

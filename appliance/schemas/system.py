@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from appliance.schemas.base import Response
+
+
+class Health(Response):
+    """Readiness of the appliance and its parts."""
+
+    status: str
+    components: dict[str, str]
+
+
+class EncoderStatsOut(Response):
+    """Encoder counters since start-up."""
+
+    batches: int
+    texts: int
+    largest_batch: int
+
+
+class Stats(Response):
+    """Counts of what the appliance holds and has done."""
+
+    items: int
+    users: int
+    feedback_events: int
+    index_points: int
+    encoder: EncoderStatsOut
+
+
+class ReindexResult(Response):
+    """The vector index agrees with the catalog again."""
+
+    embedded: int
+    removed: int

@@ -1,0 +1,1 @@
+"""The pipeline: retrieve, fuse, re-rank and respond; record feedback and learn from it."""

@@ -1,0 +1,196 @@
+"""The catalog: items in the store, their vectors in the index, kept in agreement."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio.to_thread
+
+from appliance.backends.indexes.protocol import IndexEntry, Vector, VectorIndex
+from appliance.backends.stores.duckdb_store import DuckDBStore, StoredItem
+from appliance.domain import Item
+from appliance.errors import InvalidInputError, NotFoundError
+from appliance.services.encoding import EncoderQueue
+
+log = logging.getLogger(__name__)
+
+#: Seconds of quiet after the last catalog write before the index rebuilds its search graphs,
+#: so that a bulk import of many batches builds them once rather than after every batch.
+OPTIMIZE_DELAY = 2.0
+_RECONCILE_BATCH = 512
+
+
+@dataclass(frozen=True, slots=True)
+class UpsertSummary:
+    """What one batch upsert did."""
+
+    created: int
+    updated: int
+    unchanged: int
+    embedded: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileSummary:
+    """What bringing the index in line with the store did."""
+
+    embedded: int
+    removed: int
+
+
+class CatalogService:
+    """Adds, replaces, reads and deletes items; the store is the system of record."""
+
+    def __init__(self, store: DuckDBStore, index: VectorIndex, encoder: EncoderQueue) -> None:
+        self._store = store
+        self._index = index
+        self._encoder = encoder
+        self._optimizer: asyncio.TimerHandle | None = None
+        self._optimizing: asyncio.Task[None] | None = None
+
+    async def upsert(self, items: Sequence[Item]) -> UpsertSummary:
+        """Insert or replace items; only items whose title or text changed are re-embedded.
+
+        Args:
+            items: The items, each id at most once.
+
+        Returns:
+            Counts of created, updated, unchanged and embedded items.
+
+        Raises:
+            InvalidInputError: An item id appears more than once.
+        """
+        ids = [i.item_id for i in items]
+        repeated = [i for i, n in Counter(ids).items() if n > 1]
+        if repeated:
+            raise InvalidInputError(
+                f"item_id {repeated[0]!r} appears more than once in the batch; send each item once"
+            )
+        existing = await anyio.to_thread.run_sync(self._store.get_items, ids)
+        changed = [i for i in items if i.item_id not in existing or existing[i.item_id].item != i]
+        if not changed:
+            return UpsertSummary(0, 0, len(items), 0)
+        to_embed = [
+            i for i in changed
+            if i.item_id not in existing or existing[i.item_id].content_hash != i.content_hash
+        ]
+        vectors = await self._vectors_for(changed, to_embed)
+        stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
+        await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
+        self._schedule_optimize()
+        created = sum(1 for i in changed if i.item_id not in existing)
+        return UpsertSummary(
+            created=created,
+            updated=len(changed) - created,
+            unchanged=len(items) - len(changed),
+            embedded=len(to_embed),
+        )
+
+    async def _vectors_for(self, changed: Sequence[Item], to_embed: Sequence[Item]) -> dict[str, Vector]:
+        # Items whose metadata alone changed keep their vector, read back from the index.
+        reuse = [i.item_id for i in changed if i not in to_embed]
+        vectors = await anyio.to_thread.run_sync(self._index.vectors, reuse)
+        missing = [i for i in changed if i.item_id not in vectors and i not in to_embed]
+        embed = [*to_embed, *missing]
+        encoded = await self._encoder.encode([i.embedding_text for i in embed])
+        vectors.update({item.item_id: encoded[row] for row, item in enumerate(embed)})
+        return vectors
+
+    async def get(self, item_id: str) -> Item:
+        """Return one item.
+
+        Raises:
+            NotFoundError: No item has this id.
+        """
+        found = await anyio.to_thread.run_sync(self._store.get_items, [item_id])
+        if item_id not in found:
+            raise NotFoundError(f"item {item_id!r} is not in the catalog")
+        return found[item_id].item
+
+    async def get_many(self, item_ids: Sequence[str]) -> dict[str, Item]:
+        """Return the items of the given ids that exist."""
+        found = await anyio.to_thread.run_sync(self._store.get_items, item_ids)
+        return {k: v.item for k, v in found.items()}
+
+    async def page(self, after: str | None, limit: int) -> tuple[list[Item], str | None]:
+        """Return a page of items in id order and the cursor of the next page (or ``None``)."""
+        rows = await anyio.to_thread.run_sync(self._store.list_items, after, limit + 1)
+        items = [r.item for r in rows[:limit]]
+        return items, (items[-1].item_id if len(rows) > limit else None)
+
+    async def delete(self, item_id: str) -> None:
+        """Delete one item from the catalog; feedback that mentions it is kept.
+
+        Raises:
+            NotFoundError: No item has this id.
+        """
+        deleted = await anyio.to_thread.run_sync(self._store.delete_items, [item_id])
+        if not deleted:
+            raise NotFoundError(f"item {item_id!r} is not in the catalog")
+        await anyio.to_thread.run_sync(self._index.delete, deleted)
+
+    async def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileSummary:
+        """Make the index agree with the store: embed what is missing or stale, drop orphans.
+
+        Runs at start-up, so a crash between a store write and the index write loses nothing.
+        """
+        wanted = await anyio.to_thread.run_sync(self._store.content_hashes)
+        present = await anyio.to_thread.run_sync(self._index.fingerprints)
+        orphans = [i for i in present if i not in wanted]
+        stale = [i for i, h in wanted.items() if present.get(i) != h]
+        if orphans:
+            await anyio.to_thread.run_sync(self._index.delete, orphans)
+        for start in range(0, len(stale), _RECONCILE_BATCH):
+            ids = stale[start : start + _RECONCILE_BATCH]
+            found = await anyio.to_thread.run_sync(self._store.get_items, ids)
+            rows = list(found.values())
+            encoded = await self._encoder.encode([r.item.embedding_text for r in rows])
+            vectors = {r.item.item_id: encoded[n] for n, r in enumerate(rows)}
+            await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors))
+            if progress is not None:
+                progress(min(start + _RECONCILE_BATCH, len(stale)), len(stale))
+        if stale or orphans:
+            await anyio.to_thread.run_sync(self._index.optimize)
+            log.info("index reconciled: %d embedded, %d removed", len(stale), len(orphans))
+        return ReconcileSummary(embedded=len(stale), removed=len(orphans))
+
+    async def reindex(self) -> ReconcileSummary:
+        """Rebuild the index from the store, re-embedding every item."""
+        await anyio.to_thread.run_sync(self._index.clear)
+        return await self.reconcile()
+
+    def _schedule_optimize(self) -> None:
+        if self._optimizer is not None:
+            self._optimizer.cancel()
+        loop = asyncio.get_running_loop()
+        self._optimizer = loop.call_later(OPTIMIZE_DELAY, self._start_optimize)
+
+    def _start_optimize(self) -> None:
+        self._optimizer = None
+        if self._optimizing is None or self._optimizing.done():
+            self._optimizing = asyncio.create_task(anyio.to_thread.run_sync(self._index.optimize))
+
+    async def close(self) -> None:
+        """Cancel pending index maintenance and wait for a running one."""
+        if self._optimizer is not None:
+            self._optimizer.cancel()
+        if self._optimizing is not None:
+            await asyncio.gather(self._optimizing, return_exceptions=True)
+
+
+def _entries(stored: Sequence[StoredItem], vectors: dict[str, Vector]) -> list[IndexEntry]:
+    return [
+        IndexEntry(
+            item_id=s.item.item_id,
+            vector=vectors[s.item.item_id],
+            content_hash=s.content_hash,
+            seq=s.seq,
+            metadata=s.item.metadata,
+        )
+        for s in stored
+        if s.item.item_id in vectors
+    ]

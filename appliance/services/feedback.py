@@ -1,0 +1,193 @@
+"""Feedback: store each event durably, then fold it into the user's preference vector."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import anyio.to_thread
+import numpy as np
+
+from appliance.backends.indexes.protocol import VectorIndex
+from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.domain import FeedbackEvent, InteractionType, PreferenceState, interaction_weight
+from appliance.errors import InvalidInputError, NotFoundError
+from appliance.services.preferences import apply_event, preference_direction
+from appliance.settings import FeedbackSettings
+
+#: Clock skew tolerated between a client and the appliance for event timestamps.
+FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackReceipt:
+    """What recording one event did."""
+
+    weight: float
+    feedback_count: int
+    preference_updated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """What the appliance knows about one user."""
+
+    user_id: str
+    feedback_count: int
+    created_at: datetime | None
+    vector_updated_at: datetime | None
+    has_preference: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RebuildSummary:
+    """Result of recomputing preference vectors from the stored events."""
+
+    users: int
+    max_deviation: float
+    """Largest difference between a rebuilt and the stored unit preference vector."""
+
+
+class FeedbackService:
+    """Records feedback and keeps each user's preference vector current."""
+
+    def __init__(self, store: DuckDBStore, index: VectorIndex, settings: FeedbackSettings) -> None:
+        self._store = store
+        self._index = index
+        self._settings = settings
+        # A preference update is read-modify-write; one at a time keeps concurrent events of
+        # the same user from overwriting each other.
+        self._update_lock = asyncio.Lock()
+
+    async def record(
+        self,
+        user_id: str,
+        item_id: str,
+        interaction_type: InteractionType,
+        rating: float | None,
+        timestamp: datetime | None = None,
+        request_id: str | None = None,
+    ) -> FeedbackReceipt:
+        """Store a feedback event and update the user's preference vector.
+
+        The event and the new preference are committed together before this returns.
+
+        Raises:
+            InvalidInputError: A rating event without a rating, or a timestamp in the future.
+            NotFoundError: The item is not in the catalog.
+        """
+        if interaction_type is InteractionType.RATING and rating is None:
+            raise InvalidInputError("interaction_type 'rating' needs a rating between 0 and 5")
+        now = datetime.now(UTC)
+        when = now if timestamp is None else _as_utc(timestamp)
+        if when > now + FUTURE_TOLERANCE:
+            raise InvalidInputError(
+                f"timestamp {when.isoformat()} is in the future; send the time the event happened"
+            )
+        found = await anyio.to_thread.run_sync(self._store.get_items, [item_id])
+        if item_id not in found:
+            raise NotFoundError(
+                f"item {item_id!r} is not in the catalog; add it with POST /items first"
+            )
+        weight = interaction_weight(interaction_type, rating, self._settings.neutral_rating)
+        event = FeedbackEvent(user_id, item_id, interaction_type, rating, weight, when, request_id)
+        vectors = await anyio.to_thread.run_sync(self._index.vectors, [item_id])
+        async with self._update_lock:
+            state = await anyio.to_thread.run_sync(self._store.preference, user_id)
+            updated = apply_event(
+                state or PreferenceState(user_id, None),
+                vectors.get(item_id),
+                weight,
+                when,
+                self._settings.half_life_days,
+            )
+            await anyio.to_thread.run_sync(self._store.record_feedback, event, updated)
+        return FeedbackReceipt(
+            weight=weight,
+            feedback_count=updated.feedback_count,
+            preference_updated=item_id in vectors and weight != 0.0,
+        )
+
+    async def profile(self, user_id: str) -> UserProfile:
+        """Return what is known about a user.
+
+        Raises:
+            NotFoundError: The user has never sent feedback.
+        """
+        state = await anyio.to_thread.run_sync(self._store.preference, user_id)
+        if state is None:
+            raise NotFoundError(f"user {user_id!r} has no feedback")
+        return UserProfile(
+            user_id=user_id,
+            feedback_count=state.feedback_count,
+            created_at=state.created_at,
+            vector_updated_at=state.vector_updated_at,
+            has_preference=preference_direction(state) is not None,
+        )
+
+    async def delete_user(self, user_id: str) -> int:
+        """Delete a user's profile and every feedback event they sent.
+
+        Returns:
+            The number of events deleted.
+
+        Raises:
+            NotFoundError: The user has never sent feedback.
+        """
+        async with self._update_lock:
+            state = await anyio.to_thread.run_sync(self._store.preference, user_id)
+            if state is None:
+                raise NotFoundError(f"user {user_id!r} has no feedback")
+            return await anyio.to_thread.run_sync(self._store.delete_user, user_id)
+
+    async def rebuild(self, user_id: str | None = None) -> RebuildSummary:
+        """Recompute preference vectors by replaying the stored events.
+
+        Args:
+            user_id: One user, or every user when ``None``.
+
+        Returns:
+            How many users were rebuilt and how far the stored vectors were from the replay.
+
+        Raises:
+            NotFoundError: ``user_id`` has never sent feedback.
+        """
+        users = [user_id] if user_id is not None else await anyio.to_thread.run_sync(self._store.user_ids)
+        deviation = 0.0
+        for uid in users:
+            async with self._update_lock:
+                before = await anyio.to_thread.run_sync(self._store.preference, uid)
+                if before is None:
+                    raise NotFoundError(f"user {uid!r} has no feedback")
+                rebuilt = await anyio.to_thread.run_sync(self._replay, before)
+                deviation = max(deviation, _distance(before, rebuilt))
+                await anyio.to_thread.run_sync(self._store.put_preference, rebuilt)
+        return RebuildSummary(users=len(users), max_deviation=deviation)
+
+    def _replay(self, before: PreferenceState) -> PreferenceState:
+        events = self._store.user_events(before.user_id)
+        vectors = self._index.vectors(sorted({e.item_id for e in events}))
+        state = PreferenceState(before.user_id, None, created_at=before.created_at)
+        for event in events:
+            state = apply_event(
+                state,
+                vectors.get(event.item_id),
+                event.weight,
+                event.timestamp,
+                self._settings.half_life_days,
+            )
+        if state.vector_updated_at is None:
+            state.vector_updated_at = before.vector_updated_at
+        return state
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _distance(a: PreferenceState, b: PreferenceState) -> float:
+    da, db = preference_direction(a), preference_direction(b)
+    if da is None or db is None:
+        return 0.0 if da is None and db is None else 1.0
+    return float(np.max(np.abs(da.astype(np.float64) - db.astype(np.float64))))

@@ -1,0 +1,193 @@
+"""Recommendations: candidate sources, then fusion, then re-ranking, then the response."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio.to_thread
+import numpy as np
+
+from appliance.backends.indexes.protocol import Vector
+from appliance.backends.rerankers.protocol import RerankCandidate, Reranker
+from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.domain import Candidate, FieldCondition, Item, Selection
+from appliance.errors import ConflictError
+from appliance.services.encoding import EncoderQueue
+from appliance.services.fusion import reciprocal_rank_fusion
+from appliance.services.preferences import preference_direction
+from appliance.services.sources import CandidateSource, Plan
+from appliance.settings import RecommendSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendationQuery:
+    """A recommendation request in the service's terms."""
+
+    user_id: str
+    context: str = ""
+    top_k: int = 5
+    conditions: tuple[FieldCondition, ...] = ()
+    exclude_seen: bool = True
+    rerank: bool | None = None
+    """Run the re-rank stage; ``None`` runs it when a re-ranker is configured."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One recommended item."""
+
+    item: Item
+    score: float
+    sources: dict[str, float]
+
+
+@dataclass(slots=True)
+class RecommendationResult:
+    """A whole answer, with what the pipeline did to produce it."""
+
+    request_id: str
+    user_id: str
+    recommendations: list[Recommendation]
+    strategy: str
+    """What the query was built from: context, context+preference, preference or popularity."""
+    reranked: bool
+    timestamp: datetime
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class RecommendationService:
+    """Answers recommendation requests."""
+
+    def __init__(
+        self,
+        store: DuckDBStore,
+        encoder: EncoderQueue,
+        sources: Sequence[CandidateSource],
+        reranker: Reranker,
+        settings: RecommendSettings,
+    ) -> None:
+        self._store = store
+        self._encoder = encoder
+        self._sources = list(sources)
+        self._reranker = reranker
+        self._settings = settings
+
+    async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
+        """Recommend ``top_k`` items for a user and an optional context.
+
+        Raises:
+            ConflictError: The catalog is empty.
+        """
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        context = query.context.strip()
+        state, seen, context_vector = await asyncio.gather(
+            anyio.to_thread.run_sync(self._store.preference, query.user_id),
+            self._seen(query),
+            self._encode(context),
+        )
+        preference = preference_direction(state)
+        vector, strategy = self._query_vector(context_vector, preference)
+        timings["embed"] = _ms_since(started)
+
+        mark = time.perf_counter()
+        plan = Plan(
+            user_id=query.user_id,
+            context=context,
+            query_vector=vector,
+            selection=Selection(conditions=query.conditions, exclude=frozenset(seen)),
+            limit=math.ceil(query.top_k * self._settings.candidate_factor),
+        )
+        ranked = await asyncio.gather(*(s.candidates(plan) for s in self._sources))
+        candidates = reciprocal_rank_fusion(
+            {s.name: hits for s, hits in zip(self._sources, ranked, strict=True) if hits}
+        )
+        timings["retrieve"] = _ms_since(mark)
+
+        mark = time.perf_counter()
+        items = await anyio.to_thread.run_sync(
+            self._store.get_items, [c.item_id for c in candidates]
+        )
+        # An item deleted between the search and this read is simply left out.
+        candidates = [c for c in candidates if c.item_id in items]
+        if not candidates:
+            await self._fail_if_catalog_empty()
+        reranked = False
+        if query.rerank is not False and self._reranker.name != "none" and candidates:
+            candidates = await self._rerank(context, candidates, {k: v.item for k, v in items.items()})
+            reranked = True
+            timings["rerank"] = _ms_since(mark)
+        timings["total"] = _ms_since(started)
+        return RecommendationResult(
+            request_id=uuid.uuid4().hex,
+            user_id=query.user_id,
+            recommendations=[
+                Recommendation(items[c.item_id].item, c.score, c.sources)
+                for c in candidates[: query.top_k]
+            ],
+            strategy=strategy,
+            reranked=reranked,
+            timestamp=datetime.now(UTC),
+            timings_ms=timings,
+        )
+
+    async def _seen(self, query: RecommendationQuery) -> set[str]:
+        if not query.exclude_seen:
+            return set()
+        return await anyio.to_thread.run_sync(self._store.seen_item_ids, query.user_id)
+
+    async def _encode(self, context: str) -> Vector | None:
+        if not context:
+            return None
+        vectors = await self._encoder.encode([context])
+        return vectors[0]
+
+    def _query_vector(
+        self, context: Vector | None, preference: Vector | None
+    ) -> tuple[Vector | None, str]:
+        if context is not None and preference is not None:
+            w = self._settings.context_weight
+            blended = w * context + (1.0 - w) * preference
+            norm = float(np.linalg.norm(blended))
+            # Opposite context and taste can cancel; the context is what was asked for then.
+            if norm < 1e-6:  # noqa: PLR2004
+                return context, "context"
+            return (blended / norm).astype(np.float32), "context+preference"
+        if context is not None:
+            return context, "context"
+        if preference is not None:
+            return preference, "preference"
+        return None, "popularity"
+
+    async def _rerank(
+        self, context: str, candidates: list[Candidate], items: dict[str, Item]
+    ) -> list[Candidate]:
+        by_id = {c.item_id: c for c in candidates}
+        scored = await self._reranker.rerank(
+            context,
+            [RerankCandidate(c.item_id, items[c.item_id].title, items[c.item_id].text) for c in candidates],
+        )
+        ordered: list[Candidate] = []
+        for item_id, score in scored:
+            candidate = by_id.pop(item_id, None)
+            if candidate is None:  # not a candidate, or a duplicate: a re-ranker only reorders
+                continue
+            candidate.sources["rerank"] = score
+            ordered.append(candidate)
+        ordered.extend(c for c in candidates if c.item_id in by_id)
+        return ordered
+
+    async def _fail_if_catalog_empty(self) -> None:
+        counts = await anyio.to_thread.run_sync(self._store.counts)
+        if counts.items == 0:
+            raise ConflictError("the catalog is empty; add items with POST /items first")
+
+
+def _ms_since(mark: float) -> float:
+    return round((time.perf_counter() - mark) * 1000.0, 3)

@@ -1,0 +1,115 @@
+"""The running appliance: its backends and services, opened and closed together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio.to_thread
+
+from appliance.backends.embedders.protocol import Embedder
+from appliance.backends.indexes.protocol import VectorIndex
+from appliance.backends.registry import (
+    Backends,
+    build_embedder,
+    build_index,
+    build_reranker,
+    build_store,
+)
+from appliance.backends.rerankers.protocol import Reranker
+from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.datadir import DataDirLock
+from appliance.services.catalog import CatalogService, ReconcileSummary
+from appliance.services.encoding import EncoderQueue
+from appliance.services.feedback import FeedbackService
+from appliance.services.recommend import RecommendationService
+from appliance.services.sources import PopularitySource, VectorSource
+from appliance.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """Everything a request handler or an admin command needs."""
+
+    settings: Settings
+    store: DuckDBStore
+    index: VectorIndex
+    embedder: Embedder
+    reranker: Reranker
+    encoder: EncoderQueue
+    catalog: CatalogService
+    feedback: FeedbackService
+    recommender: RecommendationService
+    popularity: PopularitySource
+    startup: ReconcileSummary = field(default_factory=lambda: ReconcileSummary(0, 0))
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    backends: Backends | None = None,
+    *,
+    advertise_url: str = "",
+    on_progress: Callable[[int, int], None] | None = None,
+) -> AsyncIterator[Runtime]:
+    """Open the data directory, load the models and bring the index in line with the store.
+
+    Backends passed in are used as they are and left open; the ones built here are closed on
+    exit, in the reverse order of opening.
+
+    Args:
+        settings: The configuration.
+        backends: Pre-built backends (tests share one loaded model this way).
+        advertise_url: URL written into the data directory's lock for admin commands.
+        on_progress: Called with (done, total) while start-up re-embeds missing items.
+
+    Yields:
+        The open runtime.
+    """
+    given = backends or Backends()
+    async with AsyncExitStack() as stack:
+        stack.enter_context(DataDirLock(settings.data_dir, advertise_url))
+        store = given.store or await anyio.to_thread.run_sync(build_store, settings)
+        if given.store is None:
+            stack.callback(store.close)
+        embedder = given.embedder or await anyio.to_thread.run_sync(build_embedder, settings)
+        if given.embedder is None:
+            stack.callback(embedder.close)
+        index = given.index or await anyio.to_thread.run_sync(build_index, settings, embedder)
+        if given.index is None:
+            stack.callback(index.close)
+        reranker = given.reranker or build_reranker(settings)
+        if given.reranker is None:
+            stack.push_async_callback(reranker.close)
+
+        encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
+        await encoder.start()
+        stack.push_async_callback(encoder.close)
+        catalog = CatalogService(store, index, encoder)
+        stack.push_async_callback(catalog.close)
+        popularity = PopularitySource(
+            store,
+            index,
+            half_life_days=settings.recommend.popularity_half_life_days,
+            refresh_seconds=settings.recommend.popularity_refresh_seconds,
+        )
+        runtime = Runtime(
+            settings=settings,
+            store=store,
+            index=index,
+            embedder=embedder,
+            reranker=reranker,
+            encoder=encoder,
+            catalog=catalog,
+            feedback=FeedbackService(store, index, settings.feedback),
+            recommender=RecommendationService(
+                store, encoder, [VectorSource(index), popularity], reranker, settings.recommend
+            ),
+            popularity=popularity,
+        )
+        runtime.startup = await catalog.reconcile(on_progress)
+        yield runtime

@@ -1,0 +1,177 @@
+"""The appliance's configuration: one frozen tree, loaded once.
+
+Sources, later ones winning: the defaults below, an optional TOML file, then environment
+variables named ``APPLIANCE_<SECTION>__<FIELD>`` (``APPLIANCE_DATA_DIR``,
+``APPLIANCE_SERVER__PORT``, ``APPLIANCE_RECOMMEND__CONTEXT_WEIGHT``). Unknown keys are rejected
+in both, so a typo fails at start-up instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from appliance.errors import ConfigError
+
+ENV_PREFIX = "APPLIANCE_"
+ENV_CONFIG_FILE = "APPLIANCE_CONFIG"
+
+Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
+PositiveInt = Annotated[int, Meta(ge=1)]
+PositiveFloat = Annotated[float, Meta(gt=0.0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    """Where the HTTP server listens."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind; 0.0.0.0 exposes the appliance to the network."""
+    port: Annotated[int, Meta(ge=1, le=65535)] = 8000
+    """TCP port of the HTTP API."""
+
+
+class EmbedderSettings(_Section):
+    """The text encoder that turns items and contexts into vectors."""
+
+    kind: str = "sentence-transformers"
+    """Embedder backend: sentence-transformers (the real model) or hashing (tests only)."""
+    model: str = "all-MiniLM-L6-v2"
+    """Name of the model's entry in models/manifest.toml."""
+    max_batch: PositiveInt = 64
+    """Most texts encoded in one forward pass; concurrent requests share a batch up to this."""
+    threads: Annotated[int, Meta(ge=0)] = 0
+    """torch intra-op threads for encoding; 0 keeps torch's default (one per core)."""
+
+
+class IndexSettings(_Section):
+    """The vector index that holds one vector per catalog item."""
+
+    kind: str = "qdrant-edge"
+    """Vector index backend: qdrant-edge (embedded, in the data directory)."""
+    hnsw_m: PositiveInt = 16
+    """HNSW graph degree: higher is more accurate and uses more memory."""
+    hnsw_ef_construct: PositiveInt = 100
+    """HNSW build-time beam width."""
+    hnsw_ef: PositiveInt = 128
+    """HNSW query-time beam width: higher is more accurate and slower."""
+
+
+class RerankerSettings(_Section):
+    """The stage that reorders the fused candidates before the response."""
+
+    kind: str = "none"
+    """Re-ranker backend: none (keeps the retrieval order)."""
+
+
+class RecommendSettings(_Section):
+    """How recommendation requests are answered."""
+
+    context_weight: Fraction = 0.7
+    """Share of the request context in the query vector when the user also has preferences."""
+    candidate_factor: PositiveFloat = 2.0
+    """Candidates retrieved per requested result, handed to the re-ranker."""
+    popularity_half_life_days: PositiveFloat = 30.0
+    """Age at which a feedback event counts half towards an item's popularity."""
+    popularity_refresh_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
+    """How long a computed popularity ranking is reused before it is recomputed."""
+
+
+class FeedbackSettings(_Section):
+    """How feedback events turn into a user's preference vector."""
+
+    neutral_rating: Annotated[float, Meta(gt=0.0, lt=5.0)] = 2.5
+    """Ratings above this count as positive, below it as negative (scale 0 to 5)."""
+    half_life_days: PositiveFloat = 90.0
+    """Age at which an event weighs half as much in the preference vector as a new one."""
+
+
+class Settings(_Section):
+    """Everything the appliance can be configured with."""
+
+    data_dir: Path = Path("data")
+    """Folder of the DuckDB file and the vector index; owned by one server process."""
+    models_dir: Path = Path("models")
+    """Folder of the model manifest and the weights it lists."""
+    server: ServerSettings = ServerSettings()
+    embedder: EmbedderSettings = EmbedderSettings()
+    index: IndexSettings = IndexSettings()
+    reranker: RerankerSettings = RerankerSettings()
+    recommend: RecommendSettings = RecommendSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and explicit overrides.
+
+    Args:
+        config_file: TOML file to read; defaults to the file named by ``APPLIANCE_CONFIG``.
+        environ: Environment to read ``APPLIANCE_*`` variables from; defaults to ``os.environ``.
+        overrides: Nested values that win over every other source (CLI flags).
+
+    Returns:
+        The frozen settings tree.
+
+    Raises:
+        ConfigError: A file is unreadable, a key is unknown, or a value is out of range.
+    """
+    env = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    path = config_file or (Path(env[ENV_CONFIG_FILE]) if env.get(ENV_CONFIG_FILE) else None)
+    if path is not None:
+        try:
+            _merge(tree, tomllib.loads(path.read_text(encoding="utf-8")))
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"cannot read the configuration file {path}: {e}") from e
+    _merge(tree, _from_environment(env))
+    _merge(tree, dict(overrides or {}))
+    try:
+        return msgspec.convert(tree, Settings, strict=False, dec_hook=_decode_path)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid configuration: {e}") from e
+
+
+def _decode_path(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str | Path):
+        return Path(value)
+    raise NotImplementedError
+
+
+def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+            continue
+        path = name.removeprefix(ENV_PREFIX).lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Return the effective settings as plain JSON-ready values."""
+    return msgspec.to_builtins(settings, enc_hook=str)  # type: ignore[no-any-return]

@@ -1,0 +1,1 @@
+"""The operators' terminal dashboard: a client of the appliance's HTTP API."""
