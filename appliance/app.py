@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
@@ -40,7 +41,11 @@ def _runtime(state: State) -> Runtime:
 
 
 def create_app(
-    settings: Settings, *, backends: Backends | None = None, advertise_url: str = ""
+    settings: Settings,
+    *,
+    backends: Backends | None = None,
+    advertise_url: str = "",
+    seed_catalog: Path | None = None,
 ) -> Litestar:
     """Build the appliance's HTTP application.
 
@@ -48,6 +53,8 @@ def create_app(
         settings: The configuration.
         backends: Pre-built backends to use instead of building them from the settings.
         advertise_url: This server's URL, recorded in the data directory for admin commands.
+        seed_catalog: A catalog file (JSONL wire format) loaded before serving; unchanged
+            items are skipped, so re-using a data directory is quick.
 
     Returns:
         The application; its lifespan opens and closes the runtime.
@@ -56,6 +63,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_runtime(settings, backends, advertise_url=advertise_url) as runtime:
+            if seed_catalog is not None:
+                summary = await runtime.catalog.load_file(seed_catalog)
+                log.info("catalog %s loaded: %s", seed_catalog.name, summary)
             app.state.runtime = runtime
             yield
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
 from appliance.services.runtime import Runtime
@@ -13,7 +15,7 @@ class FeedbackController(Controller):
     tags = ["feedback"]
 
     @post(status_code=200, summary="Record what a user did with an item")
-    async def record(self, data: FeedbackRequest, runtime: Runtime) -> FeedbackResponse:
+    async def record(self, data: JSONBody[FeedbackRequest], runtime: NamedDependency[Runtime]) -> FeedbackResponse:
         """Store the event durably, then update the user's preference vector."""
         receipt = await runtime.feedback.record(
             user_id=data.user_id,

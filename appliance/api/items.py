@@ -3,7 +3,8 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, Parameter
 
 from appliance.domain import Item
 from appliance.schemas.items import (
@@ -26,7 +27,7 @@ class ItemController(Controller):
     tags = ["catalog"]
 
     @post(status_code=200, summary="Add or replace items")
-    async def upsert(self, data: ItemsUpsertRequest, runtime: Runtime) -> ItemsUpsertResponse:
+    async def upsert(self, data: JSONBody[ItemsUpsertRequest], runtime: NamedDependency[Runtime]) -> ItemsUpsertResponse:
         """Upsert a batch; items whose title and text did not change are not re-embedded."""
         summary = await runtime.catalog.upsert(
             [Item(i.item_id, i.title, i.text, i.metadata) for i in data.items]
@@ -42,7 +43,7 @@ class ItemController(Controller):
     @get(summary="List items")
     async def list_items(
         self,
-        runtime: Runtime,
+        runtime: NamedDependency[Runtime],
         cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> ItemPage:
@@ -51,11 +52,11 @@ class ItemController(Controller):
         return ItemPage(items=[_out(i) for i in items], next_cursor=next_cursor)
 
     @get("/{item_id:str}", summary="Get an item")
-    async def get_item(self, item_id: str, runtime: Runtime) -> ItemOut:
+    async def get_item(self, item_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ItemOut:
         """Return one item."""
         return _out(await runtime.catalog.get(item_id))
 
     @delete("/{item_id:str}", summary="Delete an item", status_code=204)
-    async def delete_item(self, item_id: str, runtime: Runtime) -> None:
+    async def delete_item(self, item_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         """Remove an item from the catalog and the index; feedback about it is kept."""
         await runtime.catalog.delete(item_id)

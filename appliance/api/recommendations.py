@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from litestar import Controller, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 
 from appliance.domain import FieldCondition, Range
 from appliance.errors import InvalidInputError
@@ -23,7 +25,7 @@ class RecommendationController(Controller):
 
     @post(status_code=200, summary="Recommend items for a user")
     async def recommend(
-        self, data: RecommendationRequest, runtime: Runtime
+        self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
     ) -> RecommendationResponse:
         """Blend the context with the user's learned preferences, retrieve, re-rank, return top_k."""
         result = await runtime.recommender.recommend(

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import anyio.to_thread
 from litestar import Controller, get, post
+from litestar.di import NamedDependency
 from litestar.params import Parameter
 
 from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
@@ -15,7 +16,7 @@ class SystemController(Controller):
     tags = ["system"]
 
     @get("/health", summary="Readiness")
-    async def health(self, runtime: Runtime) -> Health:
+    async def health(self, runtime: NamedDependency[Runtime]) -> Health:
         """Ready once the model, the index and the store are loaded (the server only listens then)."""
         return Health(
             status="ready",
@@ -28,7 +29,7 @@ class SystemController(Controller):
         )
 
     @get("/stats", summary="Counts")
-    async def stats(self, runtime: Runtime) -> Stats:
+    async def stats(self, runtime: NamedDependency[Runtime]) -> Stats:
         """Items, users, feedback events, index points and encoder batching counters."""
         counts = await anyio.to_thread.run_sync(runtime.store.counts)
         points = await anyio.to_thread.run_sync(runtime.index.count)
@@ -42,7 +43,7 @@ class SystemController(Controller):
         )
 
     @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")
-    async def reindex(self, runtime: Runtime) -> ReindexResult:
+    async def reindex(self, runtime: NamedDependency[Runtime]) -> ReindexResult:
         """Drop the index and re-embed every item from the store."""
         summary = await runtime.catalog.reindex()
         return ReindexResult(embedded=summary.embedded, removed=summary.removed)
@@ -50,7 +51,7 @@ class SystemController(Controller):
     @post("/admin/users/rebuild", status_code=200, summary="Recompute preference vectors")
     async def rebuild_users(
         self,
-        runtime: Runtime,
+        runtime: NamedDependency[Runtime],
         user_id: str | None = Parameter(default=None, description="One user; default all"),
     ) -> RebuildResult:
         """Replay stored feedback into every user's preference vector."""

@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import anyio.to_thread
 
@@ -14,6 +15,7 @@ from appliance.backends.indexes.protocol import IndexEntry, Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore, StoredItem
 from appliance.domain import Item
 from appliance.errors import InvalidInputError, NotFoundError
+from appliance.ingest_files import Rejected, read_items
 from appliance.services.encoding import EncoderQueue
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,14 @@ class UpsertSummary:
     updated: int
     unchanged: int
     embedded: int
+
+    def __add__(self, other: UpsertSummary) -> UpsertSummary:
+        return UpsertSummary(
+            self.created + other.created,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.embedded + other.embedded,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +109,27 @@ class CatalogService:
         encoded = await self._encoder.encode([i.embedding_text for i in embed])
         vectors.update({item.item_id: encoded[row] for row, item in enumerate(embed)})
         return vectors
+
+    async def load_file(self, path: Path, batch_size: int = 256) -> UpsertSummary:
+        """Upsert every valid item of a catalog file in the wire format; invalid lines are logged.
+
+        Returns:
+            The summed counts over all batches.
+        """
+        totals = UpsertSummary(0, 0, 0, 0)
+        batch: list[Item] = []
+        for row in read_items(path):
+            if isinstance(row, Rejected):
+                log.warning("%s line %d skipped: %s", path.name, row.line, row.reason)
+                continue
+            batch.append(Item(**row.item))
+            if len(batch) == batch_size:
+                totals = totals + await self.upsert(batch)
+                batch = []
+                log.info("%s: %d items loaded", path.name, totals.created + totals.updated + totals.unchanged)
+        if batch:
+            totals = totals + await self.upsert(batch)
+        return totals
 
     async def get(self, item_id: str) -> Item:
         """Return one item.

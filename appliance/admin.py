@@ -1,0 +1,110 @@
+"""Admin operations, through the running server when there is one, else on the files directly.
+
+The data directory belongs to one process. When a server holds it, admin commands must go
+through its HTTP API; only when none does may a command open the stores itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import msgspec
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from appliance.client import ApplianceClient
+from appliance.datadir import running_server
+from appliance.domain import Item
+from appliance.errors import ConfigError, InvalidInputError
+from appliance.schemas.items import ItemIn, ItemsUpsertResponse
+from appliance.schemas.system import ReindexResult
+from appliance.schemas.users import RebuildResult
+from appliance.services.runtime import Runtime, open_runtime
+from appliance.settings import Settings
+
+
+class AdminTarget(Protocol):
+    """What admin commands can do to an appliance."""
+
+    def upsert_items(self, items: Sequence[dict[str, Any]]) -> ItemsUpsertResponse:
+        """Add or replace one batch of items given in the wire format."""
+        ...
+
+    def reindex(self) -> ReindexResult:
+        """Rebuild the vector index from the catalog."""
+        ...
+
+    def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
+        """Recompute preference vectors from the stored feedback."""
+        ...
+
+
+class LocalAdmin:
+    """Admin operations on a runtime opened by this process."""
+
+    def __init__(self, portal: BlockingPortal, runtime: Runtime) -> None:
+        self._portal = portal
+        self._runtime = runtime
+
+    def upsert_items(self, items: Sequence[dict[str, Any]]) -> ItemsUpsertResponse:
+        """Validate items exactly as POST /items does, then upsert them."""
+        try:
+            parsed = msgspec.convert(list(items), list[ItemIn])
+        except msgspec.ValidationError as e:
+            raise InvalidInputError(f"invalid item: {e}") from e
+        summary = self._portal.call(
+            self._runtime.catalog.upsert,
+            [Item(i.item_id, i.title, i.text, i.metadata) for i in parsed],
+        )
+        return ItemsUpsertResponse(
+            received=len(parsed),
+            created=summary.created,
+            updated=summary.updated,
+            unchanged=summary.unchanged,
+            embedded=summary.embedded,
+        )
+
+    def reindex(self) -> ReindexResult:
+        """Rebuild the index in this process."""
+        summary = self._portal.call(self._runtime.catalog.reindex)
+        return ReindexResult(embedded=summary.embedded, removed=summary.removed)
+
+    def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
+        """Replay feedback in this process."""
+        summary = self._portal.call(self._runtime.feedback.rebuild, user_id)
+        return RebuildResult(users=summary.users, max_deviation=summary.max_deviation)
+
+
+@contextmanager
+def admin_target(settings: Settings, url: str | None = None) -> Iterator[AdminTarget]:
+    """Reach the appliance that owns ``settings.data_dir``.
+
+    Args:
+        settings: The configuration (its data directory is looked at).
+        url: A server to use; by default the one holding the data directory, if any.
+
+    Yields:
+        An HTTP client of the running server, or a runtime opened in this process.
+
+    Raises:
+        ConfigError: Another process holds the data directory without serving HTTP.
+    """
+    target = url or running_server(settings.data_dir)
+    if target == "":
+        raise ConfigError(
+            f"the data directory {settings.data_dir} is held by another process that does not "
+            "serve HTTP; wait for it to finish"
+        )
+    if target is not None:
+        client = ApplianceClient(target)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(open_runtime(settings)) as runtime,
+    ):
+        yield LocalAdmin(portal, runtime)

@@ -1,0 +1,283 @@
+"""The ``appliance`` command."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from appliance.errors import ApplianceError
+from appliance.settings import Settings, describe, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _server_options(command: F) -> F:
+    for option in reversed(
+        [
+            click.option("--host", help="Interface to bind (default from settings: 127.0.0.1)."),
+            click.option("--port", type=int, help="TCP port (default from settings: 8000)."),
+            _data_dir_option,
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+_data_dir_option = click.option(
+    "--data-dir", type=click.Path(path_type=Path), help="Data directory (default: ./data)."
+)
+_url_option = click.option(
+    "--url", help="Appliance to talk to (default: the server holding the data directory, if any)."
+)
+
+
+def _settings(ctx: click.Context, **overrides: Any) -> Settings:
+    tree: dict[str, Any] = {}
+    if overrides.get("data_dir") is not None:
+        tree["data_dir"] = overrides["data_dir"]
+    server = {k: overrides[k] for k in ("host", "port") if overrides.get(k) is not None}
+    if server:
+        tree["server"] = server
+    return load_settings(ctx.obj.get("config"), overrides=tree)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except ApplianceError as e:
+        click.secho(f"error: {e.message}", fg="red", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (also APPLIANCE_CONFIG).",
+)
+@click.pass_context
+def main(ctx: click.Context, config: Path | None) -> None:
+    """A self-hosted recommendation appliance."""
+    ctx.obj = {"config": config}
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("sentence_transformers", "httpx", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _serve(settings: Settings, seed: Path | None) -> None:
+    import uvicorn  # noqa: PLC0415 - only serving needs it
+
+    from appliance.app import create_app  # noqa: PLC0415 - keeps --help fast
+
+    url = f"http://{settings.server.host}:{settings.server.port}"
+    app = create_app(settings, advertise_url=url, seed_catalog=seed)
+    click.echo(f"loading models and data from {settings.data_dir}; serving at {url} when ready")
+    # One process: the embedded index and database belong to it.
+    uvicorn.run(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        loop="uvloop",
+        http="httptools",
+        workers=1,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+    )
+
+
+@main.command()
+@_server_options
+@click.pass_context
+def serve(ctx: click.Context, **options: Any) -> None:
+    """Run the HTTP API."""
+    with _errors():
+        _serve(_settings(ctx, **options), None)
+
+
+@main.command()
+@_server_options
+@click.pass_context
+def demo(ctx: click.Context, **options: Any) -> None:
+    """Load the demo catalog (MovieLens movies; re-runs skip unchanged items) and serve."""
+    from appliance.demo import MOVIELENS_CATALOG  # noqa: PLC0415
+
+    with _errors():
+        _serve(_settings(ctx, **options), MOVIELENS_CATALOG)
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv"]), help="Default: by suffix.")
+@click.option("--id-column", default="item_id", show_default=True, help="Field holding the item id.")
+@click.option("--title-column", default="title", show_default=True, help="Field holding the title.")
+@click.option(
+    "--text-column", multiple=True, help="Field(s) joined into the text (default: text)."
+)
+@click.option(
+    "--metadata-column",
+    multiple=True,
+    help="Field(s) kept as filterable metadata (default: JSONL 'metadata', else all other fields).",
+)
+@click.option("--list-separator", help="Split metadata strings on this into lists (e.g. '|').")
+@click.option("--batch-size", type=click.IntRange(1, 1000), default=256, show_default=True)
+@_data_dir_option
+@_url_option
+@click.pass_context
+def ingest(
+    ctx: click.Context,
+    file: Path,
+    fmt: str | None,
+    id_column: str,
+    title_column: str,
+    text_column: tuple[str, ...],
+    metadata_column: tuple[str, ...],
+    list_separator: str | None,
+    batch_size: int,
+    data_dir: Path | None,
+    url: str | None,
+) -> None:
+    """Add or update catalog items from a JSONL or CSV FILE; unchanged items are skipped."""
+    from rich.progress import Progress  # noqa: PLC0415
+
+    from appliance.admin import admin_target  # noqa: PLC0415
+    from appliance.ingest_files import ColumnMapping, Rejected, count_records, read_items  # noqa: PLC0415
+
+    mapping = ColumnMapping(
+        item_id=id_column,
+        title=title_column,
+        text=text_column or ("text",),
+        metadata=metadata_column or None,
+        list_separator=list_separator,
+    )
+    totals = {"created": 0, "updated": 0, "unchanged": 0, "embedded": 0}
+    rejected: list[Rejected] = []
+    with _errors(), admin_target(_settings(ctx, data_dir=data_dir), url) as target:
+        try:
+            total = count_records(file, fmt)
+            rows = read_items(file, mapping, fmt)
+        except ValueError as e:
+            raise ApplianceError(str(e)) from e
+        batch: list[dict[str, Any]] = []
+
+        def flush() -> None:
+            result = target.upsert_items(batch)
+            for key in totals:
+                totals[key] += getattr(result, key)
+            progress.advance(task, len(batch))
+            batch.clear()
+
+        with Progress() as progress:
+            task = progress.add_task(f"ingesting {file.name}", total=total)
+            for row in rows:
+                if isinstance(row, Rejected):
+                    rejected.append(row)
+                    progress.advance(task)
+                    continue
+                batch.append(row.item)
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
+                flush()
+    click.echo(
+        f"{totals['created']} created, {totals['updated']} updated, "
+        f"{totals['unchanged']} unchanged ({totals['embedded']} embedded), {len(rejected)} rejected"
+    )
+    for r in rejected[:50]:
+        click.echo(f"  line {r.line}: {r.reason}", err=True)
+    if len(rejected) > 50:  # noqa: PLR2004
+        click.echo(f"  ... and {len(rejected) - 50} more", err=True)
+
+
+@main.command()
+@_data_dir_option
+@_url_option
+@click.pass_context
+def reindex(ctx: click.Context, data_dir: Path | None, url: str | None) -> None:
+    """Rebuild the vector index from the catalog in DuckDB (re-embeds every item)."""
+    from appliance.admin import admin_target  # noqa: PLC0415
+
+    with _errors(), admin_target(_settings(ctx, data_dir=data_dir), url) as target:
+        result = target.reindex()
+    click.echo(f"index rebuilt: {result.embedded} items embedded, {result.removed} removed")
+
+
+@main.group()
+def users() -> None:
+    """Users and their learned preferences."""
+
+
+@users.command("rebuild")
+@click.argument("user_id", required=False)
+@_data_dir_option
+@_url_option
+@click.pass_context
+def users_rebuild(
+    ctx: click.Context, user_id: str | None, data_dir: Path | None, url: str | None
+) -> None:
+    """Recompute preference vectors from the stored feedback (one USER_ID, or everyone)."""
+    from appliance.admin import admin_target  # noqa: PLC0415
+
+    with _errors(), admin_target(_settings(ctx, data_dir=data_dir), url) as target:
+        result = target.rebuild_users(user_id)
+    click.echo(
+        f"{result.users} users rebuilt; largest difference from the online vectors: "
+        f"{result.max_deviation:.2e}"
+    )
+
+
+@main.group()
+def models() -> None:
+    """Model files in the models folder."""
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Also fetch optional models (the re-ranker).")
+@click.option("--models-dir", type=click.Path(path_type=Path), help="Default: ./models.")
+@click.pass_context
+def models_pull(ctx: click.Context, names: tuple[str, ...], all_: bool, models_dir: Path | None) -> None:
+    """Fetch model files listed in models/manifest.toml and verify their sha256."""
+    from appliance import model_files  # noqa: PLC0415
+
+    with _errors():
+        folder = models_dir or load_settings(ctx.obj.get("config")).models_dir
+        statuses = model_files.pull(folder, list(names) or None, all_=all_, report=click.echo)
+    for s in statuses:
+        click.echo(f"{s.name}: {s.detail}")
+
+
+@models.command("list")
+@click.option("--models-dir", type=click.Path(path_type=Path), help="Default: ./models.")
+@click.pass_context
+def models_list(ctx: click.Context, models_dir: Path | None) -> None:
+    """Show each model of the manifest, whether it is present and whether its sha256 matches."""
+    from appliance import model_files  # noqa: PLC0415
+
+    with _errors():
+        folder = models_dir or load_settings(ctx.obj.get("config")).models_dir
+        manifest = model_files.load_manifest(folder)
+        for entry in manifest.models:
+            s = model_files.verify(folder, entry)
+            mark = "ok" if s.verified else ("MISSING" if not s.present else "BAD")
+            click.echo(f"{mark:8} {s.name:32} {s.role:9} {s.detail}")
+
+
+@main.command("config")
+@click.pass_context
+def show_config(ctx: click.Context) -> None:
+    """Print the effective settings (defaults, file and APPLIANCE_* environment) as JSON."""
+    import json  # noqa: PLC0415
+
+    with _errors():
+        click.echo(json.dumps(describe(load_settings(ctx.obj.get("config"))), indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+set quiet
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes
+default:
+    just --list
+
+# Install into .venv: CPU torch, pinned dependencies, model files (EXTRAS e.g. "dev,llamacpp")
+install extras="":
+    scripts/install.sh "{{extras}}"
+
+# Install, load the demo catalog and serve it at http://127.0.0.1:8000
+demo: install
+    .venv/bin/appliance demo
+
+# Serve the API on the data in ./data
+serve: install
+    .venv/bin/appliance serve
+
+# Install with the test tools and the llama.cpp extra, then run the whole test suite
+test: (install "dev,llamacpp")
+    .venv/bin/python -m pytest
+
+# Lint, type-check and check the import contracts
+lint: (install "dev,llamacpp")
+    .venv/bin/ruff check appliance tui tests scripts
+    .venv/bin/mypy
+    .venv/bin/lint-imports
+
+# Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build)
+lock:
+    printf 'torch==2.13.0+cpu\n' > /tmp/appliance-torch-override.txt
+    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --python-version 3.11 \
+        --find-links /opt/wheels --override /tmp/appliance-torch-override.txt \
+        --no-header -o requirements.lock

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs the appliance into .venv: the CPU build of torch, the dependencies at the versions
+# pinned in requirements.lock (only those the chosen extras need), the appliance itself
+# (editable) and the model files listed in models/manifest.toml.
+# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh dev,llamacpp
+# Safe to re-run: whatever is already there and matches is kept.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="${1:-}"
+python="${PYTHON:-python3}"
+torch_version="2.13.0+cpu"
+
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check "uv>=0.5"
+
+# torch first, from its CPU build: resolved any other way it is the multi-GB CUDA build.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__ != '$torch_version')" 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$torch_version" \
+        || .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+            --index-url https://download.pytorch.org/whl/cpu "torch==$torch_version"
+fi
+
+# llama-cpp-python compiles from source (minutes); a portable build runs on any x86-64 CPU,
+# and uv's cache keeps the wheel for the next install.
+export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install --quiet --constraint requirements.lock -e "$target"
+
+.venv/bin/appliance models pull

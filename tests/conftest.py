@@ -1,0 +1,79 @@
+"""Fixtures shared by every test: the real MiniLM model, settings on a fresh data directory,
+and the real HTTP application."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+from appliance import model_files
+from appliance.app import create_app
+from appliance.backends.embedders.protocol import Embedder
+from appliance.backends.embedders.sentence_transformer import SentenceTransformerEmbedder
+from appliance.backends.registry import Backends
+from appliance.settings import Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS_DIR = REPO / "models"
+TEST_CATALOG = Path(__file__).parent / "data" / "catalog.jsonl"
+EMBEDDER = "all-MiniLM-L6-v2"
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Embedder:
+    """The real embedding model, loaded once for the whole session (it takes seconds)."""
+    return SentenceTransformerEmbedder(model_files.require(MODELS_DIR, EMBEDDER), name=EMBEDDER)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings on ``data_dir`` with the repository's models, ignoring the caller's environment."""
+    tree: dict[str, Any] = {"data_dir": str(data_dir), "models_dir": str(MODELS_DIR), **overrides}
+    return load_settings(environ={}, overrides=tree)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def test_items() -> list[dict[str, Any]]:
+    """The generic test catalog in the wire format."""
+    return [json.loads(line) for line in TEST_CATALOG.read_text().splitlines() if line]
+
+
+@pytest.fixture
+def open_client(minilm: Embedder) -> Iterator[Callable[[Settings], TestClient[Any]]]:
+    """Start the real application on given settings; every client is closed at teardown."""
+    clients: list[TestClient[Any]] = []
+
+    def start(settings: Settings) -> TestClient[Any]:
+        client: TestClient[Any] = TestClient(
+            create_app(settings, backends=Backends(embedder=minilm))
+        )
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield start
+    for client in reversed(clients):
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(open_client: Callable[[Settings], TestClient[Any]], settings: Settings) -> TestClient[Any]:
+    """The application on an empty data directory."""
+    return open_client(settings)
+
+
+@pytest.fixture
+def catalog_client(client: TestClient[Any], test_items: list[dict[str, Any]]) -> TestClient[Any]:
+    """The application with the generic test catalog loaded."""
+    response = client.post("/items", json={"items": test_items})
+    assert response.status_code == 200, response.text
+    return client
