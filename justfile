@@ -33,3 +33,7 @@ lock:
     .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --python-version 3.11 \
         --find-links /opt/wheels --override /tmp/appliance-torch-override.txt \
         --no-header -o requirements.lock
+
+# Single-request latency of POST /recommendations against a running appliance (e.g. the demo)
+latency url="http://127.0.0.1:8000":
+    .venv/bin/python bench/latency.py --url {{url}}

@@ -89,6 +89,7 @@ def admin_target(settings: Settings, url: str | None = None) -> Iterator[AdminTa
 
     Raises:
         ConfigError: Another process holds the data directory without serving HTTP.
+
     """
     target = url or running_server(settings.data_dir)
     if target == "":

@@ -26,7 +26,9 @@ from appliance.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _error_response(request: Request[object, object, State], exc: ApplianceError) -> Response[ErrorBody]:
+def _error_response(
+    request: Request[object, object, State], exc: ApplianceError
+) -> Response[ErrorBody]:
     del request
     return Response(
         ErrorBody(status_code=exc.status_code, detail=exc.message),
@@ -58,6 +60,7 @@ def create_app(
 
     Returns:
         The application; its lifespan opens and closes the runtime.
+
     """
 
     @asynccontextmanager

@@ -64,9 +64,11 @@ def _errors() -> Iterator[None]:
 )
 @click.pass_context
 def main(ctx: click.Context, config: Path | None) -> None:
-    """A self-hosted recommendation appliance."""
+    """Run and administer a self-hosted recommendation appliance."""
     ctx.obj = {"config": config}
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     for noisy in ("sentence_transformers", "httpx", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -75,7 +77,9 @@ def _serve(settings: Settings, seed: Path | None) -> None:
     import uvicorn  # noqa: PLC0415 - only serving needs it
 
     from appliance.app import create_app  # noqa: PLC0415 - keeps --help fast
+    from appliance.backends.registry import preflight  # noqa: PLC0415
 
+    preflight(settings)
     url = f"http://{settings.server.host}:{settings.server.port}"
     app = create_app(settings, advertise_url=url, seed_catalog=seed)
     click.echo(f"loading models and data from {settings.data_dir}; serving at {url} when ready")
@@ -95,7 +99,7 @@ def _serve(settings: Settings, seed: Path | None) -> None:
 @main.command()
 @_server_options
 @click.pass_context
-def serve(ctx: click.Context, **options: Any) -> None:
+def serve(ctx: click.Context, /, **options: Any) -> None:
     """Run the HTTP API."""
     with _errors():
         _serve(_settings(ctx, **options), None)
@@ -104,7 +108,7 @@ def serve(ctx: click.Context, **options: Any) -> None:
 @main.command()
 @_server_options
 @click.pass_context
-def demo(ctx: click.Context, **options: Any) -> None:
+def demo(ctx: click.Context, /, **options: Any) -> None:
     """Load the demo catalog (MovieLens movies; re-runs skip unchanged items) and serve."""
     from appliance.demo import MOVIELENS_CATALOG  # noqa: PLC0415
 
@@ -114,12 +118,14 @@ def demo(ctx: click.Context, **options: Any) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv"]), help="Default: by suffix.")
-@click.option("--id-column", default="item_id", show_default=True, help="Field holding the item id.")
-@click.option("--title-column", default="title", show_default=True, help="Field holding the title.")
 @click.option(
-    "--text-column", multiple=True, help="Field(s) joined into the text (default: text)."
+    "--format", "fmt", type=click.Choice(["jsonl", "csv", "tsv"]), help="Default: by suffix."
 )
+@click.option(
+    "--id-column", default="item_id", show_default=True, help="Field holding the item id."
+)
+@click.option("--title-column", default="title", show_default=True, help="Field holding the title.")
+@click.option("--text-column", multiple=True, help="Field(s) joined into the text (default: text).")
 @click.option(
     "--metadata-column",
     multiple=True,
@@ -242,7 +248,9 @@ def models() -> None:
 @click.option("--all", "all_", is_flag=True, help="Also fetch optional models (the re-ranker).")
 @click.option("--models-dir", type=click.Path(path_type=Path), help="Default: ./models.")
 @click.pass_context
-def models_pull(ctx: click.Context, names: tuple[str, ...], all_: bool, models_dir: Path | None) -> None:
+def models_pull(
+    ctx: click.Context, names: tuple[str, ...], all_: bool, models_dir: Path | None
+) -> None:
     """Fetch model files listed in models/manifest.toml and verify their sha256."""
     from appliance import model_files  # noqa: PLC0415
 
@@ -270,11 +278,19 @@ def models_list(ctx: click.Context, models_dir: Path | None) -> None:
 
 
 @main.command("config")
+@click.option("--reference", is_flag=True, help="List every setting as a Markdown table instead.")
 @click.pass_context
-def show_config(ctx: click.Context) -> None:
+def show_config(ctx: click.Context, reference: bool) -> None:
     """Print the effective settings (defaults, file and APPLIANCE_* environment) as JSON."""
     import json  # noqa: PLC0415
 
+    from appliance.settings import reference as settings_reference  # noqa: PLC0415
+
+    if reference:
+        click.echo("| Environment variable | Default | Meaning |\n| --- | --- | --- |")
+        for name, default, doc in settings_reference():
+            click.echo(f"| `{name}` | `{default}` | {doc} |")
+        return
     with _errors():
         click.echo(json.dumps(describe(load_settings(ctx.obj.get("config"))), indent=2))
 

@@ -11,6 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from appliance.errors import ConfigError
 
@@ -25,7 +26,7 @@ class DataDirLock:
         self._url = url
         self._fd: int | None = None
 
-    def __enter__(self) -> DataDirLock:
+    def __enter__(self) -> Self:
         self._path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o644)
         try:

@@ -31,7 +31,7 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True):
     """Where the HTTP server listens."""
 
     host: str = "127.0.0.1"
@@ -40,7 +40,7 @@ class ServerSettings(_Section):
     """TCP port of the HTTP API."""
 
 
-class EmbedderSettings(_Section):
+class EmbedderSettings(_Section, frozen=True):
     """The text encoder that turns items and contexts into vectors."""
 
     kind: str = "sentence-transformers"
@@ -53,7 +53,7 @@ class EmbedderSettings(_Section):
     """torch intra-op threads for encoding; 0 keeps torch's default (one per core)."""
 
 
-class IndexSettings(_Section):
+class IndexSettings(_Section, frozen=True):
     """The vector index that holds one vector per catalog item."""
 
     kind: str = "qdrant-edge"
@@ -66,14 +66,14 @@ class IndexSettings(_Section):
     """HNSW query-time beam width: higher is more accurate and slower."""
 
 
-class RerankerSettings(_Section):
+class RerankerSettings(_Section, frozen=True):
     """The stage that reorders the fused candidates before the response."""
 
     kind: str = "none"
     """Re-ranker backend: none (keeps the retrieval order)."""
 
 
-class RecommendSettings(_Section):
+class RecommendSettings(_Section, frozen=True):
     """How recommendation requests are answered."""
 
     context_weight: Fraction = 0.7
@@ -86,7 +86,7 @@ class RecommendSettings(_Section):
     """How long a computed popularity ranking is reused before it is recomputed."""
 
 
-class FeedbackSettings(_Section):
+class FeedbackSettings(_Section, frozen=True):
     """How feedback events turn into a user's preference vector."""
 
     neutral_rating: Annotated[float, Meta(gt=0.0, lt=5.0)] = 2.5
@@ -95,7 +95,7 @@ class FeedbackSettings(_Section):
     """Age at which an event weighs half as much in the preference vector as a new one."""
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     """Everything the appliance can be configured with."""
 
     data_dir: Path = Path("data")
@@ -128,6 +128,7 @@ def load_settings(
 
     Raises:
         ConfigError: A file is unreadable, a key is unknown, or a value is out of range.
+
     """
     env = os.environ if environ is None else environ
     tree: dict[str, Any] = {}
@@ -175,3 +176,43 @@ def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
 def describe(settings: Settings) -> dict[str, Any]:
     """Return the effective settings as plain JSON-ready values."""
     return msgspec.to_builtins(settings, enc_hook=str)  # type: ignore[no-any-return]
+
+
+def reference() -> list[tuple[str, str, str]]:
+    """List every setting as (environment variable, default, description), for the docs.
+
+    Descriptions are the attribute docstrings in this module, read from its source so that the
+    documentation cannot drift from the code.
+    """
+    import ast  # noqa: PLC0415 - documentation only
+    import inspect  # noqa: PLC0415
+    import itertools  # noqa: PLC0415
+
+    docs: dict[tuple[str, str], str] = {}
+    tree = ast.parse(inspect.getsource(inspect.getmodule(reference)))  # type: ignore[arg-type]
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        body = cls.body
+        for field, doc in itertools.pairwise(body):
+            if (
+                isinstance(field, ast.AnnAssign)
+                and isinstance(field.target, ast.Name)
+                and isinstance(doc, ast.Expr)
+                and isinstance(doc.value, ast.Constant)
+            ):
+                docs[cls.name, field.target.id] = str(doc.value.value)
+
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(struct: type[msgspec.Struct], instance: msgspec.Struct, prefix: str) -> None:
+        for name in struct.__struct_fields__:
+            value = getattr(instance, name)
+            if isinstance(value, msgspec.Struct):
+                walk(type(value), value, f"{prefix}{name.upper()}__")
+            else:
+                default = str(value)
+                rows.append(
+                    (f"{prefix}{name.upper()}", default, docs.get((struct.__name__, name), ""))
+                )
+
+    walk(Settings, Settings(), ENV_PREFIX)
+    return rows

@@ -66,7 +66,9 @@ def open_client(minilm: Embedder) -> Iterator[Callable[[Settings], TestClient[An
 
 
 @pytest.fixture
-def client(open_client: Callable[[Settings], TestClient[Any]], settings: Settings) -> TestClient[Any]:
+def client(
+    open_client: Callable[[Settings], TestClient[Any]], settings: Settings
+) -> TestClient[Any]:
     """The application on an empty data directory."""
     return open_client(settings)
 

@@ -15,7 +15,9 @@ class FeedbackController(Controller):
     tags = ["feedback"]
 
     @post(status_code=200, summary="Record what a user did with an item")
-    async def record(self, data: JSONBody[FeedbackRequest], runtime: NamedDependency[Runtime]) -> FeedbackResponse:
+    async def record(
+        self, data: JSONBody[FeedbackRequest], runtime: NamedDependency[Runtime]
+    ) -> FeedbackResponse:
         """Store the event durably, then update the user's preference vector."""
         receipt = await runtime.feedback.record(
             user_id=data.user_id,

@@ -27,7 +27,9 @@ class ItemController(Controller):
     tags = ["catalog"]
 
     @post(status_code=200, summary="Add or replace items")
-    async def upsert(self, data: JSONBody[ItemsUpsertRequest], runtime: NamedDependency[Runtime]) -> ItemsUpsertResponse:
+    async def upsert(
+        self, data: JSONBody[ItemsUpsertRequest], runtime: NamedDependency[Runtime]
+    ) -> ItemsUpsertResponse:
         """Upsert a batch; items whose title and text did not change are not re-embedded."""
         summary = await runtime.catalog.upsert(
             [Item(i.item_id, i.title, i.text, i.metadata) for i in data.items]
@@ -44,7 +46,9 @@ class ItemController(Controller):
     async def list_items(
         self,
         runtime: NamedDependency[Runtime],
-        cursor: Annotated[str | None, Parameter(description="next_cursor of the previous page")] = None,
+        cursor: Annotated[
+            str | None, Parameter(description="next_cursor of the previous page")
+        ] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     ) -> ItemPage:
         """Page through the catalog in item-id order."""

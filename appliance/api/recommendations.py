@@ -27,7 +27,7 @@ class RecommendationController(Controller):
     async def recommend(
         self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
     ) -> RecommendationResponse:
-        """Blend the context with the user's learned preferences, retrieve, re-rank, return top_k."""
+        """Blend context and learned preferences, retrieve, re-rank and return top_k."""
         result = await runtime.recommender.recommend(
             RecommendationQuery(
                 user_id=data.user_id,

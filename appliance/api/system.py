@@ -17,7 +17,7 @@ class SystemController(Controller):
 
     @get("/health", summary="Readiness")
     async def health(self, runtime: NamedDependency[Runtime]) -> Health:
-        """Ready once the model, the index and the store are loaded (the server only listens then)."""
+        """Ready once model, index and store are loaded (the server listens only then)."""
         return Health(
             status="ready",
             components={
@@ -39,7 +39,9 @@ class SystemController(Controller):
             users=counts.users,
             feedback_events=counts.feedback_events,
             index_points=points,
-            encoder=EncoderStatsOut(batches=e.batches, texts=e.texts, largest_batch=e.largest_batch),
+            encoder=EncoderStatsOut(
+                batches=e.batches, texts=e.texts, largest_batch=e.largest_batch
+            ),
         )
 
     @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")

@@ -15,7 +15,9 @@ class UserController(Controller):
     tags = ["users"]
 
     @get("/{user_id:str}", summary="Get a user's profile")
-    async def profile(self, user_id: FromPath[str], runtime: NamedDependency[Runtime]) -> UserProfileOut:
+    async def profile(
+        self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> UserProfileOut:
         """Return the user's feedback count and preference state."""
         p = await runtime.feedback.profile(user_id)
         return UserProfileOut(
@@ -27,7 +29,9 @@ class UserController(Controller):
         )
 
     @delete("/{user_id:str}", summary="Delete a user and all their data", status_code=200)
-    async def delete_user(self, user_id: FromPath[str], runtime: NamedDependency[Runtime]) -> UserDeleted:
+    async def delete_user(
+        self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
+    ) -> UserDeleted:
         """Delete the user's profile and every feedback event they sent."""
         deleted = await runtime.feedback.delete_user(user_id)
         return UserDeleted(user_id=user_id, deleted_events=deleted)

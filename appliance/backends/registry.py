@@ -87,6 +87,21 @@ def _pick(family: str, registry: dict[str, T], kind: str) -> T:
         raise ConfigError(f"unknown {family} kind {kind!r}; installed: {known}") from None
 
 
+def preflight(settings: Settings) -> None:
+    """Check, cheaply and before anything loads, that the settings name usable backends.
+
+    Raises:
+        ConfigError: An unknown kind, or a model file that is not in the models folder (the
+            message names the command that fetches it).
+
+    """
+    _pick("embedder", EMBEDDERS, settings.embedder.kind)
+    _pick("index", INDEXES, settings.index.kind)
+    _pick("reranker", RERANKERS, settings.reranker.kind)
+    if settings.embedder.kind == "sentence-transformers":
+        model_files.require(settings.models_dir, settings.embedder.model)
+
+
 def build_embedder(settings: Settings) -> Embedder:
     """Build the embedder the settings name."""
     return _pick("embedder", EMBEDDERS, settings.embedder.kind)(settings)

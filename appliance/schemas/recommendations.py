@@ -8,7 +8,9 @@ from msgspec import Meta
 from appliance.schemas.base import Id, Request, Response
 
 Scalar = str | int | float | bool
-FieldName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+FieldName = Annotated[
+    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+]
 
 
 class RangeFilter(Request):

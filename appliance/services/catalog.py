@@ -73,6 +73,7 @@ class CatalogService:
 
         Raises:
             InvalidInputError: An item id appears more than once.
+
         """
         ids = [i.item_id for i in items]
         repeated = [i for i, n in Counter(ids).items() if n > 1]
@@ -85,7 +86,8 @@ class CatalogService:
         if not changed:
             return UpsertSummary(0, 0, len(items), 0)
         to_embed = [
-            i for i in changed
+            i
+            for i in changed
             if i.item_id not in existing or existing[i.item_id].content_hash != i.content_hash
         ]
         vectors = await self._vectors_for(changed, to_embed)
@@ -100,7 +102,9 @@ class CatalogService:
             embedded=len(to_embed),
         )
 
-    async def _vectors_for(self, changed: Sequence[Item], to_embed: Sequence[Item]) -> dict[str, Vector]:
+    async def _vectors_for(
+        self, changed: Sequence[Item], to_embed: Sequence[Item]
+    ) -> dict[str, Vector]:
         # Items whose metadata alone changed keep their vector, read back from the index.
         reuse = [i.item_id for i in changed if i not in to_embed]
         vectors = await anyio.to_thread.run_sync(self._index.vectors, reuse)
@@ -115,6 +119,7 @@ class CatalogService:
 
         Returns:
             The summed counts over all batches.
+
         """
         totals = UpsertSummary(0, 0, 0, 0)
         batch: list[Item] = []
@@ -126,7 +131,11 @@ class CatalogService:
             if len(batch) == batch_size:
                 totals = totals + await self.upsert(batch)
                 batch = []
-                log.info("%s: %d items loaded", path.name, totals.created + totals.updated + totals.unchanged)
+                log.info(
+                    "%s: %d items loaded",
+                    path.name,
+                    totals.created + totals.updated + totals.unchanged,
+                )
         if batch:
             totals = totals + await self.upsert(batch)
         return totals
@@ -136,6 +145,7 @@ class CatalogService:
 
         Raises:
             NotFoundError: No item has this id.
+
         """
         found = await anyio.to_thread.run_sync(self._store.get_items, [item_id])
         if item_id not in found:
@@ -158,13 +168,16 @@ class CatalogService:
 
         Raises:
             NotFoundError: No item has this id.
+
         """
         deleted = await anyio.to_thread.run_sync(self._store.delete_items, [item_id])
         if not deleted:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         await anyio.to_thread.run_sync(self._index.delete, deleted)
 
-    async def reconcile(self, progress: Callable[[int, int], None] | None = None) -> ReconcileSummary:
+    async def reconcile(
+        self, progress: Callable[[int, int], None] | None = None
+    ) -> ReconcileSummary:
         """Make the index agree with the store: embed what is missing or stale, drop orphans.
 
         Runs at start-up, so a crash between a store write and the index write loses nothing.

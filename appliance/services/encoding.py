@@ -71,6 +71,7 @@ class EncoderQueue:
 
         Raises:
             NotReadyError: The encoder is not running.
+
         """
         if self._worker is None:
             raise NotReadyError("the encoder is not running")

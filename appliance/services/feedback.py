@@ -60,7 +60,7 @@ class FeedbackService:
         # the same user from overwriting each other.
         self._update_lock = asyncio.Lock()
 
-    async def record(
+    async def record(  # noqa: PLR0917 - the fields of one feedback event
         self,
         user_id: str,
         item_id: str,
@@ -76,6 +76,7 @@ class FeedbackService:
         Raises:
             InvalidInputError: A rating event without a rating, or a timestamp in the future.
             NotFoundError: The item is not in the catalog.
+
         """
         if interaction_type is InteractionType.RATING and rating is None:
             raise InvalidInputError("interaction_type 'rating' needs a rating between 0 and 5")
@@ -114,6 +115,7 @@ class FeedbackService:
 
         Raises:
             NotFoundError: The user has never sent feedback.
+
         """
         state = await anyio.to_thread.run_sync(self._store.preference, user_id)
         if state is None:
@@ -134,6 +136,7 @@ class FeedbackService:
 
         Raises:
             NotFoundError: The user has never sent feedback.
+
         """
         async with self._update_lock:
             state = await anyio.to_thread.run_sync(self._store.preference, user_id)
@@ -152,8 +155,13 @@ class FeedbackService:
 
         Raises:
             NotFoundError: ``user_id`` has never sent feedback.
+
         """
-        users = [user_id] if user_id is not None else await anyio.to_thread.run_sync(self._store.user_ids)
+        users = (
+            [user_id]
+            if user_id is not None
+            else await anyio.to_thread.run_sync(self._store.user_ids)
+        )
         deviation = 0.0
         for uid in users:
             async with self._update_lock:

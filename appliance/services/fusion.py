@@ -25,6 +25,7 @@ def reciprocal_rank_fusion(
 
     Returns:
         Candidates, best first; ties keep the order of first appearance.
+
     """
     fused: dict[str, float] = {}
     candidates: dict[str, Candidate] = {}

@@ -39,9 +39,12 @@ def apply_event(
 
     Returns:
         The updated state.
+
     """
     now = datetime.now(UTC)
-    updated = replace(state, feedback_count=state.feedback_count + 1, created_at=state.created_at or now)
+    updated = replace(
+        state, feedback_count=state.feedback_count + 1, created_at=state.created_at or now
+    )
     if vector is None or weight == 0.0:
         return updated
     t = event_time.timestamp()

@@ -83,6 +83,7 @@ class RecommendationService:
 
         Raises:
             ConflictError: The catalog is empty.
+
         """
         timings: dict[str, float] = {}
         started = time.perf_counter()
@@ -120,7 +121,9 @@ class RecommendationService:
             await self._fail_if_catalog_empty()
         reranked = False
         if query.rerank is not False and self._reranker.name != "none" and candidates:
-            candidates = await self._rerank(context, candidates, {k: v.item for k, v in items.items()})
+            candidates = await self._rerank(
+                context, candidates, {k: v.item for k, v in items.items()}
+            )
             reranked = True
             timings["rerank"] = _ms_since(mark)
         timings["total"] = _ms_since(started)
@@ -146,7 +149,8 @@ class RecommendationService:
         if not context:
             return None
         vectors = await self._encoder.encode([context])
-        return vectors[0]
+        vector: Vector = vectors[0]
+        return vector
 
     def _query_vector(
         self, context: Vector | None, preference: Vector | None
@@ -171,7 +175,10 @@ class RecommendationService:
         by_id = {c.item_id: c for c in candidates}
         scored = await self._reranker.rerank(
             context,
-            [RerankCandidate(c.item_id, items[c.item_id].title, items[c.item_id].text) for c in candidates],
+            [
+                RerankCandidate(c.item_id, items[c.item_id].title, items[c.item_id].text)
+                for c in candidates
+            ],
         )
         ordered: list[Candidate] = []
         for item_id, score in scored:

@@ -69,23 +69,31 @@ async def open_runtime(
 
     Yields:
         The open runtime.
+
     """
     given = backends or Backends()
     async with AsyncExitStack() as stack:
         stack.enter_context(DataDirLock(settings.data_dir, advertise_url))
-        store = given.store or await anyio.to_thread.run_sync(build_store, settings)
-        if given.store is None:
+        store = given.store
+        if store is None:
+            store = await anyio.to_thread.run_sync(build_store, settings)
             stack.callback(store.close)
-        embedder = given.embedder or await anyio.to_thread.run_sync(build_embedder, settings)
-        if given.embedder is None:
+        embedder = given.embedder
+        if embedder is None:
+            embedder = await anyio.to_thread.run_sync(build_embedder, settings)
             stack.callback(embedder.close)
-        index = given.index or await anyio.to_thread.run_sync(build_index, settings, embedder)
-        if given.index is None:
+        index = given.index
+        if index is None:
+            index = await anyio.to_thread.run_sync(build_index, settings, embedder)
             stack.callback(index.close)
-        reranker = given.reranker or build_reranker(settings)
-        if given.reranker is None:
+        reranker = given.reranker
+        if reranker is None:
+            reranker = build_reranker(settings)
             stack.push_async_callback(reranker.close)
 
+        # The first forward pass initialises torch's kernels (hundreds of ms): pay it here, not
+        # in the first request.
+        await anyio.to_thread.run_sync(embedder.embed, ["warm-up"])
         encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
         await encoder.start()
         stack.push_async_callback(encoder.close)

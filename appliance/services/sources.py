@@ -66,7 +66,12 @@ class PopularitySource:
     name = "popularity"
 
     def __init__(
-        self, store: DuckDBStore, index: VectorIndex, *, half_life_days: float, refresh_seconds: float
+        self,
+        store: DuckDBStore,
+        index: VectorIndex,
+        *,
+        half_life_days: float,
+        refresh_seconds: float,
     ) -> None:
         self._store = store
         self._index = index
@@ -112,4 +117,3 @@ class PopularitySource:
     def invalidate(self) -> None:
         """Forget the cached ranking, e.g. after the catalog or the feedback changed a lot."""
         self._computed_at = float("-inf")
-

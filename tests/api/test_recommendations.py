@@ -50,9 +50,12 @@ def test_response_has_exactly_top_k(catalog_client: TestClient[Any]) -> None:
 def test_likes_and_dislikes_move_the_next_results(catalog_client: TestClient[Any]) -> None:
     user = "alice-123"
     for item in ("ck-1", "ck-2"):
-        assert catalog_client.post(
-            "/feedback", json={"user_id": user, "item_id": item, "interaction_type": "like"}
-        ).status_code == 200
+        assert (
+            catalog_client.post(
+                "/feedback", json={"user_id": user, "item_id": item, "interaction_type": "like"}
+            ).status_code
+            == 200
+        )
     liked = recommend(catalog_client, user_id=user, top_k=3)
     assert liked["strategy"] == "preference"
     assert all(i.startswith("ck-") for i in ids(liked))
@@ -62,7 +65,8 @@ def test_likes_and_dislikes_move_the_next_results(catalog_client: TestClient[Any
         catalog_client.post("/feedback", json={"user_id": user, "item_id": item, "rating": 0.5})
     for item in ("gd-1", "gd-2", "gd-3", "gd-4"):
         catalog_client.post(
-            "/feedback", json={"user_id": user, "item_id": item, "rating": 5, "interaction_type": "rating"}
+            "/feedback",
+            json={"user_id": user, "item_id": item, "rating": 5, "interaction_type": "rating"},
         )
     moved = ids(recommend(catalog_client, user_id=user, top_k=2))
     assert moved[0].startswith("gd-"), moved
@@ -87,11 +91,15 @@ def test_preference_blends_with_context(catalog_client: TestClient[Any]) -> None
 def test_seen_items_are_excluded_unless_asked(catalog_client: TestClient[Any]) -> None:
     user = "carol"
     for item in ("tt-1", "tt-2", "tt-3"):
-        catalog_client.post("/feedback", json={"user_id": user, "item_id": item, "interaction_type": "view"})
+        catalog_client.post(
+            "/feedback", json={"user_id": user, "item_id": item, "interaction_type": "view"}
+        )
     answer = recommend(catalog_client, user_id=user, context="time travel", top_k=6)
     assert not set(ids(answer)) & {"tt-1", "tt-2", "tt-3"}
     assert len(ids(answer)) == 6
-    again = recommend(catalog_client, user_id=user, context="time travel", top_k=6, exclude_seen=False)
+    again = recommend(
+        catalog_client, user_id=user, context="time travel", top_k=6, exclude_seen=False
+    )
     assert set(ids(again)) == TIME_TRAVEL
 
 
@@ -103,7 +111,10 @@ def test_filters_are_honoured(catalog_client: TestClient[Any]) -> None:
     assert all(r["metadata"]["format"] == "film" for r in answer["recommendations"])
 
     ranged = recommend(
-        catalog_client, user_id="u", context="stories", top_k=36,
+        catalog_client,
+        user_id="u",
+        context="stories",
+        top_k=36,
         filters={"year": {"gte": 2015, "lt": 2019}, "category": ["space", "sport"]},
     )
     assert ranged["recommendations"]
@@ -111,7 +122,9 @@ def test_filters_are_honoured(catalog_client: TestClient[Any]) -> None:
         assert 2015 <= r["metadata"]["year"] < 2019
         assert r["metadata"]["category"] in {"space", "sport"}
     # A list-valued field matches when it contains the value.
-    tagged = recommend(catalog_client, user_id="u", context="food", top_k=36, filters={"tags": "novel"})
+    tagged = recommend(
+        catalog_client, user_id="u", context="food", top_k=36, filters={"tags": "novel"}
+    )
     assert {r["metadata"]["format"] for r in tagged["recommendations"]} == {"novel"}
 
 
@@ -130,12 +143,19 @@ def test_cold_start_user_gets_popular_items(
     assert ids(newest) == ["gd-6", "gd-5", "gd-4"]
 
     for n, user in enumerate(["p1", "p2", "p3"]):
-        client.post("/feedback", json={"user_id": user, "item_id": "ro-4", "interaction_type": "like"})
+        client.post(
+            "/feedback", json={"user_id": user, "item_id": "ro-4", "interaction_type": "like"}
+        )
         if n < 2:
-            client.post("/feedback", json={"user_id": user, "item_id": "sf-2", "interaction_type": "purchase"})
+            client.post(
+                "/feedback",
+                json={"user_id": user, "item_id": "sf-2", "interaction_type": "purchase"},
+            )
     # Dislikes never make an item popular.
     for user in ("p4", "p5", "p6", "p7"):
-        client.post("/feedback", json={"user_id": user, "item_id": "sp-2", "interaction_type": "dislike"})
+        client.post(
+            "/feedback", json={"user_id": user, "item_id": "sp-2", "interaction_type": "dislike"}
+        )
 
     cold = recommend(client, user_id="first-visit", top_k=3)
     assert cold["strategy"] == "popularity"

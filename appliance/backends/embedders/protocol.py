@@ -29,6 +29,7 @@ class Embedder(Protocol):
 
         Returns:
             A ``(len(texts), dimension)`` float32 array of unit-length rows.
+
         """
         ...
 

@@ -190,7 +190,7 @@ class QdrantEdgeIndex:
             self._shard.close()
 
 
-def _schema_for(value: Any) -> qe.PayloadSchemaType | None:
+def _schema_for(value: Any) -> qe.PayloadSchemaType | None:  # noqa: PLR0911 - one per JSON type
     if isinstance(value, list):
         if value and all(isinstance(v, str) for v in value):
             return qe.PayloadSchemaType.Keyword
@@ -223,17 +223,20 @@ def _condition(condition: FieldCondition) -> Any:
     key = f"{_META}.{condition.field}"
     if condition.range is not None:
         r = condition.range
-        return qe.FieldCondition(key=key, range=qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte))
+        return qe.FieldCondition(
+            key=key, range=qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte)
+        )
     if condition.any_of is not None:
         values = list(condition.any_of)
         if all(isinstance(v, str) for v in values) or all(
             isinstance(v, int) and not isinstance(v, bool) for v in values
         ):
             return qe.FieldCondition(key=key, match=qe.MatchAny(values))  # type: ignore[arg-type]
-        return qe.Filter(should=[_condition(FieldCondition(condition.field, equals=v)) for v in values])
+        return qe.Filter(
+            should=[_condition(FieldCondition(condition.field, equals=v)) for v in values]
+        )
     value = condition.equals
     if isinstance(value, float):
         # Exact-match conditions take strings, integers and booleans only.
         return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
     return qe.FieldCondition(key=key, match=qe.MatchValue(value))  # type: ignore[arg-type]
-

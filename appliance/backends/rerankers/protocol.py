@@ -34,6 +34,7 @@ class Reranker(Protocol):
 
         Returns:
             ``(item_id, score)`` pairs, best first.
+
         """
         ...
 

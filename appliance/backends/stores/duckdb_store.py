@@ -140,10 +140,12 @@ class DuckDBStore:
     def put_items(self, items: Sequence[Item]) -> list[StoredItem]:
         """Insert or replace items in one transaction, through Arrow (bulk, not row by row).
 
-        Item ids must be unique within ``items``. New items get the next sequence numbers; replaced items keep theirs.
+        Item ids must be unique within ``items``. New items get the next sequence numbers;
+        replaced items keep theirs.
 
         Returns:
             The stored items in input order, with their hashes and sequence numbers.
+
         """
         if not items:
             return []
@@ -223,10 +225,12 @@ class DuckDBStore:
 
         Returns:
             The ids that existed.
+
         """
         with self._transaction():
             rows = self._rows(
-                "DELETE FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[])) RETURNING item_id",
+                "DELETE FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[])) "
+                "RETURNING item_id",
                 [list(item_ids)],
             )
         return [r[0] for r in rows]
@@ -234,9 +238,7 @@ class DuckDBStore:
     def newest_item_ids(self, limit: int) -> list[str]:
         """Return the most recently added item ids."""
         with self._lock:
-            rows = self._rows(
-                "SELECT item_id FROM items ORDER BY seq DESC LIMIT ?", [limit]
-            )
+            rows = self._rows("SELECT item_id FROM items ORDER BY seq DESC LIMIT ?", [limit])
         return [r[0] for r in rows]
 
     # -- feedback and users ------------------------------------------------------------------
@@ -311,9 +313,7 @@ class DuckDBStore:
     def seen_item_ids(self, user_id: str) -> set[str]:
         """Return the items a user has given any feedback on."""
         with self._lock:
-            rows = self._rows(
-                "SELECT DISTINCT item_id FROM feedback WHERE user_id = ?", [user_id]
-            )
+            rows = self._rows("SELECT DISTINCT item_id FROM feedback WHERE user_id = ?", [user_id])
         return {r[0] for r in rows}
 
     def user_events(self, user_id: str) -> list[FeedbackEvent]:
@@ -342,16 +342,17 @@ class DuckDBStore:
 
         Returns:
             How many feedback events were deleted.
+
         """
         with self._transaction():
-            row = self._first(
-                "SELECT count(*) FROM feedback WHERE user_id = ?", [user_id]
-            )
+            row = self._first("SELECT count(*) FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
         return int(row[0]) if row else 0
 
-    def popularity(self, now: datetime, half_life_days: float, limit: int) -> list[tuple[str, float]]:
+    def popularity(
+        self, now: datetime, half_life_days: float, limit: int
+    ) -> list[tuple[str, float]]:
         """Rank items by recency-weighted positive feedback, most popular first.
 
         Only items still in the catalog count; an event weighs half after ``half_life_days``.
@@ -360,8 +361,9 @@ class DuckDBStore:
             rows = self._rows(
                 """
                 SELECT f.item_id,
-                       sum(f.weight * pow(0.5, greatest(epoch(?::TIMESTAMP) - epoch(f.event_time), 0)
-                                           / (? * 86400.0))) AS score
+                       sum(f.weight * pow(0.5,
+                           greatest(epoch(?::TIMESTAMP) - epoch(f.event_time), 0)
+                           / (? * 86400.0))) AS score
                 FROM feedback AS f SEMI JOIN items AS i USING (item_id)
                 WHERE f.weight > 0
                 GROUP BY f.item_id

@@ -1,0 +1,154 @@
+"""Feedback through HTTP: the receipt, historical events and durability, on the real model,
+index and database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from litestar.testing import TestClient
+
+
+def send(client: TestClient[Any], **body: Any) -> dict[str, Any]:
+    response = client.post("/feedback", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
+    response = client.post("/recommendations", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(answer: dict[str, Any]) -> list[str]:
+    return [r["item_id"] for r in answer["recommendations"]]
+
+
+def stats(client: TestClient[Any]) -> dict[str, Any]:
+    response = client.get("/stats")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize(
+    ("fields", "weight"),
+    [
+        ({"interaction_type": "like"}, 1.0),
+        ({"interaction_type": "dislike"}, -1.0),
+        ({"interaction_type": "rating", "rating": 4}, 0.6),
+        ({"rating": 4}, 0.6),  # rating is the default interaction type
+        ({"interaction_type": "rating", "rating": 0}, -1.0),
+        ({"interaction_type": "view"}, 0.25),
+        ({"interaction_type": "click"}, 0.5),
+        ({"interaction_type": "purchase"}, 1.0),
+        ({"interaction_type": "skip"}, -0.5),
+        # Like and dislike keep their direction whatever rating comes with them.
+        ({"interaction_type": "dislike", "rating": 5}, -1.0),
+        # A rating alongside another interaction decides its direction.
+        ({"interaction_type": "watched", "rating": 1.5}, -0.3),
+    ],
+)
+def test_receipt_carries_the_weight_of_the_event(
+    catalog_client: TestClient[Any], fields: dict[str, Any], weight: float
+) -> None:
+    receipt = send(catalog_client, user_id="alice", item_id="ck-1", **fields)
+    assert receipt["status"] == "recorded"
+    assert receipt["user_id"] == "alice"
+    assert receipt["item_id"] == "ck-1"
+    assert receipt["weight"] == pytest.approx(weight)
+    assert receipt["feedback_count"] == 1
+    assert receipt["preference_updated"] is True
+
+
+def test_neutral_rating_is_recorded_without_moving_the_preference(
+    catalog_client: TestClient[Any],
+) -> None:
+    receipt = send(catalog_client, user_id="bob", item_id="ck-1", rating=2.5)
+    assert receipt["weight"] == 0.0
+    assert receipt["preference_updated"] is False
+    assert receipt["feedback_count"] == 1
+
+
+def test_feedback_count_increments_per_user(catalog_client: TestClient[Any]) -> None:
+    events = [
+        ("like", None, 1.0),
+        ("dislike", None, -1.0),
+        ("rating", 4, 0.6),
+        ("view", None, 0.25),
+    ]
+    for n, (kind, rating, weight) in enumerate(events, start=1):
+        receipt = send(
+            catalog_client, user_id="carol", item_id=f"sp-{n}", interaction_type=kind, rating=rating
+        )
+        assert receipt["feedback_count"] == n
+        assert receipt["weight"] == pytest.approx(weight)
+    # Another user's count starts from its own beginning.
+    assert send(catalog_client, user_id="dave", item_id="sp-1", rating=5)["feedback_count"] == 1
+    assert catalog_client.get("/users/carol").json()["feedback_count"] == len(events)
+
+
+def test_historical_timestamps_are_accepted_and_weigh_less(catalog_client: TestClient[Any]) -> None:
+    year_ago = iso(datetime.now(UTC) - timedelta(days=365))
+    # The same likes with opposite ages: the recent ones dominate each user's taste.
+    for user, recent, old in (("cook", "ck", "sp"), ("astro", "sp", "ck")):
+        for n in (2, 5):
+            send(catalog_client, user_id=user, item_id=f"{recent}-{n}", interaction_type="like")
+            receipt = send(
+                catalog_client, user_id=user, item_id=f"{old}-{n}", interaction_type="like",
+                timestamp=year_ago,
+            )
+            # The weight is the event's own; its age applies inside the preference vector.
+            assert receipt["weight"] == 1.0
+
+    for user, recent, old in (("cook", "ck-", "sp-"), ("astro", "sp-", "ck-")):
+        answer = ids(recommend(catalog_client, user_id=user, top_k=4))
+        assert sum(i.startswith(recent) for i in answer) >= 2, (user, answer)
+        assert not any(i.startswith(old) for i in answer), (user, answer)
+
+
+def test_timestamp_formats(catalog_client: TestClient[Any]) -> None:
+    # An offset, a naive time (taken as UTC) and a time a little ahead of the server's clock.
+    for moment in (
+        "2021-06-01T12:00:00+02:00",
+        "2021-06-01T12:00:00",
+        iso(datetime.now(UTC) + timedelta(minutes=1)),
+    ):
+        send(catalog_client, user_id="erin", item_id="gd-1", interaction_type="view", timestamp=moment)
+    assert catalog_client.get("/users/erin").json()["feedback_count"] == 3
+
+
+def test_request_id_of_a_recommendation_is_accepted(catalog_client: TestClient[Any]) -> None:
+    answer = recommend(catalog_client, user_id="frank", context="space exploration", top_k=3)
+    request_id = answer["request_id"]
+    assert request_id
+    for item in ids(answer):
+        receipt = send(
+            catalog_client, user_id="frank", item_id=item, interaction_type="click",
+            request_id=request_id,
+        )
+        assert receipt["status"] == "recorded"
+    assert stats(catalog_client)["feedback_events"] == 3
+    # Items answered with feedback are left out of the next answer.
+    again = recommend(catalog_client, user_id="frank", context="space exploration", top_k=3)
+    assert not set(ids(again)) & set(ids(answer))
+
+
+def test_events_are_counted_durably(catalog_client: TestClient[Any]) -> None:
+    base = stats(catalog_client)
+    assert (base["feedback_events"], base["users"]) == (0, 0)
+    for n, user in enumerate(("g1", "g2", "g3")):
+        for item in ("ro-1", "ro-2")[: n + 1]:
+            send(catalog_client, user_id=user, item_id=item, interaction_type="like")
+    counts = stats(catalog_client)
+    assert counts["feedback_events"] == 1 + 2 + 2
+    assert counts["users"] == 3
+    # Rejected feedback is not stored.
+    rejected = catalog_client.post("/feedback", json={"user_id": "g1", "item_id": "nope", "rating": 5})
+    assert rejected.status_code == 404
+    assert stats(catalog_client)["feedback_events"] == 5

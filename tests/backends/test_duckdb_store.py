@@ -1,0 +1,423 @@
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pytest
+
+from appliance.backends.stores.duckdb_store import Counts, DuckDBStore
+from appliance.backends.stores.migrations import MIGRATIONS
+from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "appliance.duckdb"
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[DuckDBStore]:
+    opened = DuckDBStore(db_path)
+    yield opened
+    opened.close()
+
+
+def _items(n: int, start: int = 0) -> list[Item]:
+    return [
+        Item(f"item-{i:03d}", f"Title {i}", f"Text {i}", {"n": i, "tags": [f"t{i % 3}"]})
+        for i in range(start, start + n)
+    ]
+
+
+def _event(
+    user: str,
+    item: str,
+    kind: InteractionType = InteractionType.LIKE,
+    *,
+    weight: float = 1.0,
+    at: datetime = NOW,
+    rating: float | None = None,
+) -> FeedbackEvent:
+    return FeedbackEvent(user, item, kind, rating, weight, at, request_id=f"req-{user}-{item}")
+
+
+def _state(user: str, count: int = 1) -> PreferenceState:
+    return PreferenceState(
+        user_id=user,
+        vector_sum=np.array([0.1, -0.2, 0.3], dtype=np.float64),
+        weight_sum=1.0,
+        anchor=NOW.timestamp(),
+        feedback_count=count,
+        created_at=NOW,
+        vector_updated_at=NOW,
+    )
+
+
+def _query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Read the closed database file directly, as an operator would."""
+    with duckdb.connect(str(path), read_only=True) as db:
+        return db.execute(sql).fetchall()
+
+
+# -- migrations -----------------------------------------------------------------------------
+
+
+def test_migrations_are_recorded(db_path: Path) -> None:
+    store = DuckDBStore(db_path)
+    assert store.schema_version() == len(MIGRATIONS)
+    store.close()
+    rows = _query(db_path, "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert rows == [(m.version, m.name) for m in MIGRATIONS]
+
+
+def test_reopening_does_not_reapply_migrations(db_path: Path) -> None:
+    DuckDBStore(db_path).close()
+    applied = _query(db_path, "SELECT version, applied_at FROM schema_migrations")
+    store = DuckDBStore(db_path)
+    assert store.schema_version() == len(MIGRATIONS)
+    store.close()
+    assert _query(db_path, "SELECT version, applied_at FROM schema_migrations") == applied
+
+
+def test_creates_the_data_directory(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "appliance.duckdb"
+    DuckDBStore(path).close()
+    assert path.is_file()
+
+
+# -- items ----------------------------------------------------------------------------------
+
+
+def test_put_items_assigns_increasing_seq_to_new_items(store: DuckDBStore) -> None:
+    first = store.put_items(_items(3))
+    assert [s.seq for s in first] == [1, 2, 3]
+    assert [s.content_hash for s in first] == [i.content_hash for i in _items(3)]
+    second = store.put_items(_items(2, start=3))
+    assert [s.seq for s in second] == [4, 5]
+    assert store.put_items([]) == []
+
+
+def test_replaced_items_keep_seq_and_created_at(db_path: Path) -> None:
+    store = DuckDBStore(db_path)
+    store.put_items(_items(3))
+    changed = Item("item-001", "New title", "New text", {"n": 99})
+    # A replaced item and a new one in the same batch.
+    stored = store.put_items([changed, Item("item-new", "Fresh", "")])
+    assert [(s.item.item_id, s.seq) for s in stored] == [("item-001", 2), ("item-new", 4)]
+    assert stored[0].content_hash == changed.content_hash
+    got = store.get_items(["item-001"])["item-001"]
+    assert got.item == changed
+    assert got.seq == 2
+    store.close()
+    rows = {
+        r[0]: (r[1], r[2])
+        for r in _query(db_path, "SELECT item_id, created_at, updated_at FROM items")
+    }
+    created, updated = rows["item-001"]
+    untouched_created, untouched_updated = rows["item-000"]
+    # The replacement keeps the original creation time and records its own update.
+    assert created == untouched_created
+    assert updated > created
+    assert untouched_updated == untouched_created
+
+
+def test_get_items_returns_existing_items_with_metadata(store: DuckDBStore) -> None:
+    rich = Item(
+        "rich",
+        "Amélie",
+        "Ünïcode text",
+        {
+            "genres": ["comedy", "romance"],
+            "year": 2001,
+            "score": 7.5,
+            "free": True,
+            "nested": {"a": [1, 2]},
+            "none": None,
+        },
+    )
+    store.put_items([*_items(3), rich])
+    got = store.get_items(["item-002", "rich", "missing"])
+    assert got.keys() == {"item-002", "rich"}
+    assert got["rich"].item == rich
+    assert got["rich"].content_hash == rich.content_hash
+    assert got["rich"].seq == 4
+    assert got["item-002"].item == _items(3)[2]
+    assert store.get_items([]) == {}
+
+
+def test_item_without_metadata_round_trips(store: DuckDBStore) -> None:
+    store.put_items([Item("bare", "Bare", "")])
+    assert store.get_items(["bare"])["bare"].item == Item("bare", "Bare", "", {})
+
+
+def test_list_items_pages_with_a_cursor(store: DuckDBStore) -> None:
+    items = _items(25)
+    store.put_items(list(reversed(items)))
+    pages: list[list[str]] = []
+    after: str | None = None
+    while page := store.list_items(after, 10):
+        pages.append([s.item.item_id for s in page])
+        after = page[-1].item.item_id
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [i for p in pages for i in p] == sorted(i.item_id for i in items)
+    assert store.list_items("item-024", 10) == []
+    assert [s.item.item_id for s in store.list_items("item-010", 2)] == ["item-011", "item-012"]
+
+
+def test_iter_items_yields_every_item_in_batches(store: DuckDBStore) -> None:
+    store.put_items(_items(25))
+    batches = list(store.iter_items(batch_size=10))
+    assert [len(b) for b in batches] == [10, 10, 5]
+    assert [s.item for b in batches for s in b] == _items(25)
+    assert [len(b) for b in store.iter_items()] == [25]
+
+
+def test_iter_items_on_an_empty_store(store: DuckDBStore) -> None:
+    assert list(store.iter_items(batch_size=10)) == []
+
+
+def test_delete_items_returns_the_ids_that_existed(store: DuckDBStore) -> None:
+    store.put_items(_items(5))
+    deleted = store.delete_items(["item-001", "item-003", "missing"])
+    assert sorted(deleted) == ["item-001", "item-003"]
+    assert store.delete_items(["item-001"]) == []
+    assert store.delete_items([]) == []
+    assert sorted(store.get_items([i.item_id for i in _items(5)])) == [
+        "item-000",
+        "item-002",
+        "item-004",
+    ]
+
+
+def test_content_hashes_and_newest_item_ids(store: DuckDBStore) -> None:
+    items = _items(4)
+    store.put_items(items)
+    assert store.content_hashes() == {i.item_id: i.content_hash for i in items}
+    assert store.content_hashes(["item-002", "missing"]) == {"item-002": items[2].content_hash}
+    assert store.newest_item_ids(2) == ["item-003", "item-002"]
+
+
+def test_meta_round_trip(store: DuckDBStore) -> None:
+    assert store.get_meta("embedder") is None
+    store.set_meta("embedder", "all-MiniLM-L6-v2")
+    store.set_meta("embedder", "other-model")
+    assert store.get_meta("embedder") == "other-model"
+
+
+# -- feedback and users ---------------------------------------------------------------------
+
+
+def test_record_feedback_and_preference_round_trip(store: DuckDBStore) -> None:
+    state = PreferenceState(
+        user_id="alice",
+        vector_sum=np.array([0.1, -1 / 3, 1e-300, 12345.678901234567], dtype=np.float64),
+        weight_sum=1.75,
+        anchor=NOW.timestamp() + 0.123456,
+        feedback_count=2,
+        created_at=NOW - timedelta(days=1, microseconds=7),
+        vector_updated_at=NOW,
+    )
+    store.record_feedback(_event("alice", "item-000"), state)
+    got = store.preference("alice")
+    assert got is not None
+    assert got.vector_sum.dtype == np.float64
+    np.testing.assert_array_equal(got.vector_sum, state.vector_sum)
+    assert got.weight_sum == state.weight_sum
+    assert got.anchor == state.anchor
+    assert got.feedback_count == 2
+    assert got.created_at == state.created_at
+    assert got.vector_updated_at == state.vector_updated_at
+    assert store.preference("bob") is None
+
+
+def test_preference_without_vector_round_trips(store: DuckDBStore) -> None:
+    state = PreferenceState(user_id="carol", vector_sum=None, feedback_count=1, created_at=NOW)
+    store.record_feedback(_event("carol", "gone"), state)
+    got = store.preference("carol")
+    assert got is not None
+    assert got.vector_sum is None
+    assert got.anchor is None
+    assert got.vector_updated_at is None
+    assert got.feedback_count == 1
+
+
+def test_recording_again_replaces_the_preference(store: DuckDBStore) -> None:
+    store.record_feedback(_event("alice", "item-000"), _state("alice", count=1))
+    newer = _state("alice", count=2)
+    newer.vector_sum = np.array([1.0, 2.0, 3.0])
+    store.record_feedback(_event("alice", "item-001"), newer)
+    got = store.preference("alice")
+    assert got is not None
+    assert got.feedback_count == 2
+    np.testing.assert_array_equal(got.vector_sum, [1.0, 2.0, 3.0])
+    assert store.user_ids() == ["alice"]
+    store.put_preference(_state("alice", count=7))
+    got = store.preference("alice")
+    assert got is not None
+    assert got.feedback_count == 7
+
+
+def test_seen_item_ids(store: DuckDBStore) -> None:
+    for item in ("item-000", "item-001", "item-000"):
+        store.record_feedback(_event("alice", item), _state("alice"))
+    store.record_feedback(_event("bob", "item-009"), _state("bob"))
+    assert store.seen_item_ids("alice") == {"item-000", "item-001"}
+    assert store.seen_item_ids("bob") == {"item-009"}
+    assert store.seen_item_ids("nobody") == set()
+
+
+def test_user_events_come_back_in_received_order(store: DuckDBStore) -> None:
+    events = [
+        _event("alice", "item-002", InteractionType.RATING, weight=0.6, rating=4.0),
+        # Received later, but happened earlier: the receiving order is kept.
+        _event(
+            "alice", "item-000", InteractionType.DISLIKE, weight=-1.0, at=NOW - timedelta(days=3)
+        ),
+        _event(
+            "alice", "item-001", InteractionType.VIEW, weight=0.25, at=NOW + timedelta(seconds=1)
+        ),
+    ]
+    for event in events:
+        store.record_feedback(event, _state("alice"))
+    store.record_feedback(_event("bob", "item-000"), _state("bob"))
+    assert store.user_events("alice") == events
+    assert all(e.timestamp.tzinfo is not None for e in store.user_events("alice"))
+    assert store.user_events("nobody") == []
+
+
+def test_timestamps_in_other_zones_come_back_as_utc(store: DuckDBStore) -> None:
+    aware = datetime(2024, 6, 1, 14, 0, tzinfo=timezone(timedelta(hours=2)))
+    store.record_feedback(_event("alice", "item-000", at=aware), _state("alice"))
+    (event,) = store.user_events("alice")
+    assert event.timestamp == aware
+    assert event.timestamp.utcoffset() == timedelta(0)
+
+
+def test_delete_user_removes_events_and_profile(store: DuckDBStore) -> None:
+    for item in ("item-000", "item-001", "item-002"):
+        store.record_feedback(_event("alice", item), _state("alice"))
+    store.record_feedback(_event("bob", "item-000"), _state("bob"))
+    assert store.delete_user("alice") == 3
+    assert store.preference("alice") is None
+    assert store.user_events("alice") == []
+    assert store.seen_item_ids("alice") == set()
+    assert store.user_ids() == ["bob"]
+    assert len(store.user_events("bob")) == 1
+    assert store.delete_user("alice") == 0
+    assert store.delete_user("nobody") == 0
+
+
+def test_popularity_orders_by_recency_weighted_positive_weight(store: DuckDBStore) -> None:
+    store.put_items(_items(5))
+    feedback = [
+        ("u1", "item-000", 1.0, NOW),
+        ("u2", "item-000", 1.0, NOW),
+        ("u1", "item-001", 1.0, NOW),
+        ("u1", "item-002", 0.25, NOW),
+        ("u2", "item-002", 0.5, NOW),
+        ("u3", "item-002", 1.0, NOW),
+        # Negative events do not count, for or against.
+        ("u1", "item-003", -1.0, NOW),
+        ("u2", "item-001", -1.0, NOW),
+        ("u3", "item-001", -0.5, NOW),
+    ]
+    for user, item, weight, at in feedback:
+        store.record_feedback(_event(user, item, weight=weight, at=at), _state(user))
+    ranking = store.popularity(NOW, half_life_days=30.0, limit=10)
+    assert [item for item, _ in ranking] == ["item-000", "item-002", "item-001"]
+    assert [score for _, score in ranking] == pytest.approx([2.0, 1.75, 1.0])
+    assert store.popularity(NOW, half_life_days=30.0, limit=2) == ranking[:2]
+
+
+def test_popularity_halves_an_event_one_half_life_old(store: DuckDBStore) -> None:
+    store.put_items(_items(3))
+    store.record_feedback(_event("u1", "item-000", at=NOW - timedelta(days=30)), _state("u1"))
+    store.record_feedback(_event("u1", "item-001", at=NOW - timedelta(days=60)), _state("u1"))
+    store.record_feedback(_event("u1", "item-002", weight=0.4, at=NOW), _state("u1"))
+    ranking = dict(store.popularity(NOW, half_life_days=30.0, limit=10))
+    assert ranking["item-000"] == pytest.approx(0.5)
+    assert ranking["item-001"] == pytest.approx(0.25)
+    assert ranking["item-002"] == pytest.approx(0.4)
+    assert list(dict(store.popularity(NOW, 30.0, 10))) == ["item-000", "item-002", "item-001"]
+    # Events after ``now`` count in full rather than more than in full.
+    later = dict(store.popularity(NOW - timedelta(days=30), half_life_days=30.0, limit=10))
+    assert later["item-000"] == pytest.approx(1.0)
+    assert later["item-002"] == pytest.approx(0.4)
+
+
+def test_popularity_ignores_deleted_items(store: DuckDBStore) -> None:
+    store.put_items(_items(2))
+    store.record_feedback(_event("u1", "item-000"), _state("u1"))
+    store.record_feedback(_event("u1", "item-001"), _state("u1"))
+    store.record_feedback(_event("u1", "never-in-catalog"), _state("u1"))
+    store.delete_items(["item-000"])
+    assert [item for item, _ in store.popularity(NOW, 30.0, 10)] == ["item-001"]
+    # The events themselves stay, so the user's history is kept.
+    assert store.seen_item_ids("u1") == {"item-000", "item-001", "never-in-catalog"}
+
+
+def test_counts(store: DuckDBStore) -> None:
+    assert store.counts() == Counts(items=0, users=0, feedback_events=0)
+    store.put_items(_items(4))
+    store.record_feedback(_event("alice", "item-000"), _state("alice"))
+    store.record_feedback(_event("alice", "item-001"), _state("alice"))
+    store.record_feedback(_event("bob", "item-000"), _state("bob"))
+    store.delete_items(["item-003"])
+    assert store.counts() == Counts(items=3, users=2, feedback_events=3)
+
+
+# -- files and processes --------------------------------------------------------------------
+
+
+def test_data_survives_close_and_reopen(db_path: Path) -> None:
+    first = DuckDBStore(db_path)
+    first.put_items(_items(3))
+    first.record_feedback(_event("alice", "item-001"), _state("alice"))
+    first.set_meta("embedder", "m")
+    first.close()
+    again = DuckDBStore(db_path)
+    try:
+        assert [s.item for b in again.iter_items() for s in b] == _items(3)
+        assert again.put_items(_items(1, start=3))[0].seq == 4
+        assert again.user_events("alice") == [_event("alice", "item-001")]
+        preference = again.preference("alice")
+        assert preference is not None
+        np.testing.assert_array_equal(preference.vector_sum, _state("alice").vector_sum)
+        assert again.get_meta("embedder") == "m"
+        assert again.counts() == Counts(items=4, users=1, feedback_events=1)
+    finally:
+        again.close()
+
+
+def test_another_process_cannot_open_an_open_database(store: DuckDBStore, db_path: Path) -> None:
+    # Within one process DuckDB shares the open database; across processes the file is locked.
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from appliance.backends.stores.duckdb_store import DuckDBStore
+        from appliance.errors import ConfigError
+        try:
+            DuckDBStore(Path(sys.argv[1]))
+        except ConfigError as e:
+            print(e.message)
+            sys.exit(3)
+        """
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 3, result.stderr
+    assert "Another appliance process may own this data directory" in result.stdout
+    assert store.schema_version() == len(MIGRATIONS)

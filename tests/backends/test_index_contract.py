@@ -1,0 +1,450 @@
+"""One suite for every VectorIndex: each implementation must pass the same assertions.
+
+Adding a backend is one line in ``FACTORIES``.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from appliance.backends.indexes.protocol import IndexEntry, VectorIndex
+from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
+from appliance.domain import FieldCondition, Hit, Range, Selection
+from appliance.errors import ConfigError
+
+DIM = 32
+GENRES = ("drama", "comedy", "horror", "scifi", "western")
+
+FACTORIES: dict[str, Callable[[Path, int], VectorIndex]] = {
+    "qdrant-edge": lambda path, dimension: QdrantEdgeIndex(path, dimension=dimension),
+}
+
+Matrix = npt.NDArray[np.float32]
+
+BOOL_BUG = pytest.mark.xfail(
+    reason="qdrant_edge._condition passes a bool to qe.MatchValue, which qdrant-edge-py 0.9.0 "
+    "turns into the integer 1/0 (qe.MatchValue(True).value == 1): bool filters match nothing",
+    strict=True,
+)
+INT_ON_FLOAT_BUG = pytest.mark.xfail(
+    reason="qdrant_edge._condition sends an int `equals` as an exact integer match, which never "
+    "matches a float payload: {'rating': 2} misses items with rating 2.0",
+    strict=True,
+)
+
+
+@pytest.fixture(scope="module", params=sorted(FACTORIES))
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def index(kind: str, tmp_path: Path) -> Iterator[VectorIndex]:
+    opened = FACTORIES[kind](tmp_path / "index", DIM)
+    yield opened
+    opened.close()
+
+
+def _unit_vectors(n: int, seed: int = 0) -> Matrix:
+    v = np.random.default_rng(seed).standard_normal((n, DIM))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _metadata(i: int) -> dict[str, Any]:
+    return {
+        "genre": GENRES[i % len(GENRES)],
+        "tags": [f"tag{i % 3}", f"tag{i % 4 + 10}"],
+        "year": 1950 + i % 70,
+        "rating": (i % 10) / 2,
+        "flag": i % 2 == 0,
+        "rare": "yes" if i % 100 == 7 else "no",
+        "blurb": "long prose that is not a category " * 20,
+    }
+
+
+def _entries(vectors: Matrix, start: int = 0, *, full: bool = False) -> list[IndexEntry]:
+    # Each new metadata field costs the index a payload index; small cases carry one field.
+    return [
+        IndexEntry(
+            item_id=f"item-{start + i}",
+            vector=vector,
+            content_hash=f"hash-{start + i}",
+            seq=start + i + 1,
+            metadata=_metadata(start + i) if full else {"genre": GENRES[(start + i) % 5]},
+        )
+        for i, vector in enumerate(vectors)
+    ]
+
+
+def _ids(hits: Sequence[Hit]) -> list[str]:
+    return [h.item_id for h in hits]
+
+
+def _exact(vectors: Matrix, query: Matrix, admitted: Sequence[int], limit: int) -> list[str]:
+    """The true nearest admitted items, by brute force."""
+    ranked = sorted(admitted, key=lambda i: -float(vectors[i] @ query))
+    return [f"item-{i}" for i in ranked[:limit]]
+
+
+def _fill(index: VectorIndex) -> Matrix:
+    vectors = _unit_vectors(3000, seed=1)
+    entries = _entries(vectors, full=True)
+    for start in range(0, len(entries), 500):
+        index.upsert(entries[start : start + 500])
+    return vectors
+
+
+@pytest.fixture(scope="module")
+def filled(
+    kind: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[VectorIndex, Matrix]]:
+    """An index holding 3,000 items with varied metadata, shared by the tests that only read."""
+    opened = FACTORIES[kind](tmp_path_factory.mktemp("filled") / "index", DIM)
+    vectors = _fill(opened)
+    yield opened, vectors
+    opened.close()
+
+
+def _matching(predicate: Callable[[dict[str, Any]], bool], n: int = 3000) -> list[int]:
+    return [i for i in range(n) if predicate(_metadata(i))]
+
+
+def test_dimension(index: VectorIndex) -> None:
+    assert index.dimension == DIM
+
+
+def test_empty_index(index: VectorIndex) -> None:
+    query = _unit_vectors(1)[0]
+    assert index.count() == 0
+    assert index.search(query, 10, Selection()) == []
+    assert index.newest(10, Selection()) == []
+    assert index.fingerprints() == {}
+    assert index.vectors(["missing"]) == {}
+
+
+def test_search_returns_nearest_first_with_cosine_scores(index: VectorIndex) -> None:
+    vectors = _unit_vectors(50)
+    index.upsert(_entries(vectors))
+    query = vectors[7]
+    hits = index.search(query, 50, Selection())
+    assert _ids(hits)[0] == "item-7"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+    assert _ids(hits) == _exact(vectors, query, range(50), 50)
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in scores)
+    for hit in hits:
+        i = int(hit.item_id.removeprefix("item-"))
+        assert hit.score == pytest.approx(float(vectors[i] @ query), abs=1e-5)
+
+
+def test_opposite_vector_scores_minus_one(index: VectorIndex) -> None:
+    vectors = _unit_vectors(5)
+    index.upsert(_entries(vectors))
+    hits = index.search(-vectors[2], 5, Selection())
+    assert _ids(hits)[-1] == "item-2"
+    assert hits[-1].score == pytest.approx(-1.0, abs=1e-5)
+
+
+def test_limit_caps_the_hits(index: VectorIndex) -> None:
+    vectors = _unit_vectors(20)
+    index.upsert(_entries(vectors))
+    assert len(index.search(vectors[0], 5, Selection())) == 5
+    assert len(index.search(vectors[0], 100, Selection())) == 20
+
+
+def test_upsert_replaces_an_item(index: VectorIndex) -> None:
+    vectors = _unit_vectors(10)
+    index.upsert(_entries(vectors))
+    replacement = IndexEntry("item-3", vectors[8], "hash-new", 4, {"genre": "western"})
+    index.upsert([replacement])
+    assert index.count() == 10
+    np.testing.assert_allclose(index.vectors(["item-3"])["item-3"], vectors[8], atol=1e-6)
+    assert index.fingerprints()["item-3"] == "hash-new"
+    hits = index.search(vectors[8], 2, Selection())
+    assert sorted(_ids(hits)) == ["item-3", "item-8"]
+    assert all(h.score == pytest.approx(1.0, abs=1e-5) for h in hits)
+    # The replaced metadata is what filters see.
+    drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
+    assert "item-3" not in _ids(index.search(vectors[3], 10, drama))
+    western = Selection(conditions=(FieldCondition("genre", equals="western"),))
+    assert "item-3" in _ids(index.search(vectors[3], 10, western))
+
+
+def test_delete(index: VectorIndex) -> None:
+    vectors = _unit_vectors(10)
+    index.upsert(_entries(vectors))
+    index.delete(["item-2", "item-5", "never-existed"])
+    assert index.count() == 8
+    assert set(index.fingerprints()) == {f"item-{i}" for i in range(10) if i not in (2, 5)}
+    assert "item-2" not in _ids(index.search(vectors[2], 10, Selection()))
+    assert index.vectors(["item-2", "item-3"]).keys() == {"item-3"}
+    assert "item-5" not in index.newest(10, Selection())
+    index.delete([])
+    assert index.count() == 8
+
+
+def test_exclusion_of_the_nearest_thousand_still_fills_the_limit(
+    filled: tuple[VectorIndex, Matrix],
+) -> None:
+    index, vectors = filled
+    query = vectors[0]
+    nearest = _exact(vectors, query, range(3000), 1000)
+    selection = Selection(exclude=frozenset(nearest))
+    hits = index.search(query, 10, selection)
+    assert len(hits) == 10
+    assert not set(_ids(hits)) & selection.exclude
+    admitted = [i for i in range(3000) if f"item-{i}" not in selection.exclude]
+    assert _ids(hits) == _exact(vectors, query, admitted, 10)
+    newest = index.newest(10, selection)
+    assert len(newest) == 10
+    assert not set(newest) & selection.exclude
+
+
+def test_narrow_filter_still_fills_the_limit(filled: tuple[VectorIndex, Matrix]) -> None:
+    index, vectors = filled
+    rare = _matching(lambda m: m["rare"] == "yes")
+    assert len(rare) == 30
+    selection = Selection(conditions=(FieldCondition("rare", equals="yes"),))
+    for query in (vectors[0], vectors[1500], -vectors[7]):
+        hits = index.search(query, 10, selection)
+        assert len(hits) == 10
+        assert _ids(hits) == _exact(vectors, query, rare, 10)
+    assert len(index.search(vectors[0], 100, selection)) == 30
+
+
+@pytest.mark.parametrize(
+    ("condition", "predicate"),
+    [
+        (FieldCondition("genre", equals="horror"), lambda m: m["genre"] == "horror"),
+        (FieldCondition("tags", equals="tag12"), lambda m: "tag12" in m["tags"]),
+        (
+            FieldCondition("genre", any_of=("comedy", "western")),
+            lambda m: m["genre"] in ("comedy", "western"),
+        ),
+        (
+            FieldCondition("tags", any_of=("tag2", "tag13")),
+            lambda m: "tag2" in m["tags"] or "tag13" in m["tags"],
+        ),
+        (FieldCondition("year", equals=1960), lambda m: m["year"] == 1960),
+        (FieldCondition("year", any_of=(1951, 1999)), lambda m: m["year"] in (1951, 1999)),
+        (
+            FieldCondition("year", range=Range(gte=2000, lt=2010)),
+            lambda m: 2000 <= m["year"] < 2010,
+        ),
+        (
+            FieldCondition("year", range=Range(gt=2015)),
+            lambda m: m["year"] > 2015,
+        ),
+        (
+            FieldCondition("rating", range=Range(gt=1.0, lte=2.5)),
+            lambda m: 1.0 < m["rating"] <= 2.5,
+        ),
+        (FieldCondition("rating", equals=3.5), lambda m: m["rating"] == 3.5),
+        (FieldCondition("rating", any_of=(0.5, 4.0)), lambda m: m["rating"] in (0.5, 4.0)),
+        pytest.param(
+            FieldCondition("flag", equals=True), lambda m: m["flag"] is True, marks=BOOL_BUG
+        ),
+        pytest.param(
+            FieldCondition("flag", equals=False), lambda m: m["flag"] is False, marks=BOOL_BUG
+        ),
+        pytest.param(
+            FieldCondition("flag", any_of=(True,)), lambda m: m["flag"] is True, marks=BOOL_BUG
+        ),
+        pytest.param(
+            FieldCondition("rating", equals=2), lambda m: m["rating"] == 2, marks=INT_ON_FLOAT_BUG
+        ),
+        (FieldCondition("year", equals=1960.0), lambda m: m["year"] == 1960),
+        (FieldCondition("genre", equals="no-such-genre"), lambda _m: False),
+        (FieldCondition("no_such_field", equals="x"), lambda _m: False),
+    ],
+    ids=[
+        "keyword",
+        "value-in-list",
+        "any-of-keywords",
+        "any-of-list-values",
+        "integer",
+        "any-of-integers",
+        "integer-range",
+        "integer-open-range",
+        "float-range",
+        "float-equality",
+        "any-of-floats",
+        "bool-true",
+        "bool-false",
+        "any-of-bools",
+        "integer-equals-float-field",
+        "float-equals-integer-field",
+        "no-match",
+        "unknown-field",
+    ],
+)
+def test_metadata_filters(
+    filled: tuple[VectorIndex, Matrix],
+    condition: FieldCondition,
+    predicate: Callable[[dict[str, Any]], bool],
+) -> None:
+    index, vectors = filled
+    admitted = _matching(predicate)
+    selection = Selection(conditions=(condition,))
+    query = vectors[11]
+    hits = index.search(query, 20, selection)
+    assert _ids(hits) == _exact(vectors, query, admitted, 20)
+    newest = index.newest(20, selection)
+    assert newest == [f"item-{i}" for i in sorted(admitted, reverse=True)[:20]]
+
+
+def test_conditions_combine_with_and(filled: tuple[VectorIndex, Matrix]) -> None:
+    index, vectors = filled
+    selection = Selection(
+        conditions=(
+            FieldCondition("genre", equals="drama"),
+            FieldCondition("tags", any_of=("tag0", "tag1")),
+            FieldCondition("year", range=Range(lt=1990)),
+        )
+    )
+    admitted = _matching(
+        lambda m: (
+            m["genre"] == "drama" and bool({"tag0", "tag1"} & set(m["tags"])) and m["year"] < 1990
+        )
+    )
+    assert 0 < len(admitted) < 3000
+    hits = index.search(vectors[5], 25, selection)
+    assert _ids(hits) == _exact(vectors, vectors[5], admitted, 25)
+
+
+def test_only_restricts_to_the_given_ids(index: VectorIndex) -> None:
+    vectors = _unit_vectors(40)
+    index.upsert(_entries(vectors))
+    only = frozenset({"item-3", "item-17", "item-29", "not-in-index"})
+    hits = index.search(vectors[0], 10, Selection(only=only))
+    assert sorted(_ids(hits)) == ["item-17", "item-29", "item-3"]
+    assert _ids(hits) == _exact(vectors, vectors[0], [3, 17, 29], 10)
+    assert index.search(vectors[0], 10, Selection(only=frozenset())) == []
+    assert index.newest(10, Selection(only=frozenset())) == []
+    assert index.newest(10, Selection(only=only)) == ["item-29", "item-17", "item-3"]
+    both = Selection(only=only, exclude=frozenset({"item-17"}))
+    assert sorted(_ids(index.search(vectors[0], 10, both))) == ["item-29", "item-3"]
+
+
+def test_newest_orders_by_descending_seq(index: VectorIndex) -> None:
+    vectors = _unit_vectors(30)
+    entries = _entries(vectors)
+    # Insertion order differs from seq order: seq alone decides.
+    index.upsert(entries[15:])
+    index.upsert(entries[:15])
+    assert index.newest(5, Selection()) == [f"item-{i}" for i in (29, 28, 27, 26, 25)]
+    assert index.newest(100, Selection()) == [f"item-{i}" for i in range(29, -1, -1)]
+    selection = Selection(
+        conditions=(FieldCondition("genre", equals="drama"),), exclude=frozenset({"item-25"})
+    )
+    # Drama is every fifth item, and item-25 is excluded.
+    assert index.newest(3, selection) == ["item-20", "item-15", "item-10"]
+
+
+def test_vectors_returns_the_stored_unit_vectors(index: VectorIndex) -> None:
+    vectors = _unit_vectors(10)
+    index.upsert(_entries(vectors))
+    found = index.vectors(["item-1", "item-4", "missing"])
+    assert found.keys() == {"item-1", "item-4"}
+    for item_id, vector in found.items():
+        assert vector.dtype == np.float32
+        assert vector.shape == (DIM,)
+        np.testing.assert_allclose(vector, vectors[int(item_id[5:])], atol=1e-6)
+    assert index.vectors([]) == {}
+
+
+def test_fingerprints_return_every_content_hash(filled: tuple[VectorIndex, Matrix]) -> None:
+    index, _ = filled
+    assert index.fingerprints() == {f"item-{i}": f"hash-{i}" for i in range(3000)}
+
+
+def test_count(index: VectorIndex) -> None:
+    vectors = _unit_vectors(25)
+    index.upsert(_entries(vectors[:20]))
+    assert index.count() == 20
+    index.upsert(_entries(vectors[15:], start=15))
+    assert index.count() == 25
+    index.upsert([])
+    assert index.count() == 25
+
+
+def test_search_after_optimize(index: VectorIndex) -> None:
+    vectors = _fill(index)
+    index.optimize()
+    assert index.count() == 3000
+    hits = index.search(vectors[42], 10, Selection())
+    assert _ids(hits)[0] == "item-42"
+    exact = _exact(vectors, vectors[42], range(3000), 10)
+    # An approximate graph may now answer; it must still find nearly all true neighbours.
+    assert len(set(_ids(hits)) & set(exact)) >= 9
+    selection = Selection(conditions=(FieldCondition("rare", equals="yes"),))
+    rare_hits = index.search(vectors[42], 10, selection)
+    assert len(rare_hits) == 10
+    rare = set(_matching(lambda m: m["rare"] == "yes"))
+    assert all(int(i[5:]) in rare for i in _ids(rare_hits))
+    index.upsert(_entries(_unit_vectors(5, seed=9), start=3000))
+    assert index.count() == 3005
+    assert _ids(index.search(_unit_vectors(5, seed=9)[2], 1, Selection())) == ["item-3002"]
+
+
+def test_reopening_keeps_everything(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    vectors = _unit_vectors(40)
+    first = FACTORIES[kind](path, DIM)
+    first.upsert(_entries(vectors))
+    first.delete(["item-39"])
+    first.close()
+    again = FACTORIES[kind](path, DIM)
+    try:
+        assert again.count() == 39
+        assert again.fingerprints() == {f"item-{i}": f"hash-{i}" for i in range(39)}
+        assert _ids(again.search(vectors[12], 1, Selection())) == ["item-12"]
+        np.testing.assert_allclose(again.vectors(["item-5"])["item-5"], vectors[5], atol=1e-6)
+        assert again.newest(2, Selection()) == ["item-38", "item-37"]
+        horror = Selection(conditions=(FieldCondition("genre", equals="horror"),))
+        assert _ids(again.search(vectors[0], 100, horror)) == _exact(
+            vectors, vectors[0], [i for i in range(39) if i % 5 == 2], 100
+        )
+        # Writing after a reopen still works, including a field first seen now.
+        extra = IndexEntry("extra", vectors[0], "hash-x", 100, {"studio": "acme"})
+        again.upsert([extra])
+        studio = Selection(conditions=(FieldCondition("studio", equals="acme"),))
+        assert _ids(again.search(vectors[1], 10, studio)) == ["extra"]
+    finally:
+        again.close()
+
+
+def test_clear_empties_the_index(index: VectorIndex) -> None:
+    vectors = _unit_vectors(20)
+    index.upsert(_entries(vectors))
+    index.clear()
+    assert index.count() == 0
+    assert index.fingerprints() == {}
+    assert index.search(vectors[0], 5, Selection()) == []
+    assert index.newest(5, Selection()) == []
+    # The index stays usable after a clear, filters and newest included.
+    index.upsert(_entries(vectors[:3]))
+    assert index.count() == 3
+    drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
+    assert _ids(index.search(vectors[1], 5, drama)) == ["item-0"]
+    assert index.newest(5, Selection()) == ["item-2", "item-1", "item-0"]
+
+
+def test_reopening_with_another_dimension_is_a_config_error(kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    first = FACTORIES[kind](path, DIM)
+    first.upsert(_entries(_unit_vectors(3)))
+    first.close()
+    with pytest.raises(ConfigError, match="reindex"):
+        FACTORIES[kind](path, DIM * 2)
+    # The stored index is left intact for the right model.
+    again = FACTORIES[kind](path, DIM)
+    try:
+        assert again.count() == 3
+    finally:
+        again.close()

@@ -1,0 +1,169 @@
+"""The production command end to end: `appliance serve` under uvicorn, admin commands against it
+over HTTP, and the same commands on the data directory when no server holds it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import MODELS_DIR, TEST_CATALOG
+
+APPLIANCE = [sys.executable, "-m", "appliance"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own command line
+        [*APPLIANCE, *args], capture_output=True, text=True, timeout=300, env=env, check=False
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "APPLIANCE_DATA_DIR": str(tmp_path / "data"),
+        "APPLIANCE_MODELS_DIR": str(MODELS_DIR),
+    }
+
+
+@contextmanager
+def server(env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own command line
+        [*APPLIANCE, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.3)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        # A graceful stop: the lifespan's shutdown ran (stores flushed and closed); uvicorn then
+        # re-raises SIGTERM, so the process ends by that signal.
+        assert process.returncode in {0, -signal.SIGTERM}, output
+        assert "Application shutdown complete" in output
+        assert "Traceback" not in output, output
+
+
+def recommend(url: str, **body: Any) -> list[tuple[str, float]]:
+    response = httpx.post(f"{url}/recommendations", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return [(r["item_id"], r["score"]) for r in response.json()["recommendations"]]
+
+
+def test_serve_ingest_restart_and_admin_commands(env: dict[str, str]) -> None:
+    with server(env) as url:
+        # The server holds the data directory, so ingest goes through its HTTP API.
+        ingested = run("ingest", str(TEST_CATALOG), env=env)
+        assert ingested.returncode == 0, ingested.stderr
+        assert "36 created, 0 updated, 0 unchanged (36 embedded), 0 rejected" in ingested.stdout
+
+        assert httpx.get(f"{url}/stats").json()["items"] == 36
+        time_travel = recommend(url, user_id="visitor", context="time travel", top_k=3)
+        assert all(item.startswith("tt-") for item, _ in time_travel)
+        for item in ("sp-1", "sp-3"):
+            response = httpx.post(
+                f"{url}/feedback",
+                json={"user_id": "u1", "item_id": item, "interaction_type": "like"},
+            )
+            assert response.status_code == 200
+        by_taste = recommend(url, user_id="u1", top_k=3)
+
+        rebuilt = run("users", "rebuild", env=env)
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        assert "1 users rebuilt" in rebuilt.stdout
+
+    # No server now: the same commands open the data directory themselves.
+    again = run("ingest", str(TEST_CATALOG), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "0 created, 0 updated, 36 unchanged (0 embedded)" in again.stdout
+    reindexed = run("reindex", env=env)
+    assert reindexed.returncode == 0, reindexed.stderr
+    assert "36 items embedded" in reindexed.stdout
+
+    with server(env) as url:
+        after = recommend(url, user_id="visitor", context="time travel", top_k=3)
+        assert [i for i, _ in after] == [i for i, _ in time_travel]
+        assert [s for _, s in after] == pytest.approx([s for _, s in time_travel], abs=1e-5)
+        assert [i for i, _ in recommend(url, user_id="u1", top_k=3)] == [i for i, _ in by_taste]
+
+
+def test_rejected_rows_are_reported(env: dict[str, str], tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(
+        "sku,name,description,colour\n"
+        "a-1,Red kettle,A red electric kettle,red\n"
+        "a-2,,Nameless thing,blue\n"
+        "a/3,Slashed,Bad id,green\n"
+        "a-4,Blue teapot,A blue ceramic teapot,blue\n"
+    )
+    result = run(
+        "ingest",
+        str(catalog),
+        "--id-column",
+        "sku",
+        "--title-column",
+        "name",
+        "--text-column",
+        "description",
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 created" in result.stdout
+    assert "2 rejected" in result.stdout
+    assert "line 3: missing title" in result.stderr
+    assert "line 4:" in result.stderr
+
+
+def test_missing_model_fails_at_start_naming_the_fix(env: dict[str, str], tmp_path: Path) -> None:
+    empty = tmp_path / "models"
+    empty.mkdir()
+    (empty / "manifest.toml").write_text((MODELS_DIR / "manifest.toml").read_text())
+    result = run("serve", env={**env, "APPLIANCE_MODELS_DIR": str(empty)})
+    assert result.returncode == 2
+    assert "appliance models pull all-MiniLM-L6-v2" in result.stderr
+
+
+def test_models_list_shows_verified_files(env: dict[str, str]) -> None:
+    result = run("models", "list", env=env)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if "all-MiniLM-L6-v2" in line)
+    assert line.startswith("ok")
+
+
+def test_unknown_setting_is_refused(env: dict[str, str]) -> None:
+    result = run("config", env={**env, "APPLIANCE_SERVER__PROT": "1"})
+    assert result.returncode == 2
+    assert "prot" in result.stderr
