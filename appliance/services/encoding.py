@@ -44,15 +44,21 @@ class EncoderQueue:
         self._queue: collections.deque[_Request] = collections.deque()
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
         """Start the worker task on the running event loop."""
         self._worker = asyncio.create_task(self._run(), name="encoder")
 
     async def close(self) -> None:
-        """Stop the worker; requests still queued fail with ``NotReadyError``."""
+        """Stop the worker after the batch in progress; requests still queued fail.
+
+        The batch being encoded is finished rather than cancelled: its thread cannot be
+        stopped anyway, and its callers get their vectors.
+        """
         if self._worker is not None:
-            self._worker.cancel()
+            self._closing = True
+            self._wakeup.set()
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
         while self._queue:
@@ -73,7 +79,7 @@ class EncoderQueue:
             NotReadyError: The encoder is not running.
 
         """
-        if self._worker is None:
+        if self._worker is None or self._closing:
             raise NotReadyError("the encoder is not running")
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
@@ -86,10 +92,10 @@ class EncoderQueue:
         return results[0] if len(results) == 1 else np.concatenate(results)
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
+            while self._queue and not self._closing:
                 batch = self._take_batch()
                 texts = [t for r in batch for t in r.texts]
                 try:

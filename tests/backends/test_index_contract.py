@@ -25,17 +25,6 @@ FACTORIES: dict[str, Callable[[Path, int], VectorIndex]] = {
 
 Matrix = npt.NDArray[np.float32]
 
-BOOL_BUG = pytest.mark.xfail(
-    reason="qdrant_edge._condition passes a bool to qe.MatchValue, which qdrant-edge-py 0.9.0 "
-    "turns into the integer 1/0 (qe.MatchValue(True).value == 1): bool filters match nothing",
-    strict=True,
-)
-INT_ON_FLOAT_BUG = pytest.mark.xfail(
-    reason="qdrant_edge._condition sends an int `equals` as an exact integer match, which never "
-    "matches a float payload: {'rating': 2} misses items with rating 2.0",
-    strict=True,
-)
-
 
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
 def kind(request: pytest.FixtureRequest) -> str:
@@ -51,7 +40,8 @@ def index(kind: str, tmp_path: Path) -> Iterator[VectorIndex]:
 
 def _unit_vectors(n: int, seed: int = 0) -> Matrix:
     v = np.random.default_rng(seed).standard_normal((n, DIM))
-    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    unit: Matrix = (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+    return unit
 
 
 def _metadata(i: int) -> dict[str, Any]:
@@ -246,18 +236,10 @@ def test_narrow_filter_still_fills_the_limit(filled: tuple[VectorIndex, Matrix])
         ),
         (FieldCondition("rating", equals=3.5), lambda m: m["rating"] == 3.5),
         (FieldCondition("rating", any_of=(0.5, 4.0)), lambda m: m["rating"] in (0.5, 4.0)),
-        pytest.param(
-            FieldCondition("flag", equals=True), lambda m: m["flag"] is True, marks=BOOL_BUG
-        ),
-        pytest.param(
-            FieldCondition("flag", equals=False), lambda m: m["flag"] is False, marks=BOOL_BUG
-        ),
-        pytest.param(
-            FieldCondition("flag", any_of=(True,)), lambda m: m["flag"] is True, marks=BOOL_BUG
-        ),
-        pytest.param(
-            FieldCondition("rating", equals=2), lambda m: m["rating"] == 2, marks=INT_ON_FLOAT_BUG
-        ),
+        pytest.param(FieldCondition("flag", equals=True), lambda m: m["flag"] is True),
+        pytest.param(FieldCondition("flag", equals=False), lambda m: m["flag"] is False),
+        pytest.param(FieldCondition("flag", any_of=(True,)), lambda m: m["flag"] is True),
+        pytest.param(FieldCondition("rating", equals=2), lambda m: m["rating"] == 2),
         (FieldCondition("year", equals=1960.0), lambda m: m["year"] == 1960),
         (FieldCondition("genre", equals="no-such-genre"), lambda _m: False),
         (FieldCondition("no_such_field", equals="x"), lambda _m: False),

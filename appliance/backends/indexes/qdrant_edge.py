@@ -79,7 +79,7 @@ class QdrantEdgeIndex:
                     "item_id": e.item_id,
                     "hash": e.content_hash,
                     "seq": e.seq,
-                    _META: dict(e.metadata),
+                    _META: {k: _filterable(v) for k, v in e.metadata.items()},
                 },
             )
             for e in entries
@@ -93,7 +93,7 @@ class QdrantEdgeIndex:
             for name, value in entry.metadata.items():
                 if name in self._indexed_fields:
                     continue
-                schema = _schema_for(value)
+                schema = _schema_for(_filterable(value))
                 if schema is None:
                     continue
                 self._shard.update(qe.UpdateOperation.create_field_index(f"{_META}.{name}", schema))
@@ -190,16 +190,26 @@ class QdrantEdgeIndex:
             self._shard.close()
 
 
-def _schema_for(value: Any) -> qe.PayloadSchemaType | None:  # noqa: PLR0911 - one per JSON type
+def _filterable(value: Any) -> Any:
+    """Return a metadata value as the payload stores it for filtering.
+
+    The binding hands booleans to the engine as integers, so a boolean condition could never
+    match a stored boolean; booleans are therefore stored, and matched, as "true"/"false".
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return [_filterable(v) for v in value]
+    return value
+
+
+def _schema_for(value: Any) -> qe.PayloadSchemaType | None:
     if isinstance(value, list):
         if value and all(isinstance(v, str) for v in value):
             return qe.PayloadSchemaType.Keyword
         return None
-    if isinstance(value, bool):
-        return qe.PayloadSchemaType.Bool
-    if isinstance(value, int):
-        return qe.PayloadSchemaType.Integer
-    if isinstance(value, float):
+    if isinstance(value, int | float):
+        # Float covers integers too, so a field mixing 2 and 2.5 is still range-filterable.
         return qe.PayloadSchemaType.Float
     # Long strings are prose, not categories: exact-match indexing them would waste memory.
     if isinstance(value, str) and len(value) <= 256:  # noqa: PLR2004
@@ -227,16 +237,14 @@ def _condition(condition: FieldCondition) -> Any:
             key=key, range=qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte)
         )
     if condition.any_of is not None:
-        values = list(condition.any_of)
-        if all(isinstance(v, str) for v in values) or all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
-        ):
-            return qe.FieldCondition(key=key, match=qe.MatchAny(values))  # type: ignore[arg-type]
+        values = [_filterable(v) for v in condition.any_of]
+        if all(isinstance(v, str) for v in values):
+            return qe.FieldCondition(key=key, match=qe.MatchAny(values))
         return qe.Filter(
             should=[_condition(FieldCondition(condition.field, equals=v)) for v in values]
         )
-    value = condition.equals
-    if isinstance(value, float):
-        # Exact-match conditions take strings, integers and booleans only.
+    value = _filterable(condition.equals)
+    if isinstance(value, int | float):
+        # A range matches 2 and 2.0 alike; an exact match would tell integers from floats.
         return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
-    return qe.FieldCondition(key=key, match=qe.MatchValue(value))  # type: ignore[arg-type]
+    return qe.FieldCondition(key=key, match=qe.MatchValue(value))

@@ -64,6 +64,7 @@ class DuckDBStore:
                 "data directory; stop it or use another --data-dir"
             ) from e
         self._lock = threading.RLock()
+        self._closed = False
         self._migrate()
 
     def _migrate(self) -> None:
@@ -385,10 +386,13 @@ class DuckDBStore:
         return Counts(int(row[0]), int(row[1]), int(row[2]))
 
     def close(self) -> None:
-        """Checkpoint and close the database file."""
+        """Checkpoint and close the database file; closing twice is harmless."""
         with self._lock:
+            if self._closed:
+                return
             self._rows("CHECKPOINT")
             self._db.close()
+            self._closed = True
 
 
 def _stored_item(row: tuple[Any, ...]) -> StoredItem:
