@@ -68,7 +68,9 @@ class LocalAdmin:
     def reindex(self) -> ReindexResult:
         """Rebuild the index in this process."""
         summary = self._portal.call(self._runtime.catalog.reindex)
-        return ReindexResult(embedded=summary.embedded, removed=summary.removed)
+        return ReindexResult(
+            embedded=summary.embedded, removed=summary.removed, failed=summary.failed
+        )
 
     def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
         """Replay feedback in this process."""

@@ -20,6 +20,12 @@ ITEM_NAMESPACE = uuid.UUID("6f1c2a4e-3b7d-5e0f-9a81-2c4d6e8f0a1b")
 
 Scalar = str | int | float | bool
 
+#: A metadata key. Keys double as filter fields, which the vector index addresses as JSON
+#: paths, so they are restricted to characters that need no quoting there.
+FIELD_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}"
+#: A filter field: a metadata key, or a dotted path into a nested metadata object.
+FIELD_PATH = rf"{FIELD_NAME}(?:\.{FIELD_NAME})*"
+
 
 def point_id(item_id: str) -> uuid.UUID:
     """Return the vector-index point id that stands for ``item_id``."""

@@ -41,6 +41,12 @@ class NotReadyError(ApplianceError):
     status_code = 503
 
 
+class BackendError(ApplianceError):
+    """A store or index failed on its side (disk full, damaged files); retry once fixed."""
+
+    status_code = 503
+
+
 class ConfigError(ApplianceError):
     """The configuration or the files it points at are unusable; raised at start-up."""
 

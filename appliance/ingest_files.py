@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
+from appliance.domain import FIELD_NAME
+from appliance.schemas.base import MAX_ID_LENGTH
+from appliance.schemas.items import MAX_METADATA_KEYS, MAX_TEXT_LENGTH, MAX_TITLE_LENGTH
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from pathlib import Path
 
-# The limits of ItemIn (appliance/schemas/items.py), checked here so that a bad record is
-# reported with its line before a whole batch is sent and refused.
-MAX_ID_LENGTH = 256
-MAX_TITLE_LENGTH = 1000
-MAX_TEXT_LENGTH = 20_000
-MAX_METADATA_KEYS = 64
+# The limits of ItemIn are checked here too, so that a bad record is reported with its line
+# instead of a whole batch being sent and refused.
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json-lines")
 CSV_SUFFIXES = (".csv", ".tsv")
@@ -35,6 +35,7 @@ FORMATS = ("jsonl", "csv", "tsv")
 
 _BOM = b"\xef\xbb\xbf"
 _CONTROL = re.compile(r"[\x00-\x1f]")
+_METADATA_KEY = re.compile(FIELD_NAME)
 # Only plain decimal numbers are converted: "007" or "+1" are codes rather than quantities,
 # and "nan" or "1,000" are left for the user to interpret.
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
@@ -552,6 +553,12 @@ def _item(
     if len(metadata) > MAX_METADATA_KEYS:
         raise _RecordError(
             f"metadata has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}",
+        )
+    bad_key = next((key for key in metadata if not _METADATA_KEY.fullmatch(key)), None)
+    if bad_key is not None:
+        raise _RecordError(
+            f"metadata key {bad_key!r} may only use letters, digits, '_' and '-' (at most 128), "
+            "because keys are also filter fields; rename it",
         )
     return {"item_id": item_id, "title": title, "text": text, "metadata": metadata}
 

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import re
+
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
-from appliance.domain import FieldCondition, Range
+from appliance.domain import FIELD_PATH, FieldCondition, Range
 from appliance.errors import InvalidInputError
 from appliance.schemas.recommendations import (
     FilterValue,
@@ -59,6 +61,11 @@ class RecommendationController(Controller):
 
 
 def _condition(field: str, value: FilterValue) -> FieldCondition:
+    if not re.fullmatch(FIELD_PATH, field):
+        raise InvalidInputError(
+            f"filter field {field!r} is not a metadata key: use letters, digits, '_' and '-', "
+            "with '.' only between the names of nested fields"
+        )
     if isinstance(value, RangeFilter):
         bounds = (value.gt, value.gte, value.lt, value.lte)
         if all(b is None for b in bounds):

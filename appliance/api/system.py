@@ -48,7 +48,9 @@ class SystemController(Controller):
     async def reindex(self, runtime: NamedDependency[Runtime]) -> ReindexResult:
         """Drop the index and re-embed every item from the store."""
         summary = await runtime.catalog.reindex()
-        return ReindexResult(embedded=summary.embedded, removed=summary.removed)
+        return ReindexResult(
+            embedded=summary.embedded, removed=summary.removed, failed=summary.failed
+        )
 
     @post("/admin/users/rebuild", status_code=200, summary="Recompute preference vectors")
     async def rebuild_users(

@@ -5,13 +5,15 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+MAX_ID_LENGTH = 256
+
 #: A client-chosen id ("alice-123", "movie_101"): it appears in URL paths, so no slash and
 #: no control characters.
 Id = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=256,
+        max_length=MAX_ID_LENGTH,
         pattern=r"^[^/\x00-\x1f]+$",
         description="A client-chosen id: 1 to 256 characters, no '/' or control characters.",
         examples=["alice-123"],

@@ -5,11 +5,16 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
+from appliance.domain import FIELD_PATH
 from appliance.schemas.base import Id, Request, Response
 
 Scalar = str | int | float | bool
 FieldName = Annotated[
-    str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+    str,
+    Meta(
+        max_length=512,
+        description=f"A metadata key, or a dotted path into a nested metadata object: {FIELD_PATH}",
+    ),
 ]
 
 

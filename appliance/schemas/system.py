@@ -33,3 +33,5 @@ class ReindexResult(Response):
 
     embedded: int
     removed: int
+    failed: int = 0
+    """Items the index refused (see the server log); retried at the next start."""

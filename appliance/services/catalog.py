@@ -14,7 +14,7 @@ import anyio.to_thread
 from appliance.backends.indexes.protocol import IndexEntry, Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore, StoredItem
 from appliance.domain import Item
-from appliance.errors import InvalidInputError, NotFoundError
+from appliance.errors import ApplianceError, InvalidInputError, NotFoundError
 from appliance.ingest_files import Rejected, read_items
 from appliance.services.encoding import EncoderQueue
 
@@ -50,6 +50,8 @@ class ReconcileSummary:
 
     embedded: int
     removed: int
+    failed: int = 0
+    """Items the index refused; they stay in the store and are retried at the next start."""
 
 
 class CatalogService:
@@ -185,6 +187,7 @@ class CatalogService:
         wanted = await anyio.to_thread.run_sync(self._store.content_hashes)
         present = await anyio.to_thread.run_sync(self._index.fingerprints)
         orphans = [i for i in present if i not in wanted]
+        failed = 0
         stale = [i for i, h in wanted.items() if present.get(i) != h]
         if orphans:
             await anyio.to_thread.run_sync(self._index.delete, orphans)
@@ -194,13 +197,18 @@ class CatalogService:
             rows = list(found.values())
             encoded = await self._encoder.encode([r.item.embedding_text for r in rows])
             vectors = {r.item.item_id: encoded[n] for n, r in enumerate(rows)}
-            await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors))
+            try:
+                await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors))
+            except ApplianceError as e:
+                # One bad batch must not keep the appliance from starting.
+                log.exception("index reconcile: %d items not indexed: %s", len(rows), e.message)
+                failed += len(rows)
             if progress is not None:
                 progress(min(start + _RECONCILE_BATCH, len(stale)), len(stale))
         if stale or orphans:
             await anyio.to_thread.run_sync(self._index.optimize)
             log.info("index reconciled: %d embedded, %d removed", len(stale), len(orphans))
-        return ReconcileSummary(embedded=len(stale), removed=len(orphans))
+        return ReconcileSummary(embedded=len(stale) - failed, removed=len(orphans), failed=failed)
 
     async def reindex(self) -> ReconcileSummary:
         """Rebuild the index from the store, re-embedding every item."""

@@ -81,7 +81,12 @@ class FeedbackService:
         if interaction_type is InteractionType.RATING and rating is None:
             raise InvalidInputError("interaction_type 'rating' needs a rating between 0 and 5")
         now = datetime.now(UTC)
-        when = now if timestamp is None else _as_utc(timestamp)
+        try:
+            when = now if timestamp is None else _as_utc(timestamp)
+        except OverflowError:
+            raise InvalidInputError(
+                "timestamp is out of range; send a time between years 1 and 9999 in UTC"
+            ) from None
         if when > now + FUTURE_TOLERANCE:
             raise InvalidInputError(
                 f"timestamp {when.isoformat()} is in the future; send the time the event happened"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from litestar.testing import TestClient
@@ -17,19 +17,6 @@ from appliance.backends.registry import Backends
 from tests.conftest import TEST_CATALOG, make_settings
 
 COUNTED = ("items", "users", "feedback_events", "index_points")
-
-#: Marks a case that shows a bug in the appliance (see the reason).
-TIMESTAMP_OVERFLOW = pytest.mark.xfail(
-    reason="FeedbackService.record (appliance/services/feedback.py, _as_utc) converts the "
-    "timestamp with astimezone(UTC), which raises OverflowError for a time whose UTC value "
-    "falls outside year 1..9999; the error is not an ApplianceError, so the answer is a 500",
-    strict=True,
-)
-LAX_NUMBERS = pytest.mark.xfail(
-    reason="Litestar converts JSON bodies with msgspec's strict=False, so the string '5' is "
-    "accepted as top_k=5 instead of being rejected as a wrong type",
-    strict=True,
-)
 
 
 @pytest.fixture(scope="module")
@@ -60,139 +47,163 @@ def like(**fields: Any) -> dict[str, Any]:
     return {"user_id": "alice", "item_id": "tt-1", "interaction_type": "like", **fields}
 
 
-# (method, path, body, status, text the answer must contain). A str body is sent as it is.
-CASES = [
-    # Unknown fields, in each request body and inside a nested one.
-    pytest.param("POST", "/recommendations", {"user_id": "u", "topk": 3}, 400, "unknown field `topk`",
-                 id="recommend-unknown-field"),
-    pytest.param("POST", "/feedback", like(score=5), 400, "unknown field `score`",
-                 id="feedback-unknown-field"),
-    pytest.param("POST", "/items", {"items": [item()], "upsert": True}, 400, "unknown field `upsert`",
-                 id="items-unknown-field"),
-    pytest.param("POST", "/items", {"items": [item(description="x")]}, 400,
-                 "unknown field `description`", id="item-unknown-field"),
-    # top_k.
-    pytest.param("POST", "/recommendations", {"user_id": "u", "top_k": 0}, 400, ">= 1", id="top-k-0"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "top_k": 101}, 400, "<= 100",
-                 id="top-k-101"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "top_k": "ten"}, 400, "top_k",
-                 id="top-k-word"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "top_k": "5"}, 400, "top_k",
-                 id="top-k-numeric-string", marks=LAX_NUMBERS),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "top_k": 2.5}, 400, "Expected `int`",
-                 id="top-k-fraction"),
-    # user_id.
-    pytest.param("POST", "/recommendations", {"context": "space"}, 400,
-                 "missing required field `user_id`", id="user-id-missing"),
-    pytest.param("POST", "/recommendations", {"user_id": ""}, 400, "length >= 1", id="user-id-empty"),
-    pytest.param("POST", "/recommendations", {"user_id": "a/b"}, 400, "user_id", id="user-id-slash"),
-    pytest.param("POST", "/feedback", like(user_id="a\nb"), 400, "user_id",
-                 id="user-id-control-character"),
-    pytest.param("POST", "/feedback", like(user_id="u" * 257), 400, "length <= 256",
-                 id="user-id-too-long"),
-    pytest.param("POST", "/recommendations", {"user_id": 7}, 400, "Expected `str`",
-                 id="user-id-number"),
-    # Feedback.
-    pytest.param("POST", "/feedback", like(interaction_type="rating", rating=6), 400, "<= 5.0",
-                 id="rating-6"),
-    pytest.param("POST", "/feedback", like(interaction_type="rating", rating=-1), 400, ">= 0.0",
-                 id="rating-negative"),
-    pytest.param("POST", "/feedback", like(interaction_type="love"), 400, "Invalid enum value 'love'",
-                 id="interaction-type-unknown"),
-    pytest.param("POST", "/feedback", like(interaction_type="rating"), 400, "needs a rating",
-                 id="rating-missing"),
-    pytest.param("POST", "/feedback", {"user_id": "alice", "rating": 5}, 400,
-                 "missing required field `item_id`", id="item-id-missing"),
-    pytest.param("POST", "/feedback", like(item_id="nope"), 404, "POST /items",
-                 id="feedback-unknown-item"),
-    pytest.param("POST", "/feedback", like(timestamp="2999-01-01T00:00:00Z"), 400, "in the future",
-                 id="timestamp-future"),
-    pytest.param("POST", "/feedback", like(timestamp="yesterday"), 400, "timestamp",
-                 id="timestamp-not-a-time"),
-    pytest.param("POST", "/feedback", like(timestamp="9999-12-31T23:59:59-01:00"), 400,
-                 "in the future", id="timestamp-beyond-year-9999", marks=TIMESTAMP_OVERFLOW),
-    pytest.param("POST", "/feedback", like(timestamp="0001-01-01T00:00:00+01:00"), 400, "timestamp",
-                 id="timestamp-before-year-1", marks=TIMESTAMP_OVERFLOW),
-    pytest.param("POST", "/feedback", like(request_id="r" * 65), 400, "length <= 64",
-                 id="request-id-too-long"),
-    # Filters.
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"category": []}}, 400,
-                 "length >= 1", id="filter-empty-list"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"year": {}}}, 400,
-                 "give at least one of gt, gte, lt, lte", id="filter-range-without-bounds"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"year": {"between": 1}}},
-                 400, "unknown field `between`", id="filter-range-unknown-key"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"year": {"gte": "old"}}},
-                 400, "Expected `float | null`", id="filter-range-bound-not-a-number"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"release year": 1999}},
-                 400, "matching regex", id="filter-field-with-space"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "filters": {"year": None}}, 400,
-                 "got `null`", id="filter-null"),
-    pytest.param("POST", "/recommendations", {"user_id": "u", "context": "x" * 4001}, 400,
-                 "length <= 4000", id="context-too-long"),
-    # Items.
-    pytest.param("POST", "/items", {"items": []}, 400, "length >= 1", id="items-none"),
-    pytest.param("POST", "/items", {"items": [item(item_id=f"bulk-{n}") for n in range(1001)]}, 400,
-                 "length <= 1000", id="items-oversized-batch"),
-    pytest.param("POST", "/items", {"items": [item(item_id="twin"), item(item_id="twin", title="B")]},
-                 400, "'twin' appears more than once", id="items-duplicate-id"),
-    pytest.param("POST", "/items", {"items": [item(title="")]}, 400, "items[0].title",
-                 id="item-empty-title"),
-    pytest.param("POST", "/items", {"items": [item(text="x" * 20_001)]}, 400, "length <= 20000",
-                 id="item-text-too-long"),
-    pytest.param("POST", "/items", {"items": [item(metadata=["fiction"])]}, 400,
-                 "Expected `object`, got `array`", id="item-metadata-list"),
-    pytest.param("POST", "/items", {"items": [item(metadata="fiction")]}, 400,
-                 "Expected `object`, got `str`", id="item-metadata-string"),
-    pytest.param("POST", "/items", {"items": [item(item_id="a/b")]}, 400, "items[0].item_id",
-                 id="item-id-slash"),
-    pytest.param("POST", "/items", {"items": [item(metadata={f"k{n}": n for n in range(65)})]}, 400,
-                 "length <= 64", id="item-metadata-too-many-fields"),
-    # Malformed JSON.
-    pytest.param("POST", "/items", '{"items": [', 400, "truncated", id="json-truncated"),
-    pytest.param("POST", "/feedback", '{"user_id": "alice", "item_id": "tt-1",}', 400,
-                 "JSON is malformed", id="json-trailing-comma"),
-    pytest.param("POST", "/recommendations", '["user_id", "u"]', 400, "Expected `object`",
-                 id="json-not-an-object"),
-    # Query parameters and paths.
-    pytest.param("GET", "/items?limit=0", None, 400, ">= 1", id="items-limit-0"),
-    pytest.param("GET", "/items?limit=1001", None, 400, "<= 1000", id="items-limit-too-big"),
-    pytest.param("GET", "/items?limit=many", None, 400, "limit", id="items-limit-word"),
-    pytest.param("GET", "/items/unknown", None, 404, "'unknown' is not in the catalog",
-                 id="get-unknown-item"),
-    pytest.param("DELETE", "/items/unknown", None, 404, "'unknown' is not in the catalog",
-                 id="delete-unknown-item"),
-    pytest.param("GET", "/users/unknown", None, 404, "'unknown' has no feedback", id="get-unknown-user"),
-    pytest.param("DELETE", "/users/unknown", None, 404, "'unknown' has no feedback",
-                 id="delete-unknown-user"),
-    pytest.param("POST", "/admin/users/rebuild?user_id=unknown", None, 404, "'unknown' has no feedback",
-                 id="rebuild-unknown-user"),
-]
+REC, FEEDBACK, ITEMS = "/recommendations", "/feedback", "/items"
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "expected"), CASES)
-def test_bad_input_is_a_4xx_that_says_what_to_fix(
-    shared: TestClient[Any],
+class Case(NamedTuple):
+    """A bad request and the answer it must get."""
+
+    method: str
+    path: str
+    body: dict[str, Any] | str | None
+    """JSON, or (a str) raw bytes sent as application/json."""
+    status: int
+    expected: str
+    """Text the answer must contain."""
+
+
+def bad(
     method: str,
     path: str,
     body: dict[str, Any] | str | None,
     status: int,
     expected: str,
-) -> None:
+    *,
+    name: str,
+    marks: Any = (),
+) -> Any:
+    return pytest.param(Case(method, path, body, status, expected), id=name, marks=marks)
+
+
+# fmt: off
+CASES = [
+    # Unknown fields, in each request body and inside a nested one.
+    bad("POST", REC, {"user_id": "u", "topk": 3}, 400, "unknown field `topk`",
+        name="recommend-unknown-field"),
+    bad("POST", FEEDBACK, like(score=5), 400, "unknown field `score`",
+        name="feedback-unknown-field"),
+    bad("POST", ITEMS, {"items": [item()], "upsert": True}, 400, "unknown field `upsert`",
+        name="items-unknown-field"),
+    bad("POST", ITEMS, {"items": [item(description="x")]}, 400,
+        "unknown field `description`", name="item-unknown-field"),
+    # top_k.
+    bad("POST", REC, {"user_id": "u", "top_k": 0}, 400, ">= 1", name="top-k-0"),
+    bad("POST", REC, {"user_id": "u", "top_k": 101}, 400, "<= 100",
+        name="top-k-101"),
+    bad("POST", REC, {"user_id": "u", "top_k": "ten"}, 400, "top_k",
+        name="top-k-word"),
+    bad("POST", REC, {"user_id": "u", "top_k": 2.5}, 400, "Expected `int`",
+        name="top-k-fraction"),
+    # user_id.
+    bad("POST", REC, {"context": "space"}, 400,
+        "missing required field `user_id`", name="user-id-missing"),
+    bad("POST", REC, {"user_id": ""}, 400, "length >= 1", name="user-id-empty"),
+    bad("POST", REC, {"user_id": "a/b"}, 400, "user_id", name="user-id-slash"),
+    bad("POST", FEEDBACK, like(user_id="a\nb"), 400, "user_id",
+        name="user-id-control-character"),
+    bad("POST", FEEDBACK, like(user_id="u" * 257), 400, "length <= 256",
+        name="user-id-too-long"),
+    bad("POST", REC, {"user_id": 7}, 400, "Expected `str`",
+        name="user-id-number"),
+    # Feedback.
+    bad("POST", FEEDBACK, like(interaction_type="rating", rating=6), 400, "<= 5.0",
+        name="rating-6"),
+    bad("POST", FEEDBACK, like(interaction_type="rating", rating=-1), 400, ">= 0.0",
+        name="rating-negative"),
+    bad("POST", FEEDBACK, like(interaction_type="love"), 400, "Invalid enum value 'love'",
+        name="interaction-type-unknown"),
+    bad("POST", FEEDBACK, like(interaction_type="rating"), 400, "needs a rating",
+        name="rating-missing"),
+    bad("POST", FEEDBACK, {"user_id": "alice", "rating": 5}, 400,
+        "missing required field `item_id`", name="item-id-missing"),
+    bad("POST", FEEDBACK, like(item_id="nope"), 404, "POST /items",
+        name="feedback-unknown-item"),
+    bad("POST", FEEDBACK, like(timestamp="2999-01-01T00:00:00Z"), 400, "in the future",
+        name="timestamp-future"),
+    bad("POST", FEEDBACK, like(timestamp="yesterday"), 400, "timestamp",
+        name="timestamp-not-a-time"),
+    bad("POST", FEEDBACK, like(timestamp="9999-12-31T23:59:59-01:00"), 400,
+        "timestamp", name="timestamp-beyond-year-9999"),
+    bad("POST", FEEDBACK, like(timestamp="0001-01-01T00:00:00+01:00"), 400, "timestamp",
+        name="timestamp-before-year-1"),
+    bad("POST", FEEDBACK, like(request_id="r" * 65), 400, "length <= 64",
+        name="request-id-too-long"),
+    # Filters.
+    bad("POST", REC, {"user_id": "u", "filters": {"category": []}}, 400,
+        "length >= 1", name="filter-empty-list"),
+    bad("POST", REC, {"user_id": "u", "filters": {"year": {}}}, 400,
+        "give at least one of gt, gte, lt, lte", name="filter-range-without-bounds"),
+    bad("POST", REC, {"user_id": "u", "filters": {"year": {"between": 1}}},
+        400, "unknown field `between`", name="filter-range-unknown-key"),
+    bad("POST", REC, {"user_id": "u", "filters": {"year": {"gte": "old"}}},
+        400, "Expected `float | null`", name="filter-range-bound-not-a-number"),
+    bad("POST", REC, {"user_id": "u", "filters": {"release year": 1999}},
+        400, "not a metadata key", name="filter-field-with-space"),
+    bad("POST", REC, {"user_id": "u", "filters": {"year.": 1999}}, 400,
+        "year.", name="filter-field-trailing-dot"),
+    bad("POST", REC, {"user_id": "u", "filters": {"meta..year": 1999}}, 400,
+        "meta..year", name="filter-field-empty-segment"),
+    bad("POST", REC, {"user_id": "u", "filters": {"year": None}}, 400,
+        "got `null`", name="filter-null"),
+    bad("POST", REC, {"user_id": "u", "context": "x" * 4001}, 400,
+        "length <= 4000", name="context-too-long"),
+    # Items.
+    bad("POST", ITEMS, {"items": []}, 400, "length >= 1", name="items-none"),
+    bad("POST", ITEMS, {"items": [item(item_id=f"bulk-{n}") for n in range(1001)]}, 400,
+        "length <= 1000", name="items-oversized-batch"),
+    bad("POST", ITEMS, {"items": [item(item_id="twin"), item(item_id="twin", title="B")]},
+        400, "'twin' appears more than once", name="items-duplicate-id"),
+    bad("POST", ITEMS, {"items": [item(title="")]}, 400, "items[0].title",
+        name="item-empty-title"),
+    bad("POST", ITEMS, {"items": [item(text="x" * 20_001)]}, 400, "length <= 20000",
+        name="item-text-too-long"),
+    bad("POST", ITEMS, {"items": [item(metadata=["fiction"])]}, 400,
+        "Expected `object`, got `array`", name="item-metadata-list"),
+    bad("POST", ITEMS, {"items": [item(metadata="fiction")]}, 400,
+        "Expected `object`, got `str`", name="item-metadata-string"),
+    bad("POST", ITEMS, {"items": [item(item_id="a/b")]}, 400, "items[0].item_id",
+        name="item-id-slash"),
+    bad("POST", ITEMS, {"items": [item(metadata={f"k{n}": n for n in range(65)})]}, 400,
+        "length <= 64", name="item-metadata-too-many-fields"),
+    # Malformed JSON.
+    bad("POST", ITEMS, '{"items": [', 400, "truncated", name="json-truncated"),
+    bad("POST", FEEDBACK, '{"user_id": "alice", "item_id": "tt-1",}', 400,
+        "JSON is malformed", name="json-trailing-comma"),
+    bad("POST", REC, '["user_id", "u"]', 400, "Expected `object`",
+        name="json-not-an-object"),
+    # Query parameters and paths.
+    bad("GET", "/items?limit=0", None, 400, ">= 1", name="items-limit-0"),
+    bad("GET", "/items?limit=1001", None, 400, "<= 1000", name="items-limit-too-big"),
+    bad("GET", "/items?limit=many", None, 400, "limit", name="items-limit-word"),
+    bad("GET", "/items/unknown", None, 404, "'unknown' is not in the catalog",
+        name="get-unknown-item"),
+    bad("DELETE", "/items/unknown", None, 404, "'unknown' is not in the catalog",
+        name="delete-unknown-item"),
+    bad("GET", "/users/unknown", None, 404, "'unknown' has no feedback", name="get-unknown-user"),
+    bad("DELETE", "/users/unknown", None, 404, "'unknown' has no feedback",
+        name="delete-unknown-user"),
+    bad("POST", "/admin/users/rebuild?user_id=unknown", None, 404, "'unknown' has no feedback",
+        name="rebuild-unknown-user"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_a_4xx_that_says_what_to_fix(shared: TestClient[Any], case: Case) -> None:
     before = counts(shared)
-    if isinstance(body, str):
+    if isinstance(case.body, str):
         response = shared.request(
-            method, path, content=body, headers={"content-type": "application/json"}
+            case.method, case.path, content=case.body, headers={"content-type": "application/json"}
         )
     else:
-        response = shared.request(method, path, json=body)
+        response = shared.request(case.method, case.path, json=case.body)
 
-    assert response.status_code == status, response.text
+    assert response.status_code == case.status, response.text
     assert response.headers["content-type"].startswith("application/json")
     answer = response.json()
-    assert answer["status_code"] == status
+    assert answer["status_code"] == case.status
     assert answer["detail"]
-    assert expected in response.text
+    assert case.expected in response.text
     if answer["detail"].startswith("Validation failed"):
         # Litestar's validation errors name the offending field in `extra`.
         assert answer["extra"]
@@ -226,6 +237,22 @@ def test_non_json_content_is_rejected(shared: TestClient[Any]) -> None:
     assert 400 <= empty.status_code < 500, empty.text
     assert empty.json()["detail"]
     assert counts(shared) == before
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["release year", "", "meta..year", "a:b"],
+    ids=["space", "empty", "empty-segment", "colon"],
+)
+def test_metadata_key_that_cannot_be_indexed_is_rejected(
+    catalog_client: TestClient[Any], key: str
+) -> None:
+    before = counts(catalog_client)
+    response = catalog_client.post("/items", json={"items": [item(metadata={key: 1999})]})
+    assert response.status_code == 400, response.text
+    assert "metadata" in response.text
+    assert counts(catalog_client) == before
+    assert catalog_client.get("/items/new-1").status_code == 404
 
 
 def test_recommendations_on_an_empty_catalog(client: TestClient[Any]) -> None:

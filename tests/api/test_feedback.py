@@ -100,7 +100,10 @@ def test_historical_timestamps_are_accepted_and_weigh_less(catalog_client: TestC
         for n in (2, 5):
             send(catalog_client, user_id=user, item_id=f"{recent}-{n}", interaction_type="like")
             receipt = send(
-                catalog_client, user_id=user, item_id=f"{old}-{n}", interaction_type="like",
+                catalog_client,
+                user_id=user,
+                item_id=f"{old}-{n}",
+                interaction_type="like",
                 timestamp=year_ago,
             )
             # The weight is the event's own; its age applies inside the preference vector.
@@ -119,7 +122,7 @@ def test_timestamp_formats(catalog_client: TestClient[Any]) -> None:
         "2021-06-01T12:00:00",
         iso(datetime.now(UTC) + timedelta(minutes=1)),
     ):
-        send(catalog_client, user_id="erin", item_id="gd-1", interaction_type="view", timestamp=moment)
+        send(catalog_client, user_id="erin", item_id="gd-1", rating=4, timestamp=moment)
     assert catalog_client.get("/users/erin").json()["feedback_count"] == 3
 
 
@@ -129,7 +132,10 @@ def test_request_id_of_a_recommendation_is_accepted(catalog_client: TestClient[A
     assert request_id
     for item in ids(answer):
         receipt = send(
-            catalog_client, user_id="frank", item_id=item, interaction_type="click",
+            catalog_client,
+            user_id="frank",
+            item_id=item,
+            interaction_type="click",
             request_id=request_id,
         )
         assert receipt["status"] == "recorded"
@@ -149,6 +155,6 @@ def test_events_are_counted_durably(catalog_client: TestClient[Any]) -> None:
     assert counts["feedback_events"] == 1 + 2 + 2
     assert counts["users"] == 3
     # Rejected feedback is not stored.
-    rejected = catalog_client.post("/feedback", json={"user_id": "g1", "item_id": "nope", "rating": 5})
+    rejected = catalog_client.post("/feedback", json={"user_id": "g1", "item_id": "x", "rating": 5})
     assert rejected.status_code == 404
     assert stats(catalog_client)["feedback_events"] == 5

@@ -44,7 +44,7 @@ def days_ago(days: float) -> str:
 
 
 def parse(moment: str) -> datetime:
-    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return datetime.fromisoformat(moment)
 
 
 #: A history sent out of chronological order, mixing every kind of signal.

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 from collections.abc import Iterable, Sequence
@@ -10,10 +11,11 @@ import numpy as np
 import qdrant_edge as qe
 
 from appliance.backends.indexes.protocol import IndexEntry, Vector
-from appliance.domain import FieldCondition, Hit, Selection, point_id
-from appliance.errors import ConfigError
+from appliance.domain import FIELD_NAME, FieldCondition, Hit, Selection, point_id
+from appliance.errors import BackendError, ConfigError
 
 _SCROLL_PAGE = 2048
+_FIELD = re.compile(FIELD_NAME)
 # Filterable metadata lives under this payload key so that it can never shadow the
 # appliance's own payload fields.
 _META = "metadata"
@@ -85,13 +87,18 @@ class QdrantEdgeIndex:
             for e in entries
         ]
         with self._write_lock:
-            self._index_new_fields(entries)
-            self._shard.update(qe.UpdateOperation.upsert_points(points))
+            try:
+                self._index_new_fields(entries)
+                self._shard.update(qe.UpdateOperation.upsert_points(points))
+            except Exception as e:  # the binding raises plain Exceptions
+                raise BackendError(f"the vector index refused a write: {e}") from e
 
     def _index_new_fields(self, entries: Sequence[IndexEntry]) -> None:
         for entry in entries:
             for name, value in entry.metadata.items():
-                if name in self._indexed_fields:
+                # Keys the API would refuse (e.g. from an older database) stay unindexed
+                # rather than failing the write.
+                if name in self._indexed_fields or not _FIELD.fullmatch(name):
                     continue
                 schema = _schema_for(_filterable(value))
                 if schema is None:
