@@ -14,9 +14,8 @@ from litestar.testing import TestClient
 from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
+from tests.api.calls import counts, feedback, upsert
 from tests.conftest import TEST_CATALOG, make_settings
-
-COUNTED = ("items", "users", "feedback_events", "index_points")
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +24,10 @@ def shared(minilm: Embedder, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     settings = make_settings(Path(tmp_path_factory.mktemp("errors")) / "data")
     items = [json.loads(line) for line in TEST_CATALOG.read_text().splitlines() if line]
     with TestClient(create_app(settings, backends=Backends(embedder=minilm))) as client:
-        assert client.post("/items", json={"items": items}).status_code == 200
+        upsert(client, items)
         for item in ("ck-1", "sp-1"):
-            response = client.post(
-                "/feedback", json={"user_id": "alice", "item_id": item, "interaction_type": "like"}
-            )
-            assert response.status_code == 200, response.text
+            feedback(client, "alice", item, interaction_type="like")
         yield client
-
-
-def counts(client: TestClient[Any]) -> dict[str, int]:
-    body = client.get("/stats").json()
-    return {k: body[k] for k in COUNTED}
 
 
 def item(**fields: Any) -> dict[str, Any]:

@@ -9,27 +9,7 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
-
-def send(client: TestClient[Any], **body: Any) -> dict[str, Any]:
-    response = client.post("/feedback", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
-    response = client.post("/recommendations", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [r["item_id"] for r in answer["recommendations"]]
-
-
-def stats(client: TestClient[Any]) -> dict[str, Any]:
-    response = client.get("/stats")
-    assert response.status_code == 200, response.text
-    return response.json()
+from tests.api.calls import feedback, ids, recommend, stats
 
 
 def iso(moment: datetime) -> str:
@@ -57,7 +37,7 @@ def iso(moment: datetime) -> str:
 def test_receipt_carries_the_weight_of_the_event(
     catalog_client: TestClient[Any], fields: dict[str, Any], weight: float
 ) -> None:
-    receipt = send(catalog_client, user_id="alice", item_id="ck-1", **fields)
+    receipt = feedback(catalog_client, "alice", "ck-1", **fields)
     assert receipt["status"] == "recorded"
     assert receipt["user_id"] == "alice"
     assert receipt["item_id"] == "ck-1"
@@ -69,7 +49,7 @@ def test_receipt_carries_the_weight_of_the_event(
 def test_neutral_rating_is_recorded_without_moving_the_preference(
     catalog_client: TestClient[Any],
 ) -> None:
-    receipt = send(catalog_client, user_id="bob", item_id="ck-1", rating=2.5)
+    receipt = feedback(catalog_client, "bob", "ck-1", rating=2.5)
     assert receipt["weight"] == 0.0
     assert receipt["preference_updated"] is False
     assert receipt["feedback_count"] == 1
@@ -83,13 +63,11 @@ def test_feedback_count_increments_per_user(catalog_client: TestClient[Any]) -> 
         ("view", None, 0.25),
     ]
     for n, (kind, rating, weight) in enumerate(events, start=1):
-        receipt = send(
-            catalog_client, user_id="carol", item_id=f"sp-{n}", interaction_type=kind, rating=rating
-        )
+        receipt = feedback(catalog_client, "carol", f"sp-{n}", interaction_type=kind, rating=rating)
         assert receipt["feedback_count"] == n
         assert receipt["weight"] == pytest.approx(weight)
     # Another user's count starts from its own beginning.
-    assert send(catalog_client, user_id="dave", item_id="sp-1", rating=5)["feedback_count"] == 1
+    assert feedback(catalog_client, "dave", "sp-1", rating=5)["feedback_count"] == 1
     assert catalog_client.get("/users/carol").json()["feedback_count"] == len(events)
 
 
@@ -98,11 +76,11 @@ def test_historical_timestamps_are_accepted_and_weigh_less(catalog_client: TestC
     # The same likes with opposite ages: the recent ones dominate each user's taste.
     for user, recent, old in (("cook", "ck", "sp"), ("astro", "sp", "ck")):
         for n in (2, 5):
-            send(catalog_client, user_id=user, item_id=f"{recent}-{n}", interaction_type="like")
-            receipt = send(
+            feedback(catalog_client, user, f"{recent}-{n}", interaction_type="like")
+            receipt = feedback(
                 catalog_client,
-                user_id=user,
-                item_id=f"{old}-{n}",
+                user,
+                f"{old}-{n}",
                 interaction_type="like",
                 timestamp=year_ago,
             )
@@ -122,7 +100,7 @@ def test_timestamp_formats(catalog_client: TestClient[Any]) -> None:
         "2021-06-01T12:00:00",
         iso(datetime.now(UTC) + timedelta(minutes=1)),
     ):
-        send(catalog_client, user_id="erin", item_id="gd-1", rating=4, timestamp=moment)
+        feedback(catalog_client, "erin", "gd-1", rating=4, timestamp=moment)
     assert catalog_client.get("/users/erin").json()["feedback_count"] == 3
 
 
@@ -131,10 +109,10 @@ def test_request_id_of_a_recommendation_is_accepted(catalog_client: TestClient[A
     request_id = answer["request_id"]
     assert request_id
     for item in ids(answer):
-        receipt = send(
+        receipt = feedback(
             catalog_client,
-            user_id="frank",
-            item_id=item,
+            "frank",
+            item,
             interaction_type="click",
             request_id=request_id,
         )
@@ -150,7 +128,7 @@ def test_events_are_counted_durably(catalog_client: TestClient[Any]) -> None:
     assert (base["feedback_events"], base["users"]) == (0, 0)
     for n, user in enumerate(("g1", "g2", "g3")):
         for item in ("ro-1", "ro-2")[: n + 1]:
-            send(catalog_client, user_id=user, item_id=item, interaction_type="like")
+            feedback(catalog_client, user, item, interaction_type="like")
     counts = stats(catalog_client)
     assert counts["feedback_events"] == 1 + 2 + 2
     assert counts["users"] == 3

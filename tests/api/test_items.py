@@ -9,29 +9,9 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from tests.api.calls import feedback, ids, recommend, scores, stats, upsert
+
 TIME_TRAVEL = {"tt-1", "tt-2", "tt-3", "tt-4", "tt-5", "tt-6"}
-
-
-def upsert(client: TestClient[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
-    response = client.post("/items", json={"items": items})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
-    response = client.post("/recommendations", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [r["item_id"] for r in answer["recommendations"]]
-
-
-def stats(client: TestClient[Any]) -> dict[str, Any]:
-    response = client.get("/stats")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def by_id(items: list[dict[str, Any]], item_id: str) -> dict[str, Any]:
@@ -98,9 +78,7 @@ def test_metadata_change_updates_without_embedding_and_is_filterable(
     # The kept vector scores the same as before the change.
     after = recommend(catalog_client, **query)
     assert ids(after) == ids(before)
-    assert [r["score"] for r in after["recommendations"]] == [
-        r["score"] for r in before["recommendations"]
-    ]
+    assert scores(after) == scores(before)
 
 
 def test_text_change_reembeds_and_moves_the_item(
@@ -206,10 +184,7 @@ def test_paging_items_carry_their_content(
 def test_deleted_item_is_gone_but_its_feedback_stays(catalog_client: TestClient[Any]) -> None:
     client = catalog_client
     for user in ("fan-1", "fan-2"):
-        response = client.post(
-            "/feedback", json={"user_id": user, "item_id": "tt-1", "interaction_type": "like"}
-        )
-        assert response.status_code == 200, response.text
+        feedback(client, user, "tt-1", interaction_type="like")
     # The popularity ranking is computed (and cached) with tt-1 at its top.
     assert ids(recommend(client, user_id="newcomer", top_k=1)) == ["tt-1"]
     profile_before = client.get("/users/fan-1").json()
@@ -275,9 +250,7 @@ def test_reindex_rebuilds_the_index_from_the_catalog(catalog_client: TestClient[
     assert (counts["items"], counts["index_points"]) == (36, 36)
     after = recommend(catalog_client, **query)
     assert ids(after) == ids(before)
-    assert [r["score"] for r in after["recommendations"]] == pytest.approx(
-        [r["score"] for r in before["recommendations"]], abs=1e-4
-    )
+    assert scores(after) == pytest.approx(scores(before), abs=1e-4)
 
 
 def test_reindex_survives_an_item_the_index_refused(catalog_client: TestClient[Any]) -> None:

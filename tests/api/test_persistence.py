@@ -17,8 +17,7 @@ from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import INDEX_DIR, Backends
 from appliance.errors import ConfigError
 from appliance.settings import Settings
-
-COUNTED = ("items", "users", "feedback_events", "index_points")
+from tests.api.calls import counts, feedback, ids, recommend, scores, stats, upsert
 
 #: One request per way of building the query.
 REQUESTS: dict[str, dict[str, Any]] = {
@@ -40,45 +39,37 @@ def start_and_stop(settings: Settings, embedder: Embedder) -> None:
         pass
 
 
-def counts(client: TestClient[Any]) -> dict[str, int]:
-    body = client.get("/stats").json()
-    return {k: body[k] for k in COUNTED}
-
-
 def encoded_texts(client: TestClient[Any]) -> int:
-    return int(client.get("/stats").json()["encoder"]["texts"])
-
-
-def post(client: TestClient[Any], path: str, body: dict[str, Any]) -> dict[str, Any]:
-    response = client.post(path, json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
+    return int(stats(client)["encoder"]["texts"])
 
 
 def populate(client: TestClient[Any], items: list[dict[str, Any]]) -> None:
-    post(client, "/items", {"items": items})
+    upsert(client, items)
     for item, fields in (
         ("ck-1", {"interaction_type": "like"}),
         ("ck-2", {"rating": 4.5}),
         ("ro-1", {"interaction_type": "dislike"}),
         ("sp-1", {"rating": 5, "timestamp": "2024-03-01T10:00:00Z"}),
     ):
-        post(client, "/feedback", {"user_id": "alice", "item_id": item, **fields})
+        feedback(client, "alice", item, **fields)
     for user in ("p1", "p2", "p3"):
-        post(client, "/feedback", {"user_id": user, "item_id": "ro-4", "interaction_type": "like"})
-    post(client, "/feedback", {"user_id": "p1", "item_id": "sf-2", "interaction_type": "purchase"})
+        feedback(client, user, "ro-4", interaction_type="like")
+    feedback(client, "p1", "sf-2", interaction_type="purchase")
 
 
 def take(client: TestClient[Any]) -> dict[str, dict[str, Any]]:
-    return {name: post(client, "/recommendations", body) for name, body in REQUESTS.items()}
+    return {name: recommend(client, **body) for name, body in REQUESTS.items()}
 
 
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [r["item_id"] for r in answer["recommendations"]]
-
-
-def scores(answer: dict[str, Any]) -> list[float]:
-    return [r["score"] for r in answer["recommendations"]]
+def assert_same_answers(
+    after: dict[str, dict[str, Any]], before: dict[str, dict[str, Any]], *, tolerance: float
+) -> None:
+    """Each answer in ``after`` has the strategy, the items and (within ``tolerance``) the scores
+    of the answer to the same request in ``before``."""
+    for name, answer in before.items():
+        assert after[name]["strategy"] == answer["strategy"]
+        assert ids(after[name]) == ids(answer), name
+        assert scores(after[name]) == pytest.approx(scores(answer), abs=tolerance), name
 
 
 def test_restart_gives_the_same_answers(
@@ -114,10 +105,7 @@ def test_restart_gives_the_same_answers(
         assert second.get("/items", params={"limit": 1000}).json() == catalog_before
         after = take(second)
 
-    for name, answer in before.items():
-        assert after[name]["strategy"] == answer["strategy"]
-        assert ids(after[name]) == ids(answer), name
-        assert scores(after[name]) == pytest.approx(scores(answer), abs=1e-6), name
+    assert_same_answers(after, before, tolerance=1e-6)
 
 
 def test_lost_index_is_rebuilt_from_the_database(
@@ -138,20 +126,18 @@ def test_lost_index_is_rebuilt_from_the_database(
         assert counts(second) == counts_before
         after = take(second)
         # The rebuilt index is complete: the whole catalog is reachable again.
-        everything = post(second, "/recommendations", {"user_id": "u", "context": "x", "top_k": 50})
+        everything = recommend(second, user_id="u", context="x", top_k=50)
         assert len(ids(everything)) == 36
 
-    for name, answer in before.items():
-        assert after[name]["strategy"] == answer["strategy"]
-        assert ids(after[name]) == ids(answer), name
-        assert scores(after[name]) == pytest.approx(scores(answer), abs=1e-4), name
+    # Every item was embedded again, so the scores are compared less tightly.
+    assert_same_answers(after, before, tolerance=1e-4)
 
 
 def test_a_data_directory_has_one_owner(
     minilm: Embedder, settings: Settings, test_items: list[dict[str, Any]]
 ) -> None:
     with running(settings, minilm) as owner:
-        post(owner, "/items", {"items": test_items[:6]})
+        upsert(owner, test_items[:6])
 
         with pytest.raises(ExceptionGroup) as caught:
             start_and_stop(settings, minilm)
@@ -160,7 +146,7 @@ def test_a_data_directory_has_one_owner(
         assert caught.group_contains(ConfigError, match="stop it or choose another --data-dir")
 
         # The owner is unaffected by the failed start.
-        post(owner, "/items", {"items": test_items[6:12]})
+        upsert(owner, test_items[6:12])
         assert counts(owner)["items"] == 12
 
     # Once the owner has stopped, the directory can be opened again, with everything in it.
@@ -172,7 +158,7 @@ def test_an_item_the_index_refuses_never_blocks_start_up(
     minilm: Embedder, settings: Settings, test_items: list[dict[str, Any]]
 ) -> None:
     with running(settings, minilm) as first:
-        post(first, "/items", {"items": test_items})
+        upsert(first, test_items)
         # The answer to this item is checked in test_errors; here only what it leaves behind.
         first.post(
             "/items",
@@ -182,4 +168,4 @@ def test_an_item_the_index_refuses_never_blocks_start_up(
     with running(settings, minilm) as second:
         stored = counts(second)
         assert stored["items"] == stored["index_points"]
-        assert post(second, "/recommendations", {"user_id": "u", "context": "time travel"})
+        assert recommend(second, user_id="u", context="time travel")

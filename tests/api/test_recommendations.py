@@ -9,19 +9,10 @@ from typing import Any
 from litestar.testing import TestClient
 
 from appliance.settings import Settings
+from tests.api.calls import feedback, ids, recommend
 from tests.conftest import make_settings
 
 TIME_TRAVEL = {"tt-1", "tt-2", "tt-3", "tt-4", "tt-5", "tt-6"}
-
-
-def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
-    response = client.post("/recommendations", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [r["item_id"] for r in answer["recommendations"]]
 
 
 def test_context_ranks_matching_items_first(catalog_client: TestClient[Any]) -> None:
@@ -50,12 +41,7 @@ def test_response_has_exactly_top_k(catalog_client: TestClient[Any]) -> None:
 def test_likes_and_dislikes_move_the_next_results(catalog_client: TestClient[Any]) -> None:
     user = "alice-123"
     for item in ("ck-1", "ck-2"):
-        assert (
-            catalog_client.post(
-                "/feedback", json={"user_id": user, "item_id": item, "interaction_type": "like"}
-            ).status_code
-            == 200
-        )
+        feedback(catalog_client, user, item, interaction_type="like")
     liked = recommend(catalog_client, user_id=user, top_k=3)
     assert liked["strategy"] == "preference"
     assert all(i.startswith("ck-") for i in ids(liked))

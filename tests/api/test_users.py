@@ -9,34 +9,10 @@ from typing import Any
 import pytest
 from litestar.testing import TestClient
 
+from tests.api.calls import feedback, ids, recommend, scores, stats
+
 TIME_TRAVEL = {"tt-1", "tt-2", "tt-3", "tt-4", "tt-5", "tt-6"}
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-def feedback(client: TestClient[Any], user_id: str, item_id: str, **fields: Any) -> dict[str, Any]:
-    response = client.post("/feedback", json={"user_id": user_id, "item_id": item_id, **fields})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
-    response = client.post("/recommendations", json=body)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def ids(answer: dict[str, Any]) -> list[str]:
-    return [r["item_id"] for r in answer["recommendations"]]
-
-
-def scores(answer: dict[str, Any]) -> list[float]:
-    return [r["score"] for r in answer["recommendations"]]
-
-
-def stats(client: TestClient[Any]) -> dict[str, Any]:
-    response = client.get("/stats")
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def days_ago(days: float) -> str:

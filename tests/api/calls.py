@@ -1,0 +1,55 @@
+"""HTTP calls shared by the API tests: each sends one request, checks that it succeeded and
+returns the JSON answer (test-only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar.testing import TestClient
+
+#: The record counts that /stats reports next to the encoder's figures.
+COUNTED = ("items", "users", "feedback_events", "index_points")
+
+
+def upsert(client: TestClient[Any], items: list[dict[str, Any]]) -> dict[str, Any]:
+    """POST ``items`` to /items and return the upsert counts."""
+    response = client.post("/items", json={"items": items})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def feedback(client: TestClient[Any], user_id: str, item_id: str, **fields: Any) -> dict[str, Any]:
+    """POST one feedback event to /feedback and return its receipt."""
+    response = client.post("/feedback", json={"user_id": user_id, "item_id": item_id, **fields})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
+    """POST ``body`` to /recommendations and return the answer."""
+    response = client.post("/recommendations", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def ids(answer: dict[str, Any]) -> list[str]:
+    """The recommended item ids, best first."""
+    return [r["item_id"] for r in answer["recommendations"]]
+
+
+def scores(answer: dict[str, Any]) -> list[float]:
+    """The recommendation scores, best first."""
+    return [r["score"] for r in answer["recommendations"]]
+
+
+def stats(client: TestClient[Any]) -> dict[str, Any]:
+    """GET /stats: the record counts and the encoder's figures."""
+    response = client.get("/stats")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def counts(client: TestClient[Any]) -> dict[str, int]:
+    """The record counts from /stats alone (see ``COUNTED``), to compare before and after."""
+    body = stats(client)
+    return {k: body[k] for k in COUNTED}
