@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,9 +108,10 @@ class CatalogService:
         self, changed: Sequence[Item], to_embed: Sequence[Item]
     ) -> dict[str, Vector]:
         # Items whose metadata alone changed keep their vector, read back from the index.
-        reuse = [i.item_id for i in changed if i not in to_embed]
+        embedding = {i.item_id for i in to_embed}
+        reuse = [i.item_id for i in changed if i.item_id not in embedding]
         vectors = await anyio.to_thread.run_sync(self._index.vectors, reuse)
-        missing = [i for i in changed if i.item_id not in vectors and i not in to_embed]
+        missing = [i for i in changed if i.item_id not in vectors and i.item_id not in embedding]
         embed = [*to_embed, *missing]
         encoded = await self._encoder.encode([i.embedding_text for i in embed])
         vectors.update({item.item_id: encoded[row] for row, item in enumerate(embed)})
@@ -177,9 +178,7 @@ class CatalogService:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         await anyio.to_thread.run_sync(self._index.delete, deleted)
 
-    async def reconcile(
-        self, progress: Callable[[int, int], None] | None = None
-    ) -> ReconcileSummary:
+    async def reconcile(self) -> ReconcileSummary:
         """Make the index agree with the store: embed what is missing or stale, drop orphans.
 
         Runs at start-up, so a crash between a store write and the index write loses nothing.
@@ -203,11 +202,13 @@ class CatalogService:
                 # One bad batch must not keep the appliance from starting.
                 log.exception("index reconcile: %d items not indexed: %s", len(rows), e.message)
                 failed += len(rows)
-            if progress is not None:
-                progress(min(start + _RECONCILE_BATCH, len(stale)), len(stale))
+            log.info(
+                "index: %d of %d items embedded",
+                min(start + _RECONCILE_BATCH, len(stale)),
+                len(stale),
+            )
         if stale or orphans:
             await anyio.to_thread.run_sync(self._index.optimize)
-            log.info("index reconciled: %d embedded, %d removed", len(stale), len(orphans))
         return ReconcileSummary(embedded=len(stale) - failed, removed=len(orphans), failed=failed)
 
     async def reindex(self) -> ReconcileSummary:

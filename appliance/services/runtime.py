@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import anyio.to_thread
 
@@ -21,7 +21,7 @@ from appliance.backends.registry import (
 from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.datadir import DataDirLock
-from appliance.services.catalog import CatalogService, ReconcileSummary
+from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
@@ -45,7 +45,6 @@ class Runtime:
     feedback: FeedbackService
     recommender: RecommendationService
     popularity: PopularitySource
-    startup: ReconcileSummary = field(default_factory=lambda: ReconcileSummary(0, 0))
 
 
 @asynccontextmanager
@@ -54,7 +53,6 @@ async def open_runtime(
     backends: Backends | None = None,
     *,
     advertise_url: str = "",
-    on_progress: Callable[[int, int], None] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open the data directory, load the models and bring the index in line with the store.
 
@@ -65,7 +63,6 @@ async def open_runtime(
         settings: The configuration.
         backends: Pre-built backends (tests share one loaded model this way).
         advertise_url: URL written into the data directory's lock for admin commands.
-        on_progress: Called with (done, total) while start-up re-embeds missing items.
 
     Yields:
         The open runtime.
@@ -119,5 +116,11 @@ async def open_runtime(
             ),
             popularity=popularity,
         )
-        runtime.startup = await catalog.reconcile(on_progress)
+        summary = await catalog.reconcile()
+        log.info(
+            "index reconciled with the store: %d embedded, %d removed, %d failed",
+            summary.embedded,
+            summary.removed,
+            summary.failed,
+        )
         yield runtime

@@ -113,7 +113,3 @@ class PopularitySource:
             self._ranking = dict(rows)
             self._computed_at = time.monotonic()
         return self._ranking
-
-    def invalidate(self) -> None:
-        """Forget the cached ranking, e.g. after the catalog or the feedback changed a lot."""
-        self._computed_at = float("-inf")

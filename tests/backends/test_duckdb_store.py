@@ -171,18 +171,6 @@ def test_list_items_pages_with_a_cursor(store: DuckDBStore) -> None:
     assert [s.item.item_id for s in store.list_items("item-010", 2)] == ["item-011", "item-012"]
 
 
-def test_iter_items_yields_every_item_in_batches(store: DuckDBStore) -> None:
-    store.put_items(_items(25))
-    batches = list(store.iter_items(batch_size=10))
-    assert [len(b) for b in batches] == [10, 10, 5]
-    assert [s.item for b in batches for s in b] == _items(25)
-    assert [len(b) for b in store.iter_items()] == [25]
-
-
-def test_iter_items_on_an_empty_store(store: DuckDBStore) -> None:
-    assert list(store.iter_items(batch_size=10)) == []
-
-
 def test_delete_items_returns_the_ids_that_existed(store: DuckDBStore) -> None:
     store.put_items(_items(5))
     deleted = store.delete_items(["item-001", "item-003", "missing"])
@@ -196,19 +184,11 @@ def test_delete_items_returns_the_ids_that_existed(store: DuckDBStore) -> None:
     ]
 
 
-def test_content_hashes_and_newest_item_ids(store: DuckDBStore) -> None:
+def test_content_hashes(store: DuckDBStore) -> None:
     items = _items(4)
     store.put_items(items)
     assert store.content_hashes() == {i.item_id: i.content_hash for i in items}
     assert store.content_hashes(["item-002", "missing"]) == {"item-002": items[2].content_hash}
-    assert store.newest_item_ids(2) == ["item-003", "item-002"]
-
-
-def test_meta_round_trip(store: DuckDBStore) -> None:
-    assert store.get_meta("embedder") is None
-    store.set_meta("embedder", "all-MiniLM-L6-v2")
-    store.set_meta("embedder", "other-model")
-    assert store.get_meta("embedder") == "other-model"
 
 
 # -- feedback and users ---------------------------------------------------------------------
@@ -380,17 +360,15 @@ def test_data_survives_close_and_reopen(db_path: Path) -> None:
     first = DuckDBStore(db_path)
     first.put_items(_items(3))
     first.record_feedback(_event("alice", "item-001"), _state("alice"))
-    first.set_meta("embedder", "m")
     first.close()
     again = DuckDBStore(db_path)
     try:
-        assert [s.item for b in again.iter_items() for s in b] == _items(3)
+        assert [s.item for s in again.list_items(None, 10)] == _items(3)
         assert again.put_items(_items(1, start=3))[0].seq == 4
         assert again.user_events("alice") == [_event("alice", "item-001")]
         preference = again.preference("alice")
         assert preference is not None
         np.testing.assert_array_equal(preference.vector_sum, _state("alice").vector_sum)
-        assert again.get_meta("embedder") == "m"
         assert again.counts() == Counts(items=4, users=1, feedback_events=1)
     finally:
         again.close()

@@ -110,19 +110,6 @@ class DuckDBStore:
             row = self._first("SELECT max(version) FROM schema_migrations")
         return int(row[0]) if row and row[0] is not None else 0
 
-    # -- metadata ----------------------------------------------------------------------------
-
-    def get_meta(self, key: str) -> str | None:
-        """Return a stored appliance setting, e.g. the model the index was built with."""
-        with self._lock:
-            row = self._first("SELECT value FROM appliance_meta WHERE key = ?", [key])
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Store an appliance setting."""
-        with self._lock:
-            self._rows("INSERT OR REPLACE INTO appliance_meta VALUES (?, ?)", [key, value])
-
     # -- items -------------------------------------------------------------------------------
 
     def content_hashes(self, item_ids: Sequence[str] | None = None) -> dict[str, str]:
@@ -214,13 +201,6 @@ class DuckDBStore:
             )
         return [_stored_item(r) for r in rows]
 
-    def iter_items(self, batch_size: int = 1024) -> Iterator[list[StoredItem]]:
-        """Yield every item in id order, a batch at a time."""
-        after: str | None = None
-        while batch := self.list_items(after, batch_size):
-            yield batch
-            after = batch[-1].item.item_id
-
     def delete_items(self, item_ids: Sequence[str]) -> list[str]:
         """Delete items; their feedback events stay, so a user's history is never lost.
 
@@ -234,12 +214,6 @@ class DuckDBStore:
                 "RETURNING item_id",
                 [list(item_ids)],
             )
-        return [r[0] for r in rows]
-
-    def newest_item_ids(self, limit: int) -> list[str]:
-        """Return the most recently added item ids."""
-        with self._lock:
-            rows = self._rows("SELECT item_id FROM items ORDER BY seq DESC LIMIT ?", [limit])
         return [r[0] for r in rows]
 
     # -- feedback and users ------------------------------------------------------------------

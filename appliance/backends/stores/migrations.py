@@ -54,7 +54,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             created_at TIMESTAMP NOT NULL,
             vector_updated_at TIMESTAMP
         );
-        CREATE TABLE appliance_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
         """,
     ),
 )
