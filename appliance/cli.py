@@ -153,7 +153,13 @@ def ingest(
     from rich.progress import Progress  # noqa: PLC0415
 
     from appliance.admin import admin_target  # noqa: PLC0415
-    from appliance.ingest_files import ColumnMapping, Rejected, count_records, read_items  # noqa: PLC0415
+    from appliance.ingest_files import (  # noqa: PLC0415
+        ColumnMapping,
+        Rejected,
+        batches,
+        count_records,
+        read_items,
+    )
 
     mapping = ColumnMapping(
         item_id=id_column,
@@ -170,27 +176,15 @@ def ingest(
             rows = read_items(file, mapping, fmt)
         except ValueError as e:
             raise ApplianceError(str(e)) from e
-        batch: list[dict[str, Any]] = []
-
-        def flush() -> None:
-            result = target.upsert_items(batch)
-            for key in totals:
-                totals[key] += getattr(result, key)
-            progress.advance(task, len(batch))
-            batch.clear()
-
         with Progress() as progress:
             task = progress.add_task(f"ingesting {file.name}", total=total)
-            for row in rows:
-                if isinstance(row, Rejected):
-                    rejected.append(row)
-                    progress.advance(task)
-                    continue
-                batch.append(row.item)
-                if len(batch) >= batch_size:
-                    flush()
-            if batch:
-                flush()
+            for batch in batches(rows, batch_size):
+                rejected.extend(batch.rejected)
+                if batch.items:
+                    result = target.upsert_items(batch.items)
+                    for key in totals:
+                        totals[key] += getattr(result, key)
+                progress.advance(task, len(batch.items) + len(batch.rejected))
     click.echo(
         f"{totals['created']} created, {totals['updated']} updated, "
         f"{totals['unchanged']} unchanged ({totals['embedded']} embedded), {len(rejected)} rejected"

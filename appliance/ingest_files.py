@@ -184,6 +184,45 @@ def read_items(
     return _read_csv(path, delimiter, columns, mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Valid items ready for one upsert, and the records rejected since the previous batch."""
+
+    items: list[dict[str, Any]]
+    rejected: list[Rejected]
+
+
+def batches(records: Iterable[Row | Rejected], size: int) -> Iterator[Batch]:
+    """Group records for upserting, at most ``size`` items and each item id once per batch.
+
+    The items API refuses a batch that names an item twice; a repeated id therefore starts a
+    new batch, so the later line of the file wins, as it would if the lines were sent one by one.
+
+    Args:
+        records: What ``read_items`` yields.
+        size: Most items per batch.
+
+    Yields:
+        Batches in file order; the last may be smaller, or hold only rejected records.
+
+    """
+    items: dict[str, dict[str, Any]] = {}
+    rejected: list[Rejected] = []
+    for record in records:
+        if isinstance(record, Rejected):
+            rejected.append(record)
+            continue
+        if record.item["item_id"] in items:
+            yield Batch(list(items.values()), rejected)
+            items, rejected = {}, []
+        items[record.item["item_id"]] = record.item
+        if len(items) >= size:
+            yield Batch(list(items.values()), rejected)
+            items, rejected = {}, []
+    if items or rejected:
+        yield Batch(list(items.values()), rejected)
+
+
 def count_records(path: Path, fmt: str | None = None) -> int:
     """Count the records :func:`read_items` will yield, for a progress bar's total.
 

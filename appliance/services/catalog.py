@@ -15,7 +15,7 @@ from appliance.backends.indexes.protocol import IndexEntry, Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore, StoredItem
 from appliance.domain import Item
 from appliance.errors import ApplianceError, InvalidInputError, NotFoundError
-from appliance.ingest_files import Rejected, read_items
+from appliance.ingest_files import batches, read_items
 from appliance.services.encoding import EncoderQueue
 
 log = logging.getLogger(__name__)
@@ -125,22 +125,16 @@ class CatalogService:
 
         """
         totals = UpsertSummary(0, 0, 0, 0)
-        batch: list[Item] = []
-        for row in read_items(path):
-            if isinstance(row, Rejected):
-                log.warning("%s line %d skipped: %s", path.name, row.line, row.reason)
-                continue
-            batch.append(Item(**row.item))
-            if len(batch) == batch_size:
-                totals = totals + await self.upsert(batch)
-                batch = []
-                log.info(
-                    "%s: %d items loaded",
-                    path.name,
-                    totals.created + totals.updated + totals.unchanged,
-                )
-        if batch:
-            totals = totals + await self.upsert(batch)
+        for batch in batches(read_items(path), batch_size):
+            for rejected in batch.rejected:
+                log.warning("%s line %d skipped: %s", path.name, rejected.line, rejected.reason)
+            if batch.items:
+                totals = totals + await self.upsert([Item(**item) for item in batch.items])
+            log.info(
+                "%s: %d items loaded",
+                path.name,
+                totals.created + totals.updated + totals.unchanged,
+            )
         return totals
 
     async def get(self, item_id: str) -> Item:

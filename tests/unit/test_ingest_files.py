@@ -13,6 +13,7 @@ from appliance.ingest_files import (
     ColumnMapping,
     Rejected,
     Row,
+    batches,
     count_records,
     detect_format,
     read_items,
@@ -385,3 +386,34 @@ def test_count_records_skips_blank_lines_and_the_header(tmp_path: Path) -> None:
 def test_a_missing_file_fails_on_the_call(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_items(tmp_path / "absent.jsonl")
+
+
+def _row(line: int, item_id: str, title: str = "t") -> Row:
+    return Row(line, {"item_id": item_id, "title": title, "text": "", "metadata": {}})
+
+
+def test_batches_cap_the_size_and_carry_rejected_records() -> None:
+    records: list[Row | Rejected] = [
+        _row(1, "a"),
+        Rejected(2, "missing title"),
+        _row(3, "b"),
+        _row(4, "c"),
+        Rejected(5, "bad"),
+    ]
+    grouped = list(batches(records, 2))
+    assert [[i["item_id"] for i in b.items] for b in grouped] == [["a", "b"], ["c"]]
+    assert [[r.line for r in b.rejected] for b in grouped] == [[2], [5]]
+
+
+def test_a_repeated_id_starts_a_new_batch_so_the_later_line_wins() -> None:
+    records: list[Row | Rejected] = [_row(1, "a", "old"), _row(2, "b"), _row(3, "a", "new")]
+    grouped = list(batches(records, 10))
+    assert [[(i["item_id"], i["title"]) for i in b.items] for b in grouped] == [
+        [("a", "old"), ("b", "t")],
+        [("a", "new")],
+    ]
+
+
+def test_batches_of_only_rejected_records_are_still_reported() -> None:
+    grouped = list(batches([Rejected(1, "bad")], 10))
+    assert [(b.items, [r.line for r in b.rejected]) for b in grouped] == [([], [1])]
