@@ -1,0 +1,1 @@
+"""Measuring recommendation quality on datasets with ground truth."""

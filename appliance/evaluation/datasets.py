@@ -1,0 +1,162 @@
+"""Readers of the evaluation datasets: queries with ground truth, and interaction histories.
+
+Every reader returns plain values in the appliance's own terms (string item and user ids), so
+the same runner can evaluate the bundled MovieLens/ReDial tasks and an operator's own exported
+catalog and feedback log.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+
+def movielens_item(movie_id: int | str) -> str:
+    """Return the catalog id of a MovieLens movie, as the demo catalog names it."""
+    return f"movie_{movie_id}"
+
+
+def movielens_user(user_id: int | str) -> str:
+    """Return the appliance user id of a MovieLens user."""
+    return f"ml-{user_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One evaluation request and what a good answer contains."""
+
+    query_id: str
+    user_id: str
+    context: str
+    relevant: Mapping[str, float]
+    """Item id -> graded relevance. Ids absent from the catalog stay in: they count as misses."""
+    liked: tuple[str, ...] = field(default=())
+    """Items the user said they liked before asking, replayed as feedback first."""
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """One historical rating."""
+
+    user_id: str
+    item_id: str
+    rating: float
+    timestamp: datetime
+
+
+class _TagRecord(msgspec.Struct):
+    query_id: str
+    query: str
+    query_nl: str
+    relevant: dict[str, float]
+
+
+class _RedialMovie(msgspec.Struct):
+    redial_movieId: str  # noqa: N815 - the file's field names
+    ml_movieId: int | None = None  # noqa: N815
+
+
+class _RedialRecord(msgspec.Struct):
+    query_id: str
+    context: str
+    history_liked: list[_RedialMovie]
+    relevant: list[_RedialMovie]
+
+
+def read_tag_queries(path: Path, *, sentence: bool = False) -> list[Query]:
+    """Read tag queries (``ml_tag_queries_*.jsonl``): a tag, and the movies users tagged with it.
+
+    Args:
+        path: The JSON Lines file.
+        sentence: Use the sentence form ("Recommend movies for: ...") instead of the bare tag.
+
+    Returns:
+        One query per line, each for a user with no history.
+
+    """
+    return [
+        Query(
+            query_id=r.query_id,
+            user_id=f"eval-{r.query_id}",
+            context=r.query_nl if sentence else r.query,
+            relevant={movielens_item(k): v for k, v in r.relevant.items()},
+        )
+        for r in _json_lines(path, _TagRecord)
+    ]
+
+
+def read_redial_queries(path: Path) -> list[Query]:
+    """Read ReDial requests (``redial_queries_*.jsonl``): a seeker's own words and liked movies.
+
+    Recommended movies that MovieLens lacks keep a placeholder id, so they count as misses.
+    """
+    queries = []
+    for record in _json_lines(path, _RedialRecord):
+        relevant = {
+            movielens_item(m.ml_movieId)
+            if m.ml_movieId is not None
+            else f"redial-only-{m.redial_movieId}": 1.0
+            for m in record.relevant
+        }
+        liked = tuple(
+            movielens_item(m.ml_movieId) for m in record.history_liked if m.ml_movieId is not None
+        )
+        queries.append(
+            Query(
+                query_id=record.query_id,
+                user_id=f"eval-{record.query_id}",
+                context=record.context,
+                relevant=relevant,
+                liked=liked,
+            )
+        )
+    return queries
+
+
+def read_leave_last_out(path: Path) -> list[Query]:
+    """Read leave-last-out targets (``ml_loo_*_targets.csv``): each user's held-back movie.
+
+    The query has no context: the user's replayed history alone must find the target.
+    """
+    with path.open(newline="", encoding="utf-8") as file:
+        return [
+            Query(
+                query_id=f"loo-{row['userId']}",
+                user_id=movielens_user(row["userId"]),
+                context="",
+                relevant={movielens_item(row["movieId"]): 1.0},
+            )
+            for row in csv.DictReader(file)
+        ]
+
+
+def read_ratings(path: Path) -> Iterator[Interaction]:
+    """Stream MovieLens-style ratings (userId, movieId, rating, timestamp in epoch seconds)."""
+    with path.open(newline="", encoding="utf-8") as file:
+        for row in csv.DictReader(file):
+            yield Interaction(
+                user_id=movielens_user(row["userId"]),
+                item_id=movielens_item(row["movieId"]),
+                rating=float(row["rating"]),
+                timestamp=datetime.fromtimestamp(int(row["timestamp"]), tz=UTC),
+            )
+
+
+def _json_lines(path: Path, kind: type[T]) -> Iterator[T]:
+    decoder = msgspec.json.Decoder(kind)
+    with path.open("rb") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield decoder.decode(line)
+            except msgspec.DecodeError as e:
+                raise ValueError(f"{path} line {number}: {e}") from e
