@@ -5,6 +5,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
+from appliance.services.feedback import FeedbackInput
 from appliance.services.runtime import Runtime
 
 
@@ -20,12 +21,14 @@ class FeedbackController(Controller):
     ) -> FeedbackResponse:
         """Store the event durably, then update the user's preference vector."""
         receipt = await runtime.feedback.record(
-            user_id=data.user_id,
-            item_id=data.item_id,
-            interaction_type=data.interaction_type,
-            rating=data.rating,
-            timestamp=data.timestamp,
-            request_id=data.request_id,
+            FeedbackInput(
+                user_id=data.user_id,
+                item_id=data.item_id,
+                interaction_type=data.interaction_type,
+                rating=data.rating,
+                timestamp=data.timestamp,
+                request_id=data.request_id,
+            )
         )
         return FeedbackResponse(
             status="recorded",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +19,18 @@ from appliance.settings import FeedbackSettings
 
 #: Clock skew tolerated between a client and the appliance for event timestamps.
 FUTURE_TOLERANCE = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackInput:
+    """One event as a client reports it, before validation."""
+
+    user_id: str
+    item_id: str
+    interaction_type: InteractionType
+    rating: float | None = None
+    timestamp: datetime | None = None
+    request_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +73,7 @@ class FeedbackService:
         # the same user from overwriting each other.
         self._update_lock = asyncio.Lock()
 
-    async def record(  # noqa: PLR0917 - the fields of one feedback event
-        self,
-        user_id: str,
-        item_id: str,
-        interaction_type: InteractionType,
-        rating: float | None,
-        timestamp: datetime | None = None,
-        request_id: str | None = None,
-    ) -> FeedbackReceipt:
+    async def record(self, event: FeedbackInput) -> FeedbackReceipt:
         """Store a feedback event and update the user's preference vector.
 
         The event and the new preference are committed together before this returns.
@@ -78,26 +83,19 @@ class FeedbackService:
             NotFoundError: The item is not in the catalog.
 
         """
-        if interaction_type is InteractionType.RATING and rating is None:
-            raise InvalidInputError("interaction_type 'rating' needs a rating between 0 and 5")
-        now = datetime.now(UTC)
-        try:
-            when = now if timestamp is None else _as_utc(timestamp)
-        except OverflowError:
-            raise InvalidInputError(
-                "timestamp is out of range; send a time between years 1 and 9999 in UTC"
-            ) from None
-        if when > now + FUTURE_TOLERANCE:
-            raise InvalidInputError(
-                f"timestamp {when.isoformat()} is in the future; send the time the event happened"
-            )
+        user_id, item_id = event.user_id, event.item_id
+        when = self._check(event.interaction_type, event.rating, event.timestamp, datetime.now(UTC))
         found = await anyio.to_thread.run_sync(self._store.get_items, [item_id])
         if item_id not in found:
             raise NotFoundError(
                 f"item {item_id!r} is not in the catalog; add it with POST /items first"
             )
-        weight = interaction_weight(interaction_type, rating, self._settings.neutral_rating)
-        event = FeedbackEvent(user_id, item_id, interaction_type, rating, weight, when, request_id)
+        weight = interaction_weight(
+            event.interaction_type, event.rating, self._settings.neutral_rating
+        )
+        stored = FeedbackEvent(
+            user_id, item_id, event.interaction_type, event.rating, weight, when, event.request_id
+        )
         vectors = await anyio.to_thread.run_sync(self._index.vectors, [item_id])
         async with self._update_lock:
             state = await anyio.to_thread.run_sync(self._store.preference, user_id)
@@ -108,12 +106,90 @@ class FeedbackService:
                 when,
                 self._settings.half_life_days,
             )
-            await anyio.to_thread.run_sync(self._store.record_feedback, event, updated)
+            await anyio.to_thread.run_sync(self._store.record_feedback, stored, updated)
         return FeedbackReceipt(
             weight=weight,
             feedback_count=updated.feedback_count,
             preference_updated=item_id in vectors and weight != 0.0,
         )
+
+    async def import_events(self, events: Sequence[FeedbackInput]) -> int:
+        """Record many historical events at once, e.g. an export from another system.
+
+        The whole batch is checked first and then stored in one transaction, together with the
+        preference vectors of its users, exactly as recording the events one by one would
+        leave them (the update does not depend on the order of events).
+
+        Returns:
+            How many events were stored.
+
+        Raises:
+            InvalidInputError: An event breaks a rule that ``record`` enforces (the message names
+                the first one, by position); nothing is stored then.
+            NotFoundError: An event names an item that is not in the catalog.
+
+        """
+        if not events:
+            return 0
+        now = datetime.now(UTC)
+        stored: list[FeedbackEvent] = []
+        for position, e in enumerate(events):
+            try:
+                when = self._check(e.interaction_type, e.rating, e.timestamp, now)
+            except InvalidInputError as error:
+                raise InvalidInputError(f"event {position}: {error.message}") from None
+            weight = interaction_weight(e.interaction_type, e.rating, self._settings.neutral_rating)
+            stored.append(
+                FeedbackEvent(
+                    e.user_id, e.item_id, e.interaction_type, e.rating, weight, when, e.request_id
+                )
+            )
+        item_ids = sorted({e.item_id for e in stored})
+        known = await anyio.to_thread.run_sync(self._store.content_hashes, item_ids)
+        missing = [i for i in item_ids if i not in known]
+        if missing:
+            raise NotFoundError(
+                f"{len(missing)} items are not in the catalog (e.g. {missing[0]!r}); "
+                "add them with POST /items first"
+            )
+        vectors = await anyio.to_thread.run_sync(self._index.vectors, item_ids)
+        async with self._update_lock:
+            user_ids = sorted({e.user_id for e in stored})
+            states = await anyio.to_thread.run_sync(self._store.preferences, user_ids)
+            for event in stored:
+                states[event.user_id] = apply_event(
+                    states.get(event.user_id) or PreferenceState(event.user_id, None),
+                    vectors.get(event.item_id),
+                    event.weight,
+                    event.timestamp,
+                    self._settings.half_life_days,
+                )
+            await anyio.to_thread.run_sync(
+                self._store.record_feedback_batch, stored, list(states.values())
+            )
+        return len(stored)
+
+    def _check(
+        self,
+        interaction_type: InteractionType,
+        rating: float | None,
+        timestamp: datetime | None,
+        now: datetime,
+    ) -> datetime:
+        """Apply the rules every event obeys and return its time in UTC."""
+        if interaction_type is InteractionType.RATING and rating is None:
+            raise InvalidInputError("interaction_type 'rating' needs a rating between 0 and 5")
+        try:
+            when = now if timestamp is None else _as_utc(timestamp)
+        except OverflowError:
+            raise InvalidInputError(
+                "timestamp is out of range; send a time between years 1 and 9999 in UTC"
+            ) from None
+        if when > now + FUTURE_TOLERANCE:
+            raise InvalidInputError(
+                f"timestamp {when.isoformat()} is in the future; send the time the event happened"
+            )
+        return when
 
     async def profile(self, user_id: str) -> UserProfile:
         """Return what is known about a user.

@@ -224,6 +224,69 @@ class DuckDBStore:
             self._insert_event(event)
             self._write_state(state)
 
+    def record_feedback_batch(
+        self, events: Sequence[FeedbackEvent], states: Sequence[PreferenceState]
+    ) -> None:
+        """Store many events and the final states of their users in one transaction, via Arrow.
+
+        Events keep their order: replaying a user's events (``user_events``) sees them as given.
+        """
+        if not events:
+            return
+        now = _naive_utc(datetime.now(UTC))
+        event_table = pa.table(
+            {
+                "position": pa.array(range(len(events)), type=pa.int64()),
+                "user_id": [e.user_id for e in events],
+                "item_id": [e.item_id for e in events],
+                "interaction_type": [e.interaction_type.value for e in events],
+                "rating": pa.array([e.rating for e in events], type=pa.float64()),
+                "weight": pa.array([e.weight for e in events], type=pa.float64()),
+                "event_time": pa.array(
+                    [_naive_utc(e.timestamp) for e in events], type=pa.timestamp("us")
+                ),
+                "request_id": pa.array([e.request_id for e in events], type=pa.string()),
+            }
+        )
+        state_table = pa.table(
+            {
+                "user_id": [s.user_id for s in states],
+                "preference": pa.array(
+                    [None if s.vector_sum is None else np.asarray(s.vector_sum) for s in states],
+                    type=pa.list_(pa.float64()),
+                ),
+                "weight_sum": pa.array([s.weight_sum for s in states], type=pa.float64()),
+                "anchor": pa.array([s.anchor for s in states], type=pa.float64()),
+                "feedback_count": pa.array([s.feedback_count for s in states], type=pa.int64()),
+                "created_at": pa.array(
+                    [_naive_utc(s.created_at or datetime.now(UTC)) for s in states],
+                    type=pa.timestamp("us"),
+                ),
+                "vector_updated_at": pa.array(
+                    [
+                        None if s.vector_updated_at is None else _naive_utc(s.vector_updated_at)
+                        for s in states
+                    ],
+                    type=pa.timestamp("us"),
+                ),
+            }
+        )
+        with self._transaction():
+            self._db.register("incoming_events", event_table)
+            self._db.register("incoming_states", state_table)
+            try:
+                self._rows(
+                    "INSERT INTO feedback (user_id, item_id, interaction_type, rating, weight, "
+                    "event_time, request_id, received_at) "
+                    "SELECT user_id, item_id, interaction_type, rating, weight, event_time, "
+                    "request_id, ? FROM incoming_events ORDER BY position",
+                    [now],
+                )
+                self._rows("INSERT OR REPLACE INTO users SELECT * FROM incoming_states")
+            finally:
+                self._db.unregister("incoming_events")
+                self._db.unregister("incoming_states")
+
     def _insert_event(self, event: FeedbackEvent) -> None:
         self._rows(
             "INSERT INTO feedback (user_id, item_id, interaction_type, rating, weight, "
@@ -262,23 +325,28 @@ class DuckDBStore:
 
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
+        return self.preferences([user_id]).get(user_id)
+
+    def preferences(self, user_ids: Sequence[str]) -> dict[str, PreferenceState]:
+        """Return the stored preference states of the given users that exist."""
         with self._lock:
-            row = self._first(
+            rows = self._rows(
                 "SELECT user_id, preference, weight_sum, anchor, feedback_count, created_at, "
-                "vector_updated_at FROM users WHERE user_id = ?",
-                [user_id],
+                "vector_updated_at FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[]))",
+                [list(user_ids)],
             )
-        if row is None:
-            return None
-        return PreferenceState(
-            user_id=row[0],
-            vector_sum=None if row[1] is None else np.asarray(row[1], dtype=np.float64),
-            weight_sum=float(row[2]),
-            anchor=None if row[3] is None else float(row[3]),
-            feedback_count=int(row[4]),
-            created_at=_aware(row[5]),
-            vector_updated_at=_aware(row[6]),
-        )
+        return {
+            row[0]: PreferenceState(
+                user_id=row[0],
+                vector_sum=None if row[1] is None else np.asarray(row[1], dtype=np.float64),
+                weight_sum=float(row[2]),
+                anchor=None if row[3] is None else float(row[3]),
+                feedback_count=int(row[4]),
+                created_at=_aware(row[5]),
+                vector_updated_at=_aware(row[6]),
+            )
+            for row in rows
+        }
 
     def user_ids(self) -> list[str]:
         """Return every known user id."""
