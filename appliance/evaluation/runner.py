@@ -1,0 +1,301 @@
+"""The evaluation harness: the real pipeline, run in-process over queries with ground truth.
+
+The history in the dataset is replayed through the appliance's own feedback path first (an
+appliance in use has its users' history), then every query of every task is answered by every
+system, and each metric is summarised with a bootstrap interval over queries. Systems are
+compared with the vector-only pipeline by paired bootstrap intervals of the difference.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import anyio.to_thread
+
+from appliance.domain import InteractionType
+from appliance.evaluation.datasets import (
+    Interaction,
+    Query,
+    read_leave_last_out,
+    read_redial_queries,
+    read_tag_queries,
+)
+from appliance.evaluation.metrics import (
+    Interval,
+    bootstrap_interval,
+    hit_rate_at_k,
+    ndcg_at_k,
+    paired_difference,
+    precision_at_k,
+    recall_at_k,
+)
+from appliance.services.feedback import FeedbackInput
+from appliance.services.recommend import RecommendationQuery
+from appliance.services.runtime import Runtime, open_runtime
+from appliance.settings import Settings
+
+#: The system every other one is compared with.
+BASELINE = "vector-only"
+_METRICS: dict[str, Callable[..., float]] = {
+    "NDCG": ndcg_at_k,
+    "P": precision_at_k,
+    "R": recall_at_k,
+    "HR": hit_rate_at_k,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A set of queries and the metrics they are scored with."""
+
+    name: str
+    queries: list[Query]
+    metrics: tuple[tuple[str, int], ...]
+    """(metric, k) pairs, e.g. ("NDCG", 10)."""
+
+    @property
+    def depth(self) -> int:
+        """How many results each query needs."""
+        return max(k for _, k in self.metrics)
+
+
+class System(Protocol):
+    """Something that ranks items for a query."""
+
+    name: str
+
+    async def rank(self, query: Query, k: int) -> list[str]:
+        """Return up to ``k`` item ids, best first."""
+        ...
+
+
+class Pipeline:
+    """The appliance's own recommendation pipeline, as configured."""
+
+    def __init__(self, runtime: Runtime, name: str = BASELINE) -> None:
+        self.name = name
+        self._runtime = runtime
+
+    async def rank(self, query: Query, k: int) -> list[str]:
+        """Ask the recommendation service, leaving out what the user has already seen."""
+        result = await self._runtime.recommender.recommend(
+            RecommendationQuery(user_id=query.user_id, context=query.context, top_k=k)
+        )
+        return [r.item.item_id for r in result.recommendations]
+
+
+class MostPopular:
+    """Items with the most interactions in the replayed history, minus what the user saw."""
+
+    name = "most-popular"
+
+    def __init__(self, runtime: Runtime, history: Iterable[Interaction]) -> None:
+        self._runtime = runtime
+        counts = Counter(i.item_id for i in history)
+        self._ranking = [item for item, _ in counts.most_common()]
+
+    async def rank(self, query: Query, k: int) -> list[str]:
+        """Return the most popular items the user has not interacted with."""
+        seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
+        return [i for i in self._ranking if i not in seen][:k]
+
+
+@dataclass(slots=True)
+class Result:
+    """One system on one task."""
+
+    task: str
+    system: str
+    scores: dict[str, list[float]]
+    """Metric label ("NDCG@10") -> one value per query, in query order."""
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def interval(self, label: str) -> Interval:
+        """Return the bootstrap interval of a metric's mean over queries."""
+        return bootstrap_interval(self.scores[label])
+
+    @property
+    def latency_p50_ms(self) -> float:
+        """Median time to answer one query."""
+        return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+
+@dataclass(slots=True)
+class Report:
+    """Every system on every task."""
+
+    results: list[Result]
+
+    def difference(self, result: Result, label: str) -> Interval | None:
+        """Paired interval of ``result`` minus the baseline on the same task and metric."""
+        if result.system == BASELINE:
+            return None
+        base = next(
+            (r for r in self.results if r.task == result.task and r.system == BASELINE), None
+        )
+        return None if base is None else paired_difference(result.scores[label], base.scores[label])
+
+    def to_json(self) -> dict[str, object]:
+        """Return the report as plain values."""
+        rows = []
+        for r in self.results:
+            metrics = {}
+            for label in r.scores:
+                interval = r.interval(label)
+                diff = self.difference(r, label)
+                metrics[label] = {
+                    "mean": interval.mean,
+                    "ci95": [interval.low, interval.high],
+                    "n": interval.n,
+                    **(
+                        {}
+                        if diff is None
+                        else {"minus_baseline": {"mean": diff.mean, "ci95": [diff.low, diff.high]}}
+                    ),
+                }
+            rows.append(
+                {
+                    "task": r.task,
+                    "system": r.system,
+                    "latency_p50_ms": r.latency_p50_ms,
+                    "metrics": metrics,
+                }
+            )
+        return {"baseline": BASELINE, "results": rows}
+
+
+async def replay(
+    runtime: Runtime, history: Iterable[Interaction], *, batch_size: int = 50_000
+) -> int:
+    """Replay historical ratings as feedback, with their own timestamps.
+
+    Ratings of items that are not in the catalog are skipped (and counted as not replayed).
+
+    Returns:
+        How many events were stored.
+
+    """
+    catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
+    events = [
+        FeedbackInput(i.user_id, i.item_id, InteractionType.RATING, i.rating, i.timestamp)
+        for i in history
+        if i.item_id in catalog
+    ]
+    stored = 0
+    for start in range(0, len(events), batch_size):
+        stored += await runtime.feedback.import_events(events[start : start + batch_size])
+    return stored
+
+
+async def replay_liked(runtime: Runtime, queries: Sequence[Query]) -> int:
+    """Record what each query's user said they liked, as likes, before they ask."""
+    catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
+    events = [
+        FeedbackInput(q.user_id, item, InteractionType.LIKE)
+        for q in queries
+        for item in q.liked
+        if item in catalog
+    ]
+    return await runtime.feedback.import_events(events)
+
+
+async def evaluate(
+    tasks: Sequence[Task],
+    systems: Sequence[System],
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Answer every query of every task with every system and score the answers.
+
+    Args:
+        tasks: The tasks; their users' histories must already be replayed.
+        systems: What to compare.
+        progress: Called with 1 after each answered query.
+
+    Returns:
+        One result per task and system.
+
+    """
+    results = []
+    for task in tasks:
+        for system in systems:
+            result = Result(task.name, system.name, {f"{m}@{k}": [] for m, k in task.metrics})
+            for query in task.queries:
+                started = time.perf_counter()
+                ranked = await system.rank(query, task.depth)
+                result.latencies_ms.append((time.perf_counter() - started) * 1000)
+                for metric, k in task.metrics:
+                    result.scores[f"{metric}@{k}"].append(
+                        _METRICS[metric](ranked, query.relevant, k)
+                    )
+                if progress is not None:
+                    progress(1)
+            results.append(result)
+    return Report(results)
+
+
+async def run(
+    settings: Settings,
+    catalog: Path,
+    history: Sequence[Interaction],
+    tasks: Sequence[Task],
+    progress: Callable[[int], None] | None = None,
+) -> Report:
+    """Build an appliance from a catalog file and a history, then evaluate it.
+
+    Args:
+        settings: The configuration to evaluate; its data directory should be empty or
+            disposable, since the history is replayed into it.
+        catalog: Items in the wire format (JSON Lines).
+        history: Interactions replayed as feedback before any query.
+        tasks: What to measure.
+        progress: Called with 1 after each answered query.
+
+    Returns:
+        Most-popular and the configured pipeline on every task.
+
+    """
+    async with open_runtime(settings) as runtime:
+        await runtime.catalog.load_file(catalog)
+        await replay(runtime, history)
+        for task in tasks:
+            await replay_liked(runtime, task.queries)
+        systems: list[System] = [MostPopular(runtime, history), Pipeline(runtime)]
+        return await evaluate(tasks, systems, progress)
+
+
+def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
+    """Return the tasks of the bundled dataset folder (``eval/`` and ``movielens-small/``)."""
+    folder = dataset / "eval"
+    return [
+        Task(
+            "tags",
+            read_tag_queries(folder / f"ml_tag_queries_{split}.jsonl"),
+            (("NDCG", 10), ("P", 5), ("R", 10)),
+        ),
+        Task(
+            "tags (sentence)",
+            read_tag_queries(folder / f"ml_tag_queries_{split}.jsonl", sentence=True),
+            (("NDCG", 10), ("P", 5), ("R", 10)),
+        ),
+        Task(
+            "redial",
+            read_redial_queries(folder / f"redial_queries_{split}.jsonl"),
+            (("R", 10), ("R", 50), ("NDCG", 10)),
+        ),
+        Task(
+            "leave-last-out",
+            read_leave_last_out(folder / f"ml_loo_{split}_targets.csv"),
+            (("HR", 10), ("NDCG", 10)),
+        ),
+    ]
+
+
+def holdout_task(queries: list[Query]) -> Task:
+    """Return the task of an operator's own time-split feedback log."""
+    return Task("holdout", queries, (("HR", 10), ("NDCG", 10)))

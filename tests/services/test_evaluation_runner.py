@@ -1,0 +1,158 @@
+"""The evaluation harness on a generated, non-movie catalog: the real runtime (Qdrant Edge,
+DuckDB) with the deterministic hashing embedder, so the whole run takes seconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
+from appliance.evaluation.runner import BASELINE, Task, run
+from tests.conftest import make_settings
+
+TOPICS = {
+    "kettle": "kitchen kettle teapot boiling water",
+    "tent": "camping tent outdoor hiking shelter",
+    "drill": "workshop drill power tool screws",
+}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def write_catalog(path: Path) -> Path:
+    lines = [
+        json.dumps(
+            {
+                "item_id": f"{topic}-{n}",
+                "title": f"{topic.title()} model {n}",
+                "text": f"A {words} product, variant {n}.",
+                "metadata": {"topic": topic},
+            }
+        )
+        for topic, words in TOPICS.items()
+        for n in range(10)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def history() -> list[Interaction]:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    # Campers rate tents highly; everyone has bought kettle-0, the best seller.
+    tents = [
+        Interaction(f"camper-{user}", f"tent-{(user + n) % 10}", 5.0, start + timedelta(days=n))
+        for user in range(8)
+        for n in range(5)
+    ]
+    kettles = [Interaction(f"camper-{user}", "kettle-0", 3.0, start) for user in range(8)]
+    return tents + kettles
+
+
+@pytest.mark.anyio
+async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    train, holdout = time_split(history())
+    topical = [
+        Query(f"q-{topic}", f"asker-{topic}", f"{words}", {f"{topic}-{n}": 1.0 for n in range(10)})
+        for topic, words in TOPICS.items()
+    ]
+    tasks = [
+        Task("topics", topical, (("NDCG", 10), ("P", 5), ("R", 10))),
+        Task("holdout", holdout, (("HR", 10), ("NDCG", 10))),
+    ]
+    answered: list[int] = []
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+    report = await run(settings, catalog, train, tasks, answered.append)
+
+    assert len(answered) == 2 * (len(topical) + len(holdout))
+    by = {(r.task, r.system): r for r in report.results}
+    assert set(by) == {(t, s) for t in ("topics", "holdout") for s in ("most-popular", BASELINE)}
+    for result in report.results:
+        for values in result.scores.values():
+            assert len(values) == len(next(t for t in tasks if t.name == result.task).queries)
+            assert all(0.0 <= v <= 1.0 for v in values)
+    # Words in the context find their topic; popularity cannot.
+    assert by["topics", BASELINE].interval("P@5").mean == 1.0
+    assert by["topics", "most-popular"].interval("P@5").mean < 0.5
+    # Each camper's held-out tent is near the tents they rated: the preference finds it.
+    assert by["holdout", BASELINE].interval("HR@10").mean == 1.0
+    difference = report.difference(by["topics", "most-popular"], "P@5")
+    assert difference is not None
+    assert difference.high < 0
+    exported = report.to_json()
+    rows = {(r["task"], r["system"]): r for r in exported["results"]}  # type: ignore[index,union-attr]
+    assert "minus_baseline" in rows["topics", "most-popular"]["metrics"]["P@5"]
+    assert "minus_baseline" not in rows["topics", BASELINE]["metrics"]["P@5"]
+
+
+def test_time_split_holds_out_the_last_positive_and_drops_what_followed() -> None:
+    t = datetime(2025, 1, 1, tzinfo=UTC)
+    log = [
+        Interaction("a", "x", 5.0, t),
+        Interaction("a", "y", 4.5, t + timedelta(days=2)),
+        Interaction("a", "z", 1.0, t + timedelta(days=3)),  # after the target: dropped
+        Interaction("b", "x", 2.0, t),  # no positive at all: history only
+        Interaction("c", "y", 5.0, t),  # a positive but no earlier history: history only
+    ]
+    train, queries = time_split(log)
+    assert [(q.user_id, dict(q.relevant)) for q in queries] == [("a", {"y": 1.0})]
+    assert sorted((i.user_id, i.item_id) for i in train) == [("a", "x"), ("b", "x"), ("c", "y")]
+
+
+def test_read_interactions_takes_epoch_and_iso_times(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text(
+        "user_id,item_id,rating,timestamp\nu,i,4,1700000000\nu,j,2.5,2025-03-01T10:00:00+01:00\n"
+    )
+    first, second = read_interactions(path)
+    assert first.timestamp == datetime.fromtimestamp(1_700_000_000, tz=UTC)
+    assert second.timestamp == datetime(2025, 3, 1, 9, tzinfo=UTC)
+    path.write_text("user_id,item_id,rating,timestamp\nu,i,high,1700000000\n")
+    with pytest.raises(ValueError, match="line 2"):
+        list(read_interactions(path))
+
+
+def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    log = tmp_path / "feedback.csv"
+    log.write_text(
+        "user_id,item_id,rating,timestamp\n"
+        + "".join(
+            f"{i.user_id},{i.item_id},{i.rating},{int(i.timestamp.timestamp())}\n"
+            for i in history()
+        )
+    )
+    out = tmp_path / "report.json"
+    result = subprocess.run(  # noqa: S603 - our own command line
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "eval",
+            "--catalog",
+            str(catalog),
+            "--feedback",
+            str(log),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "APPLIANCE_EMBEDDER__KIND": "hashing"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "holdout" in result.stdout
+    report = json.loads(out.read_text())
+    assert {r["task"] for r in report["results"]} == {"holdout"}
+    assert report["baseline"] == BASELINE
