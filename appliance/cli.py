@@ -360,7 +360,9 @@ def evaluate(
             )
     Console(width=150).print(table)
     out.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
-    click.echo(f"written to {out}")
+    markdown = out.with_suffix(".md")
+    markdown.write_text(report.to_markdown(), encoding="utf-8")
+    click.echo(f"written to {out} and {markdown}")
 
 
 @main.command("config")

@@ -141,6 +141,20 @@ class Report:
         )
         return None if base is None else paired_difference(result.scores[label], base.scores[label])
 
+    def to_markdown(self) -> str:
+        """Return one table row per task and system, each metric as mean [95% interval]."""
+        labels = list(dict.fromkeys(label for r in self.results for label in r.scores))
+        lines = [
+            "| task | system | " + " | ".join(labels) + " | p50 ms/query |",
+            "| --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
+        ]
+        for r in self.results:
+            cells = [str(r.interval(label)) if label in r.scores else "" for label in labels]
+            lines.append(
+                f"| {r.task} | {r.system} | " + " | ".join(cells) + f" | {r.latency_p50_ms:.1f} |"
+            )
+        return "\n".join(lines) + "\n"
+
     def to_json(self) -> dict[str, object]:
         """Return the report as plain values."""
         rows = []

@@ -92,6 +92,10 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     rows = {(r["task"], r["system"]): r for r in exported["results"]}  # type: ignore[index,union-attr]
     assert "minus_baseline" in rows["topics", "most-popular"]["metrics"]["P@5"]
     assert "minus_baseline" not in rows["topics", BASELINE]["metrics"]["P@5"]
+    table = report.to_markdown().splitlines()
+    assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | p50 ms/query |"
+    assert table[2].startswith("| topics | most-popular | ")
+    assert len(table) == 2 + 4
 
 
 def test_time_split_holds_out_the_last_positive_and_drops_what_followed() -> None:
@@ -156,3 +160,4 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert {r["task"] for r in report["results"]} == {"holdout"}
     assert report["baseline"] == BASELINE
+    assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")
