@@ -27,7 +27,10 @@ class ApplianceClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise ApplianceError(f"cannot reach the appliance at {self.base_url}: {e}") from e
+            raise ApplianceError(
+                f"cannot reach the appliance at {self.base_url} (if it was just started, it may "
+                f"still be loading its models and catalog): {e}"
+            ) from e
         if response.is_error:
             try:
                 detail = msgspec.json.decode(response.content).get("detail", response.text)
@@ -53,13 +56,15 @@ class ApplianceClient:
         )
 
     def reindex(self) -> ReindexResult:
-        """POST /admin/reindex."""
-        return self._call("POST", "/admin/reindex", ReindexResult)
+        """POST /admin/reindex; waits as long as re-embedding the catalog takes."""
+        return self._call("POST", "/admin/reindex", ReindexResult, timeout=None)
 
     def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
         """POST /admin/users/rebuild."""
         params = {"user_id": user_id} if user_id else None
-        return self._call("POST", "/admin/users/rebuild", RebuildResult, params=params)
+        return self._call(
+            "POST", "/admin/users/rebuild", RebuildResult, params=params, timeout=None
+        )
 
     def close(self) -> None:
         """Close the connection pool."""
