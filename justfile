@@ -36,7 +36,7 @@ lock:
 
 # Single-request latency of POST /recommendations against a running appliance (e.g. the demo)
 latency url="http://127.0.0.1:8000":
-    .venv/bin/python bench/latency.py --url {{url}}
+    .venv/bin/python bench/latency.py --url {{url}} --requests 500 --top-k 5
 
 # Measure quality on ../shared/datasets (dev split): every task, most-popular vs the pipeline
 eval *args: install
