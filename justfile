@@ -27,11 +27,11 @@ lint: (install "dev,llamacpp")
     .venv/bin/mypy
     .venv/bin/lint-imports
 
-# Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build)
+# Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build, found in TORCH_WHEELS)
 lock:
     printf 'torch==2.13.0+cpu\n' > /tmp/appliance-torch-override.txt
     .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --python-version 3.11 \
-        --find-links /opt/wheels --override /tmp/appliance-torch-override.txt \
+        --find-links "${TORCH_WHEELS:-/opt/wheels}" --override /tmp/appliance-torch-override.txt \
         --no-header -o requirements.lock
 
 # Single-request latency of POST /recommendations against a running appliance (e.g. the demo)
