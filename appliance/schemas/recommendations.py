@@ -65,11 +65,12 @@ class RecommendationResponse(Response):
     user_id: str
     recommendations: list[RecommendedItem]
     timestamp: datetime
+    reranked: bool
+    """Whether the re-rank stage ran (always present, so clients need not assume)."""
     request_id: str = ""
     """Identifies this answer; send it back with feedback on these items."""
     strategy: str = ""
     """What the query was built from: context, context+preference, preference or popularity."""
-    reranked: bool = False
-    """Whether the re-rank stage ran."""
     timings_ms: dict[str, float] = {}
-    """Milliseconds spent in each pipeline stage."""
+    """Milliseconds per pipeline stage: query (embedding the context and reading the user's
+    preferences and history), retrieve, rerank (when it ran) and total."""

@@ -95,7 +95,8 @@ class RecommendationService:
         )
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
-        timings["embed"] = _ms_since(started)
+        # Embedding the context and reading the user's state run concurrently: one stage.
+        timings["query"] = _ms_since(started)
 
         mark = time.perf_counter()
         plan = Plan(

@@ -28,6 +28,10 @@ def test_context_ranks_matching_items_first(catalog_client: TestClient[Any]) -> 
     assert first["metadata"]["category"] == "time travel"
     assert answer["request_id"]
     assert answer["timestamp"].endswith("Z")
+    # No re-ranker is configured: the stage does not run and is not timed.
+    assert answer["reranked"] is False
+    assert set(answer["timings_ms"]) == {"query", "retrieve", "total"}
+    assert answer["timings_ms"]["total"] >= answer["timings_ms"]["retrieve"]
 
 
 def test_response_has_exactly_top_k(catalog_client: TestClient[Any]) -> None:
