@@ -13,11 +13,12 @@ from typing import Any, Protocol
 import msgspec
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from appliance.api import items as api_items
+from appliance.api import system as api_system
 from appliance.client import ApplianceClient
 from appliance.datadir import running_server
-from appliance.domain import Item
 from appliance.errors import ConfigError, InvalidInputError
-from appliance.schemas.items import ItemIn, ItemsUpsertResponse
+from appliance.schemas.items import ItemsUpsertRequest, ItemsUpsertResponse
 from appliance.schemas.system import ReindexResult
 from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime, open_runtime
@@ -48,34 +49,20 @@ class LocalAdmin:
         self._runtime = runtime
 
     def upsert_items(self, items: Sequence[dict[str, Any]]) -> ItemsUpsertResponse:
-        """Validate items exactly as POST /items does, then upsert them."""
+        """Validate and upsert items exactly as POST /items does."""
         try:
-            parsed = msgspec.convert(list(items), list[ItemIn])
+            request = msgspec.convert({"items": list(items)}, ItemsUpsertRequest)
         except msgspec.ValidationError as e:
             raise InvalidInputError(f"invalid item: {e}") from e
-        summary = self._portal.call(
-            self._runtime.catalog.upsert,
-            [Item(i.item_id, i.title, i.text, i.metadata) for i in parsed],
-        )
-        return ItemsUpsertResponse(
-            received=len(parsed),
-            created=summary.created,
-            updated=summary.updated,
-            unchanged=summary.unchanged,
-            embedded=summary.embedded,
-        )
+        return self._portal.call(api_items.upsert_items, self._runtime, request)
 
     def reindex(self) -> ReindexResult:
         """Rebuild the index in this process."""
-        summary = self._portal.call(self._runtime.catalog.reindex)
-        return ReindexResult(
-            embedded=summary.embedded, removed=summary.removed, failed=summary.failed
-        )
+        return self._portal.call(api_system.reindex, self._runtime)
 
     def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
         """Replay feedback in this process."""
-        summary = self._portal.call(self._runtime.feedback.rebuild, user_id)
-        return RebuildResult(users=summary.users, max_deviation=summary.max_deviation)
+        return self._portal.call(api_system.rebuild_users, self._runtime, user_id)
 
 
 @contextmanager

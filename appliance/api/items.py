@@ -20,6 +20,20 @@ def _out(item: Item) -> ItemOut:
     return ItemOut(item_id=item.item_id, title=item.title, text=item.text, metadata=item.metadata)
 
 
+async def upsert_items(runtime: Runtime, request: ItemsUpsertRequest) -> ItemsUpsertResponse:
+    """Upsert a validated batch and describe what changed (POST /items, ``appliance ingest``)."""
+    summary = await runtime.catalog.upsert(
+        [Item(i.item_id, i.title, i.text, i.metadata) for i in request.items]
+    )
+    return ItemsUpsertResponse(
+        received=len(request.items),
+        created=summary.created,
+        updated=summary.updated,
+        unchanged=summary.unchanged,
+        embedded=summary.embedded,
+    )
+
+
 class ItemController(Controller):
     """The catalog."""
 
@@ -31,16 +45,7 @@ class ItemController(Controller):
         self, data: JSONBody[ItemsUpsertRequest], runtime: NamedDependency[Runtime]
     ) -> ItemsUpsertResponse:
         """Upsert a batch; items whose title and text did not change are not re-embedded."""
-        summary = await runtime.catalog.upsert(
-            [Item(i.item_id, i.title, i.text, i.metadata) for i in data.items]
-        )
-        return ItemsUpsertResponse(
-            received=len(data.items),
-            created=summary.created,
-            updated=summary.updated,
-            unchanged=summary.unchanged,
-            embedded=summary.embedded,
-        )
+        return await upsert_items(runtime, data)
 
     @get(summary="List items")
     async def list_items(

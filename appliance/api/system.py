@@ -10,6 +10,18 @@ from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime
 
 
+async def reindex(runtime: Runtime) -> ReindexResult:
+    """Rebuild the index from the store (POST /admin/reindex, ``appliance reindex``)."""
+    summary = await runtime.catalog.reindex()
+    return ReindexResult(embedded=summary.embedded, removed=summary.removed, failed=summary.failed)
+
+
+async def rebuild_users(runtime: Runtime, user_id: str | None) -> RebuildResult:
+    """Replay feedback into preferences (POST /admin/users/rebuild, ``appliance users rebuild``)."""
+    summary = await runtime.feedback.rebuild(user_id)
+    return RebuildResult(users=summary.users, max_deviation=summary.max_deviation)
+
+
 class SystemController(Controller):
     """Health, counters and maintenance."""
 
@@ -47,10 +59,7 @@ class SystemController(Controller):
     @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")
     async def reindex(self, runtime: NamedDependency[Runtime]) -> ReindexResult:
         """Drop the index and re-embed every item from the store."""
-        summary = await runtime.catalog.reindex()
-        return ReindexResult(
-            embedded=summary.embedded, removed=summary.removed, failed=summary.failed
-        )
+        return await reindex(runtime)
 
     @post("/admin/users/rebuild", status_code=200, summary="Recompute preference vectors")
     async def rebuild_users(
@@ -59,5 +68,4 @@ class SystemController(Controller):
         user_id: str | None = Parameter(default=None, description="One user; default all"),
     ) -> RebuildResult:
         """Replay stored feedback into every user's preference vector."""
-        summary = await runtime.feedback.rebuild(user_id)
-        return RebuildResult(users=summary.users, max_deviation=summary.max_deviation)
+        return await rebuild_users(runtime, user_id)
