@@ -42,6 +42,9 @@ from appliance.settings import Settings
 
 #: The system every other one is compared with.
 BASELINE = "vector-only"
+TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
+#: One held-back item per user: did it make the top 10, and how high.
+HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
 _METRICS: dict[str, Callable[..., float]] = {
     "NDCG": ndcg_at_k,
     "P": precision_at_k,
@@ -290,12 +293,12 @@ def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
         Task(
             "tags",
             read_tag_queries(folder / f"ml_tag_queries_{split}.jsonl"),
-            (("NDCG", 10), ("P", 5), ("R", 10)),
+            TAG_METRICS,
         ),
         Task(
             "tags (sentence)",
             read_tag_queries(folder / f"ml_tag_queries_{split}.jsonl", sentence=True),
-            (("NDCG", 10), ("P", 5), ("R", 10)),
+            TAG_METRICS,
         ),
         Task(
             "redial",
@@ -305,11 +308,11 @@ def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
         Task(
             "leave-last-out",
             read_leave_last_out(folder / f"ml_loo_{split}_targets.csv"),
-            (("HR", 10), ("NDCG", 10)),
+            HOLDOUT_METRICS,
         ),
     ]
 
 
 def holdout_task(queries: list[Query]) -> Task:
     """Return the task of an operator's own time-split feedback log."""
-    return Task("holdout", queries, (("HR", 10), ("NDCG", 10)))
+    return Task("holdout", queries, HOLDOUT_METRICS)
