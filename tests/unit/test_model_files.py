@@ -11,6 +11,7 @@ from appliance.model_files import WHEELHOUSE_ENV, load_manifest, pull, require, 
 REAL_MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 MINILM = "all-MiniLM-L6-v2"
 SMOLLM = "SmolLM2-135M-Instruct-Q4_1"
+SMOLLM_F16 = "SmolLM2-135M-Instruct"
 
 
 def _sha(data: bytes) -> str:
@@ -296,8 +297,11 @@ def test_unknown_key_is_rejected_by_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("snippet", "complaint"),
     [
-        ('source = { local = "a", pypi = "b" }', "either `local`"),
+        ('source = { local = "a", pypi = "b" }', "exactly one of"),
+        ('source = { local = "a", convert = "b", to = "F16" }', "exactly one of"),
         ('source = { pypi = "b" }', "all of `pypi`"),
+        ('source = { convert = "b" }', "both `convert`"),
+        ('source = { convert = "b", to = "F32" }', "to"),
         ('source = { local = "a" }\nsha256 = { "x" = "' + "0" * 64 + '" }', "folder entry"),
         ('source = { local = "a" }\nsha256 = "ABC"', "sha256"),
     ],
@@ -316,3 +320,43 @@ def test_unknown_name_fails_before_fetching(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="no-such-model"):
         pull(tmp_path, [MINILM, "no-such-model"], report=lambda _: None)
     assert not (tmp_path / MINILM).exists()
+
+
+def test_convert_rewrites_a_gguf_to_the_pinned_digest(tmp_path: Path) -> None:
+    # The real conversion of the shipped Q4_1 file, with the digest the manifest pins: llama.cpp
+    # writes the same bytes every time, so a converted file verifies like a downloaded one.
+    real = load_manifest(REAL_MODELS_DIR)
+    source, converted = real.get(SMOLLM), real.get(SMOLLM_F16)
+    assert converted.source.convert == SMOLLM
+    models_dir = _models_dir(
+        tmp_path / "models",
+        f"""
+[[model]]
+name = "{SMOLLM}"
+role = "reranker"
+path = "{source.path}"
+license = "Apache-2.0"
+sha256 = "{source.sha256}"
+source = {{ local = "{require(REAL_MODELS_DIR, SMOLLM)}" }}
+optional = true
+
+[[model]]
+name = "{SMOLLM_F16}"
+role = "reranker"
+path = "{converted.path}"
+license = "Apache-2.0"
+sha256 = "{converted.sha256}"
+source = {{ convert = "{SMOLLM}", to = "F16" }}
+""",
+    )
+    lines: list[str] = []
+
+    statuses = pull(models_dir, [SMOLLM_F16], report=lines.append)
+
+    assert [(s.name, s.verified) for s in statuses] == [(SMOLLM_F16, True)]
+    # The source it needed was fetched first, and nothing half-done is left behind.
+    assert verify(models_dir, load_manifest(models_dir).get(SMOLLM)).verified
+    assert any("converting" in line for line in lines)
+    assert sorted(p.name for p in models_dir.iterdir()) == sorted(
+        ["manifest.toml", source.path, converted.path]
+    )
