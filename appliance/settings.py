@@ -70,7 +70,32 @@ class RerankerSettings(_Section, frozen=True):
     """The stage that reorders the fused candidates before the response."""
 
     kind: str = "none"
-    """Re-ranker backend: none (keeps the retrieval order)."""
+    """Re-ranker backend: none (keeps the retrieval order), llamacpp (a GGUF model in this
+    process) or openai (any OpenAI-compatible chat-completions API)."""
+    budget_ms: PositiveInt = 300
+    """Time one request may spend re-ranking; past it the retrieval order is returned."""
+    max_pending: PositiveInt = 4
+    """Re-rank calls that may wait for the model at once; a request beyond them skips the stage."""
+    max_candidates: Annotated[int, Meta(ge=1, le=64)] = 20
+    """Candidates re-ranked per request; any beyond keep their retrieval order after them."""
+    model: str = "SmolLM2-135M-Instruct"
+    """llamacpp: a models/manifest.toml entry, or the path of any GGUF file."""
+    threads: Annotated[int, Meta(ge=0)] = 0
+    """llamacpp: CPU threads for the model; 0 uses every core."""
+    item_tokens: PositiveInt = 10
+    """llamacpp: each candidate's title and text are cut to this many tokens (the cost per
+    request grows with candidates x tokens)."""
+    context_tokens: PositiveInt = 32
+    """llamacpp: a longer request keeps its last this-many tokens."""
+    base_url: str = "http://127.0.0.1:8080/v1"
+    """openai: the API's base URL, up to and including /v1."""
+    api_model: str = "default"
+    """openai: the model name the API is asked for."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai: the environment variable that holds the API key; the key itself never appears in
+    the configuration."""
+    concurrency: PositiveInt = 4
+    """openai: candidates scored in parallel requests."""
 
 
 class RecommendSettings(_Section, frozen=True):

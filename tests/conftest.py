@@ -3,6 +3,7 @@ and the real HTTP application."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,18 +17,35 @@ from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.embedders.sentence_transformer import SentenceTransformerEmbedder
 from appliance.backends.registry import Backends
+from appliance.backends.rerankers.llamacpp import LlamaCppReranker
+from appliance.backends.rerankers.protocol import Reranker
 from appliance.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 TEST_CATALOG = Path(__file__).parent / "data" / "catalog.jsonl"
 EMBEDDER = "all-MiniLM-L6-v2"
+RERANKER_MODEL = "SmolLM2-135M-Instruct"
 
 
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
     """The real embedding model, loaded once for the whole session (it takes seconds)."""
     return SentenceTransformerEmbedder(model_files.require(MODELS_DIR, EMBEDDER), name=EMBEDDER)
+
+
+@pytest.fixture(scope="session")
+def reranker_model() -> Path:
+    """The default re-ranker's GGUF file (the install fetches it with the llamacpp extra)."""
+    return model_files.require(MODELS_DIR, RERANKER_MODEL)
+
+
+@pytest.fixture(scope="session")
+def llamacpp_reranker(reranker_model: Path) -> Iterator[Reranker]:
+    """The in-process llama.cpp re-ranker on the real model, loaded once for the session."""
+    reranker = LlamaCppReranker(reranker_model)
+    yield reranker
+    asyncio.run(reranker.close())
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -48,13 +66,14 @@ def test_items() -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def open_client(minilm: Embedder) -> Iterator[Callable[[Settings], TestClient[Any]]]:
-    """Start the real application on given settings; every client is closed at teardown."""
+def open_client(minilm: Embedder) -> Iterator[Callable[..., TestClient[Any]]]:
+    """Start the real application on given settings (and, optionally, an already loaded
+    re-ranker); every client is closed at teardown."""
     clients: list[TestClient[Any]] = []
 
-    def start(settings: Settings) -> TestClient[Any]:
+    def start(settings: Settings, reranker: Reranker | None = None) -> TestClient[Any]:
         client: TestClient[Any] = TestClient(
-            create_app(settings, backends=Backends(embedder=minilm))
+            create_app(settings, backends=Backends(embedder=minilm, reranker=reranker))
         )
         client.__enter__()
         clients.append(client)

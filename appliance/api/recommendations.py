@@ -56,6 +56,7 @@ class RecommendationController(Controller):
             request_id=result.request_id,
             strategy=result.strategy,
             reranked=result.reranked,
+            rerank_status=result.rerank_status,
             timings_ms=result.timings_ms,
         )
 

@@ -36,13 +36,13 @@ class SystemController(Controller):
                 "model": runtime.embedder.name,
                 "index": type(runtime.index).__name__,
                 "store": f"duckdb schema v{runtime.store.schema_version()}",
-                "reranker": runtime.reranker.name,
+                "reranker": runtime.rerank.backend,
             },
         )
 
     @get("/stats", summary="Counts")
     async def stats(self, runtime: NamedDependency[Runtime]) -> Stats:
-        """Items, users, feedback events, index points and encoder batching counters."""
+        """Items, users, feedback events, index points, encoder batching and re-rank outcomes."""
         counts = await anyio.to_thread.run_sync(runtime.store.counts)
         points = await anyio.to_thread.run_sync(runtime.index.count)
         e = runtime.encoder.stats
@@ -54,6 +54,7 @@ class SystemController(Controller):
             encoder=EncoderStatsOut(
                 batches=e.batches, texts=e.texts, largest_batch=e.largest_batch
             ),
+            rerank={str(status): n for status, n in runtime.rerank.outcomes.items()},
         )
 
     @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,57 @@ def _passthrough(settings: Settings) -> Reranker:
     return PassthroughReranker()
 
 
+def _reranker_model(settings: Settings) -> Path:
+    # A manifest entry's name, or any GGUF file the operator brings.
+    named = settings.reranker.model
+    if named.endswith(".gguf"):
+        path = Path(named).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"re-ranker model file {path} does not exist")
+        return path
+    return model_files.require(settings.models_dir, named)
+
+
+def _llamacpp(settings: Settings) -> Reranker:
+    try:
+        from appliance.backends.rerankers.llamacpp import LlamaCppReranker  # noqa: PLC0415
+    except ImportError:
+        raise ConfigError(
+            "the llamacpp re-ranker needs llama-cpp-python: install the llamacpp extra "
+            "(scripts/install.sh llamacpp)"
+        ) from None
+    config = settings.reranker
+    return LlamaCppReranker(
+        _reranker_model(settings),
+        threads=config.threads,
+        item_tokens=config.item_tokens,
+        context_tokens=config.context_tokens,
+        max_candidates=config.max_candidates,
+    )
+
+
+def _openai(settings: Settings) -> Reranker:
+    from appliance.backends.rerankers.openai import OpenAIReranker  # noqa: PLC0415
+
+    config = settings.reranker
+    return OpenAIReranker(
+        config.base_url,
+        config.api_model,
+        api_key=os.environ.get(config.api_key_env) or None,
+        concurrency=config.concurrency,
+    )
+
+
 EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "sentence-transformers": _sentence_transformers,
     "hashing": _hashing,
 }
 INDEXES: dict[str, Callable[[Settings, Embedder], VectorIndex]] = {"qdrant-edge": _qdrant_edge}
-RERANKERS: dict[str, Callable[[Settings], Reranker]] = {"none": _passthrough}
+RERANKERS: dict[str, Callable[[Settings], Reranker]] = {
+    "none": _passthrough,
+    "llamacpp": _llamacpp,
+    "openai": _openai,
+}
 
 
 def _pick(family: str, registry: dict[str, T], kind: str) -> T:
@@ -100,6 +146,8 @@ def preflight(settings: Settings) -> None:
     _pick("reranker", RERANKERS, settings.reranker.kind)
     if settings.embedder.kind == "sentence-transformers":
         model_files.require(settings.models_dir, settings.embedder.model)
+    if settings.reranker.kind == "llamacpp":
+        _reranker_model(settings)
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -44,7 +44,7 @@ class RecommendationRequest(Request):
     exclude_seen: bool = True
     """Leave out items the user has already given feedback on."""
     rerank: bool | None = None
-    """Run the re-rank stage (default: when a re-ranker is configured)."""
+    """Run the re-rank stage (default: when a re-ranker is configured and there is a context)."""
 
 
 class RecommendedItem(Response):
@@ -67,10 +67,15 @@ class RecommendationResponse(Response):
     timestamp: datetime
     reranked: bool
     """Whether the re-rank stage ran (always present, so clients need not assume)."""
+    rerank_status: str = ""
+    """What became of the re-rank stage: ran, off (the request said so), not-configured,
+    no-context, timeout, busy (too many calls waiting for the model) or failed. In every case but
+    ran, the order is the retrieval order."""
     request_id: str = ""
     """Identifies this answer; send it back with feedback on these items."""
     strategy: str = ""
     """What the query was built from: context, context+preference, preference or popularity."""
     timings_ms: dict[str, float] = {}
     """Milliseconds per pipeline stage: query (embedding the context and reading the user's
-    preferences and history), retrieve, rerank (when it ran) and total."""
+    preferences and history), retrieve, rerank (when it started, including a timed-out or failed
+    attempt) and total."""

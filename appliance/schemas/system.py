@@ -26,6 +26,8 @@ class Stats(Response):
     feedback_events: int
     index_points: int
     encoder: EncoderStatsOut
+    rerank: dict[str, int] = {}
+    """How often the re-rank stage ran, timed out, was busy, failed or was skipped (and why)."""
 
 
 class ReindexResult(Response):

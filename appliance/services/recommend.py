@@ -14,15 +14,23 @@ import anyio.to_thread
 import numpy as np
 
 from appliance.backends.indexes.protocol import Vector
-from appliance.backends.rerankers.protocol import RerankCandidate, Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
-from appliance.domain import Candidate, FieldCondition, Item, Selection
+from appliance.domain import FieldCondition, Item, Selection
 from appliance.errors import ConflictError
 from appliance.services.encoding import EncoderQueue
 from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.preferences import preference_direction
+from appliance.services.reranking import RerankStage, RerankStatus
 from appliance.services.sources import CandidateSource, Plan
 from appliance.settings import RecommendSettings
+
+# Stages that never started do not get a timing.
+_SKIPPED = {
+    RerankStatus.OFF,
+    RerankStatus.NOT_CONFIGURED,
+    RerankStatus.NO_CONTEXT,
+    RerankStatus.BUSY,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,7 @@ class RecommendationResult:
     strategy: str
     """What the query was built from: context, context+preference, preference or popularity."""
     reranked: bool
+    rerank_status: RerankStatus
     timestamp: datetime
     timings_ms: dict[str, float] = field(default_factory=dict)
 
@@ -69,14 +78,20 @@ class RecommendationService:
         store: DuckDBStore,
         encoder: EncoderQueue,
         sources: Sequence[CandidateSource],
-        reranker: Reranker,
+        rerank: RerankStage,
         settings: RecommendSettings,
     ) -> None:
         self._store = store
         self._encoder = encoder
         self._sources = list(sources)
-        self._reranker = reranker
+        self._rerank = rerank
         self._settings = settings
+
+    def with_rerank(self, rerank: RerankStage) -> RecommendationService:
+        """Return the same pipeline with another re-rank stage (to compare re-rankers)."""
+        return RecommendationService(
+            self._store, self._encoder, self._sources, rerank, self._settings
+        )
 
     async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
         """Recommend ``top_k`` items for a user and an optional context.
@@ -120,12 +135,13 @@ class RecommendationService:
         candidates = [c for c in candidates if c.item_id in items]
         if not candidates:
             await self._fail_if_catalog_empty()
-        reranked = False
-        if query.rerank is not False and self._reranker.name != "none" and candidates:
-            candidates = await self._rerank(
-                context, candidates, {k: v.item for k, v in items.items()}
-            )
-            reranked = True
+        candidates, rerank_status = await self._rerank.run(
+            context,
+            candidates,
+            {k: v.item for k, v in items.items()},
+            requested=query.rerank,
+        )
+        if rerank_status not in _SKIPPED:
             timings["rerank"] = _ms_since(mark)
         timings["total"] = _ms_since(started)
         return RecommendationResult(
@@ -136,7 +152,8 @@ class RecommendationService:
                 for c in candidates[: query.top_k]
             ],
             strategy=strategy,
-            reranked=reranked,
+            reranked=rerank_status is RerankStatus.RAN,
+            rerank_status=rerank_status,
             timestamp=datetime.now(UTC),
             timings_ms=timings,
         )
@@ -169,27 +186,6 @@ class RecommendationService:
         if preference is not None:
             return preference, "preference"
         return None, "popularity"
-
-    async def _rerank(
-        self, context: str, candidates: list[Candidate], items: dict[str, Item]
-    ) -> list[Candidate]:
-        by_id = {c.item_id: c for c in candidates}
-        scored = await self._reranker.rerank(
-            context,
-            [
-                RerankCandidate(c.item_id, items[c.item_id].title, items[c.item_id].text)
-                for c in candidates
-            ],
-        )
-        ordered: list[Candidate] = []
-        for item_id, score in scored:
-            candidate = by_id.pop(item_id, None)
-            if candidate is None:  # not a candidate, or a duplicate: a re-ranker only reorders
-                continue
-            candidate.sources["rerank"] = score
-            ordered.append(candidate)
-        ordered.extend(c for c in candidates if c.item_id in by_id)
-        return ordered
 
     async def _fail_if_catalog_empty(self) -> None:
         counts = await anyio.to_thread.run_sync(self._store.counts)

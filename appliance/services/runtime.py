@@ -18,13 +18,13 @@ from appliance.backends.registry import (
     build_reranker,
     build_store,
 )
-from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.datadir import DataDirLock
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
+from appliance.services.reranking import RerankStage
 from appliance.services.sources import PopularitySource, VectorSource
 from appliance.settings import Settings
 
@@ -39,7 +39,7 @@ class Runtime:
     store: DuckDBStore
     index: VectorIndex
     embedder: Embedder
-    reranker: Reranker
+    rerank: RerankStage
     encoder: EncoderQueue
     catalog: CatalogService
     feedback: FeedbackService
@@ -85,8 +85,9 @@ async def open_runtime(
             stack.callback(index.close)
         reranker = given.reranker
         if reranker is None:
-            reranker = build_reranker(settings)
+            reranker = await anyio.to_thread.run_sync(build_reranker, settings)
             stack.push_async_callback(reranker.close)
+        rerank = RerankStage(reranker, settings.reranker)
 
         # The first forward pass initialises torch's kernels (hundreds of ms): pay it here, not
         # in the first request.
@@ -107,12 +108,12 @@ async def open_runtime(
             store=store,
             index=index,
             embedder=embedder,
-            reranker=reranker,
+            rerank=rerank,
             encoder=encoder,
             catalog=catalog,
             feedback=FeedbackService(store, index, settings.feedback),
             recommender=RecommendationService(
-                store, encoder, [VectorSource(index), popularity], reranker, settings.recommend
+                store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
             ),
             popularity=popularity,
         )

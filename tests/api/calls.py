@@ -3,9 +3,16 @@ returns the JSON answer (test-only)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from litestar.testing import TestClient
+
+from appliance.app import create_app
+from appliance.backends.registry import Backends
+from appliance.settings import Settings
 
 #: The record counts that /stats reports next to the encoder's figures.
 COUNTED = ("items", "users", "feedback_events", "index_points")
@@ -53,3 +60,23 @@ def counts(client: TestClient[Any]) -> dict[str, int]:
     """The record counts from /stats alone (see ``COUNTED``), to compare before and after."""
     body = stats(client)
     return {k: body[k] for k in COUNTED}
+
+
+@asynccontextmanager
+async def serving(settings: Settings, backends: Backends) -> AsyncIterator[httpx.AsyncClient]:
+    """Run the application on the caller's event loop and yield a client for it.
+
+    Litestar's ``AsyncTestClient`` cannot send concurrent requests: its transport's
+    ``handle_async_request`` calls the blocking ``handle_request``, which waits on a portal
+    thread, so requests gathered on the test's event loop reach the application one after
+    another. Here the lifespan is entered directly and requests go through httpx's ASGI
+    transport, so gathered requests really are in flight together.
+    """
+    app = create_app(settings, backends=backends)
+    async with (
+        app.lifespan(),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://appliance"
+        ) as client,
+    ):
+        yield client

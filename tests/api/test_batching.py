@@ -1,26 +1,18 @@
-"""Concurrent requests share the encoder's forward passes, on the real model.
-
-Litestar's ``AsyncTestClient`` cannot show this: its transport's ``handle_async_request`` calls
-the blocking ``handle_request``, which waits on a portal thread, so requests gathered on the
-test's event loop reach the application one after another. The application here runs on the
-test's own event loop instead (its lifespan entered directly, requests sent through httpx's
-ASGI transport), so gathered requests really are in flight together.
-"""
+"""Concurrent requests share the encoder's forward passes, on the real model (the application
+runs on the test's event loop: see ``tests.api.calls.serving``)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
+from tests.api.calls import serving
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.anyio
@@ -44,18 +36,6 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@asynccontextmanager
-async def serving(embedder: Embedder, data_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(make_settings(data_dir), backends=Backends(embedder=embedder))
-    async with (
-        app.lifespan(),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://appliance"
-        ) as client,
-    ):
-        yield client
-
-
 async def encoder_stats(client: httpx.AsyncClient) -> dict[str, int]:
     response = await client.get("/stats")
     assert response.status_code == 200, response.text
@@ -71,7 +51,7 @@ async def test_concurrent_requests_share_encoder_batches(
     minilm: Embedder, tmp_path: Path, test_items: list[dict[str, Any]]
 ) -> None:
     assert len(CONTEXTS) == len(set(CONTEXTS)) == 32
-    async with serving(minilm, tmp_path / "data") as client:
+    async with serving(make_settings(tmp_path / "data"), Backends(embedder=minilm)) as client:
         # One item per request, so that no batch so far holds more than one text.
         for item in test_items:
             response = await client.post("/items", json={"items": [item]})

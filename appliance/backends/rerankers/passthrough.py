@@ -11,10 +11,10 @@ class PassthroughReranker:
     name = "none"
 
     async def rerank(
-        self, context: str, candidates: Sequence[RerankCandidate]
+        self, context: str, candidates: Sequence[RerankCandidate], *, deadline: float
     ) -> list[tuple[str, float]]:
         """Return the candidates as given, scored by their position."""
-        del context
+        del context, deadline
         n = len(candidates)
         return [(c.item_id, float(n - i) / n) for i, c in enumerate(candidates)]
 
