@@ -12,12 +12,15 @@ import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import anyio.to_thread
+import msgspec
 
+from appliance.backends.registry import build_reranker
 from appliance.domain import InteractionType
 from appliance.evaluation.datasets import (
     Interaction,
@@ -36,7 +39,8 @@ from appliance.evaluation.metrics import (
     recall_at_k,
 )
 from appliance.services.feedback import FeedbackInput
-from appliance.services.recommend import RecommendationQuery
+from appliance.services.recommend import RecommendationQuery, RecommendationService
+from appliance.services.reranking import RerankStage
 from appliance.services.runtime import Runtime, open_runtime
 from appliance.settings import Settings
 
@@ -67,11 +71,18 @@ class Task:
         """How many results each query needs."""
         return max(k for _, k in self.metrics)
 
+    @property
+    def has_context(self) -> bool:
+        """Whether the queries carry a request in words (leave-last-out ones do not)."""
+        return any(q.context for q in self.queries)
+
 
 class System(Protocol):
     """Something that ranks items for a query."""
 
     name: str
+    needs_context: bool
+    """Whether it only makes sense for queries with words (it then skips the others)."""
 
     async def rank(self, query: Query, k: int) -> list[str]:
         """Return up to ``k`` item ids, best first."""
@@ -79,17 +90,25 @@ class System(Protocol):
 
 
 class Pipeline:
-    """The appliance's own recommendation pipeline, as configured."""
+    """The appliance's own recommendation pipeline: retrieval alone, or with a re-ranker."""
 
-    def __init__(self, runtime: Runtime, name: str = BASELINE) -> None:
+    def __init__(self, recommender: RecommendationService, name: str = BASELINE) -> None:
         self.name = name
-        self._runtime = runtime
+        self._recommender = recommender
+        self._rerank = name != BASELINE
+        # A re-ranker judges items against the request; without one it has nothing to add.
+        self.needs_context = self._rerank
+        self.rerank_outcomes: Counter[str] = Counter()
+        """What became of the re-rank stage on each query of the current task."""
 
     async def rank(self, query: Query, k: int) -> list[str]:
         """Ask the recommendation service, leaving out what the user has already seen."""
-        result = await self._runtime.recommender.recommend(
-            RecommendationQuery(user_id=query.user_id, context=query.context, top_k=k)
+        result = await self._recommender.recommend(
+            RecommendationQuery(
+                user_id=query.user_id, context=query.context, top_k=k, rerank=self._rerank
+            )
         )
+        self.rerank_outcomes[result.rerank_status] += 1
         return [r.item.item_id for r in result.recommendations]
 
 
@@ -97,6 +116,7 @@ class MostPopular:
     """Items with the most interactions in the replayed history, minus what the user saw."""
 
     name = "most-popular"
+    needs_context = False
 
     def __init__(self, runtime: Runtime, history: Iterable[Interaction]) -> None:
         self._runtime = runtime
@@ -118,6 +138,8 @@ class Result:
     scores: dict[str, list[float]]
     """Metric label ("NDCG@10") -> one value per query, in query order."""
     latencies_ms: list[float] = field(default_factory=list)
+    rerank_outcomes: dict[str, int] = field(default_factory=dict)
+    """For re-ranking systems: how often the stage ran, timed out or failed."""
 
     def interval(self, label: str) -> Interval:
         """Return the bootstrap interval of a metric's mean over queries."""
@@ -127,6 +149,13 @@ class Result:
     def latency_p50_ms(self) -> float:
         """Median time to answer one query."""
         return statistics.median(self.latencies_ms) if self.latencies_ms else float("nan")
+
+    @property
+    def latency_p95_ms(self) -> float:
+        """95th percentile of the time to answer one query."""
+        if len(self.latencies_ms) < 2:  # noqa: PLR2004 - quantiles needs two points
+            return self.latency_p50_ms
+        return statistics.quantiles(self.latencies_ms, n=20)[-1]
 
 
 @dataclass(slots=True)
@@ -148,14 +177,13 @@ class Report:
         """Return one table row per task and system, each metric as mean [95% interval]."""
         labels = list(dict.fromkeys(label for r in self.results for label in r.scores))
         lines = [
-            "| task | system | " + " | ".join(labels) + " | p50 ms/query |",
+            "| task | system | " + " | ".join(labels) + " | ms/query p50 / p95 |",
             "| --- | --- | " + " | ".join("---" for _ in labels) + " | --- |",
         ]
         for r in self.results:
             cells = [str(r.interval(label)) if label in r.scores else "" for label in labels]
-            lines.append(
-                f"| {r.task} | {r.system} | " + " | ".join(cells) + f" | {r.latency_p50_ms:.1f} |"
-            )
+            latency = f"{r.latency_p50_ms:.0f} / {r.latency_p95_ms:.0f}"
+            lines.append(f"| {r.task} | {r.system} | " + " | ".join(cells) + f" | {latency} |")
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict[str, object]:
@@ -181,6 +209,8 @@ class Report:
                     "task": r.task,
                     "system": r.system,
                     "latency_p50_ms": r.latency_p50_ms,
+                    "latency_p95_ms": r.latency_p95_ms,
+                    "rerank_outcomes": r.rerank_outcomes,
                     "metrics": metrics,
                 }
             )
@@ -241,7 +271,11 @@ async def evaluate(
     results = []
     for task in tasks:
         for system in systems:
+            if system.needs_context and not task.has_context:
+                continue
             result = Result(task.name, system.name, {f"{m}@{k}": [] for m, k in task.metrics})
+            if isinstance(system, Pipeline):
+                system.rerank_outcomes.clear()
             for query in task.queries:
                 started = time.perf_counter()
                 ranked = await system.rank(query, task.depth)
@@ -252,6 +286,8 @@ async def evaluate(
                     )
                 if progress is not None:
                     progress(1)
+            if isinstance(system, Pipeline) and system.needs_context:
+                result.rerank_outcomes = dict(system.rerank_outcomes)
             results.append(result)
     return Report(results)
 
@@ -261,6 +297,8 @@ async def run(
     catalog: Path,
     history: Sequence[Interaction],
     tasks: Sequence[Task],
+    *,
+    rerankers: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
 ) -> Report:
     """Build an appliance from a catalog file and a history, then evaluate it.
@@ -271,19 +309,43 @@ async def run(
         catalog: Items in the wire format (JSON Lines).
         history: Interactions replayed as feedback before any query.
         tasks: What to measure.
+        rerankers: Re-ranker kinds to compare (``llamacpp``, ``openai``), each on the pipeline's
+            candidates, on the tasks whose queries have words; built and limited by
+            ``settings.reranker``.
         progress: Called with 1 after each answered query.
 
     Returns:
-        Most-popular and the configured pipeline on every task.
+        Most-popular, the pipeline's retrieval alone, and retrieval + each re-ranker.
 
     """
-    async with open_runtime(settings) as runtime:
+    async with AsyncExitStack() as stack:
+        runtime = await stack.enter_async_context(open_runtime(settings))
+        stages = []
+        for kind in rerankers:
+            config = msgspec.structs.replace(settings.reranker, kind=kind)
+            reranker = await anyio.to_thread.run_sync(
+                build_reranker, msgspec.structs.replace(settings, reranker=config)
+            )
+            stack.push_async_callback(reranker.close)
+            stages.append(RerankStage(reranker, config))
         await runtime.catalog.load_file(catalog)
         await replay(runtime, history)
         for task in tasks:
             await replay_liked(runtime, task.queries)
-        systems: list[System] = [MostPopular(runtime, history), Pipeline(runtime)]
+        systems: list[System] = [
+            MostPopular(runtime, history),
+            Pipeline(runtime.recommender),
+            *(
+                Pipeline(runtime.recommender.with_rerank(stage), f"{BASELINE} + {stage.backend}")
+                for stage in stages
+            ),
+        ]
         return await evaluate(tasks, systems, progress)
+
+
+def query_count(tasks: Sequence[Task], rerankers: int) -> int:
+    """How many queries ``run`` answers: every task twice, and the worded ones per re-ranker."""
+    return sum(len(t.queries) * (2 + (rerankers if t.has_context else 0)) for t in tasks)
 
 
 def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
-from appliance.evaluation.runner import BASELINE, Task, run
+from appliance.evaluation.runner import BASELINE, Task, query_count, run
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -71,9 +71,9 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     ]
     answered: list[int] = []
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
-    report = await run(settings, catalog, train, tasks, answered.append)
+    report = await run(settings, catalog, train, tasks, progress=answered.append)
 
-    assert len(answered) == 2 * (len(topical) + len(holdout))
+    assert len(answered) == query_count(tasks, rerankers=0) == 2 * (len(topical) + len(holdout))
     by = {(r.task, r.system): r for r in report.results}
     assert set(by) == {(t, s) for t in ("topics", "holdout") for s in ("most-popular", BASELINE)}
     for result in report.results:
@@ -93,9 +93,43 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     assert "minus_baseline" in rows["topics", "most-popular"]["metrics"]["P@5"]
     assert "minus_baseline" not in rows["topics", BASELINE]["metrics"]["P@5"]
     table = report.to_markdown().splitlines()
-    assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | p50 ms/query |"
+    assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | ms/query p50 / p95 |"
     assert table[2].startswith("| topics | most-popular | ")
     assert len(table) == 2 + 4
+
+
+@pytest.mark.anyio
+async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    train, holdout = time_split(history())
+    topical = [
+        Query(f"q-{t}", f"asker-{t}", words, {f"{t}-{n}": 1.0 for n in range(10)})
+        for t, words in TOPICS.items()
+    ]
+    tasks = [Task("topics", topical, (("NDCG", 10),)), Task("holdout", holdout, (("HR", 10),))]
+    settings = make_settings(
+        tmp_path / "data", embedder={"kind": "hashing"}, reranker={"budget_ms": 60_000}
+    )
+    answered: list[int] = []
+
+    report = await run(
+        settings, catalog, train, tasks, rerankers=("llamacpp",), progress=answered.append
+    )
+
+    reranked = f"{BASELINE} + llamacpp"
+    by = {(r.task, r.system): r for r in report.results}
+    # A re-ranker needs words to judge against: it is left out of the hold-out task.
+    assert set(by) == {
+        ("topics", "most-popular"),
+        ("topics", BASELINE),
+        ("topics", reranked),
+        ("holdout", "most-popular"),
+        ("holdout", BASELINE),
+    }
+    assert len(answered) == query_count(tasks, rerankers=1) == 3 * len(topical) + 2 * len(holdout)
+    assert by["topics", reranked].rerank_outcomes == {"ran": len(topical)}
+    assert by["topics", BASELINE].rerank_outcomes == {}
+    assert report.difference(by["topics", reranked], "NDCG@10") is not None
 
 
 def test_time_split_holds_out_the_last_positive_and_drops_what_followed() -> None:
