@@ -38,6 +38,6 @@ lock:
 latency url="http://127.0.0.1:8000":
     .venv/bin/python bench/latency.py --url {{url}} --requests 500 --top-k 5
 
-# Measure quality on ../shared/datasets (dev split): every task, most-popular vs the pipeline
-eval *args: install
-    .venv/bin/appliance eval {{args}}
+# Measure quality on ../shared/datasets (dev split): most-popular, retrieval, retrieval + each re-ranker
+eval *args: (install "llamacpp,dev")
+    scripts/eval.sh {{args}}

@@ -309,6 +309,14 @@ def models_list(ctx: click.Context, models_dir: Path | None) -> None:
     "(the table reports the latency instead).",
 )
 @click.option(
+    "--rerank-candidates",
+    type=click.IntRange(1, 64),
+    default=10,
+    show_default=True,
+    help="Candidates each re-ranker reorders per query: 10 is what a default request (top_k 5) "
+    "gives it.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("eval-results.json"),
@@ -324,6 +332,7 @@ def evaluate(
     limit: int | None,
     rerankers: tuple[str, ...],
     rerank_budget_ms: int,
+    rerank_candidates: int,
     out: Path,
 ) -> None:
     """Measure recommendation quality on data with ground truth, with 95% bootstrap intervals."""
@@ -352,7 +361,13 @@ def evaluate(
         with tempfile.TemporaryDirectory(prefix="appliance-eval-") as scratch:
             settings = load_settings(
                 ctx.obj.get("config"),
-                overrides={"data_dir": scratch, "reranker": {"budget_ms": rerank_budget_ms}},
+                overrides={
+                    "data_dir": scratch,
+                    "reranker": {
+                        "budget_ms": rerank_budget_ms,
+                        "max_candidates": rerank_candidates,
+                    },
+                },
             )
             with Progress() as bar:
                 job = bar.add_task("evaluating", total=runner.query_count(tasks, len(rerankers)))
