@@ -23,7 +23,7 @@ test: (install "dev,llamacpp")
 
 # Lint, type-check and check the import contracts
 lint: (install "dev,llamacpp")
-    .venv/bin/ruff check appliance tui tests scripts
+    .venv/bin/ruff check appliance tui tests scripts bench
     .venv/bin/mypy
     .venv/bin/lint-imports
 
@@ -40,4 +40,8 @@ latency url="http://127.0.0.1:8000":
 
 # Measure quality on ../shared/datasets (dev split): most-popular, retrieval, retrieval + each re-ranker
 eval *args: (install "llamacpp,dev")
-    scripts/eval.sh {{args}}
+    scripts/with-llama-server.sh .venv/bin/appliance eval --rerank llamacpp --rerank openai {{args}}
+
+# Latency of one re-rank call on 10 candidates: llama.cpp in-process, and OpenAI-compatible on loopback
+rerank-latency: (install "llamacpp,dev")
+    scripts/with-llama-server.sh sh -c '.venv/bin/python bench/rerank.py --openai-url "$APPLIANCE_RERANKER__BASE_URL"'

@@ -167,3 +167,37 @@ def test_unknown_setting_is_refused(env: dict[str, str]) -> None:
     result = run("config", env={**env, "APPLIANCE_SERVER__PROT": "1"})
     assert result.returncode == 2
     assert "prot" in result.stderr
+
+
+def test_serve_with_the_llamacpp_reranker_from_the_environment(env: dict[str, str]) -> None:
+    env = {
+        **env,
+        "APPLIANCE_RERANKER__KIND": "llamacpp",
+        # Generous: this asserts that the stage runs in the served process, not how fast.
+        "APPLIANCE_RERANKER__BUDGET_MS": "30000",
+    }
+    with server(env) as url:
+        assert httpx.get(f"{url}/health").json()["components"]["reranker"] == "llamacpp"
+        assert run("ingest", str(TEST_CATALOG), env=env).returncode == 0
+        response = httpx.post(
+            f"{url}/recommendations",
+            json={"user_id": "visitor", "context": "time travel", "top_k": 3},
+            timeout=60,
+        )
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["rerank_status"] == "ran"
+        assert answer["reranked"] is True
+        assert all("rerank" in r["sources"] for r in answer["recommendations"])
+        assert httpx.get(f"{url}/stats").json()["rerank"] == {"ran": 1}
+
+
+def test_a_missing_reranker_model_fails_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    env = {
+        **env,
+        "APPLIANCE_RERANKER__KIND": "llamacpp",
+        "APPLIANCE_RERANKER__MODEL": str(tmp_path / "absent.gguf"),
+    }
+    started = run("serve", "--port", str(free_port()), env=env)
+    assert started.returncode != 0
+    assert "absent.gguf does not exist" in started.stderr
