@@ -1,7 +1,7 @@
 """Latency of one re-rank call: ten demo-catalog candidates, a short request, one call at a time.
 
 Measures the re-rankers themselves, without retrieval: the in-process llama.cpp one and, given
-``--openai-url``, an OpenAI-compatible server (``scripts/eval.sh`` shows how to start llama.cpp's
+``--openai-url``, an OpenAI-compatible server (``scripts/with-llama-server.sh`` starts llama.cpp's
 own on loopback). Candidates and requests are drawn with a fixed seed, so runs are comparable.
 """
 
