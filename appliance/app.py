@@ -10,10 +10,14 @@ from pathlib import Path
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.exceptions import HTTPException, InternalServerException, ValidationException
+from litestar.exceptions.responses import create_exception_response
 from litestar.openapi import OpenAPIConfig
 
+from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
+from appliance.api.metrics import MetricsController, prometheus_config
 from appliance.api.recommendations import RecommendationController
 from appliance.api.system import SystemController
 from appliance.api.users import UserController
@@ -25,11 +29,19 @@ from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: Characters of an unexpected exception's message kept in the error log.
+_MAX_LOGGED_MESSAGE = 500
+
+
+def _error_log(request: Request[object, object, State]) -> ErrorLog:
+    error_log: ErrorLog = request.app.state.error_log
+    return error_log
+
 
 def _error_response(
     request: Request[object, object, State], exc: ApplianceError
 ) -> Response[ErrorBody]:
-    del request
+    _error_log(request).add(request, exc.status_code, exc.message)
     return Response(
         ErrorBody(status_code=exc.status_code, detail=exc.message),
         status_code=exc.status_code,
@@ -37,9 +49,42 @@ def _error_response(
     )
 
 
+def _http_error_response(
+    request: Request[object, object, State], exc: HTTPException
+) -> Response[object]:
+    # Litestar's own answers: validation errors, unknown routes, wrong methods.
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        fields = "; ".join(
+            f"{e.get('key') or e.get('source', '')}: {e.get('message', '')}"
+            for e in exc.extra
+            if isinstance(e, dict)
+        )
+        detail = f"{detail}: {fields}" if fields else detail
+    _error_log(request).add(request, exc.status_code, detail)
+    return create_exception_response(request, exc)
+
+
+def _unexpected_error_response(
+    request: Request[object, object, State], exc: Exception
+) -> Response[object]:
+    # A 500 is always a bug: keep the traceback in the server log and the gist in the error
+    # log; the client learns nothing about the internals.
+    log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    _error_log(request).add(
+        request, 500, f"Internal Server Error ({type(exc).__name__}: {exc})"[:_MAX_LOGGED_MESSAGE]
+    )
+    return create_exception_response(request, InternalServerException())
+
+
 def _runtime(state: State) -> Runtime:
     runtime: Runtime = state.runtime
     return runtime
+
+
+def _error_log_of(state: State) -> ErrorLog:
+    error_log: ErrorLog = state.error_log
+    return error_log
 
 
 def create_app(
@@ -79,9 +124,20 @@ def create_app(
             ItemController,
             UserController,
             SystemController,
+            AdminController,
+            MetricsController,
         ],
-        dependencies={"runtime": Provide(_runtime, sync_to_thread=False)},
-        exception_handlers={ApplianceError: _error_response},
+        dependencies={
+            "runtime": Provide(_runtime, sync_to_thread=False),
+            "error_log": Provide(_error_log_of, sync_to_thread=False),
+        },
+        exception_handlers={
+            ApplianceError: _error_response,
+            HTTPException: _http_error_response,
+            Exception: _unexpected_error_response,
+        },
+        middleware=[prometheus_config().middleware],
+        state=State({"error_log": ErrorLog()}),
         lifespan=[lifespan],
         openapi_config=OpenAPIConfig(title="Recommendation appliance", version="0.1.0"),
     )

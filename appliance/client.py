@@ -4,13 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from appliance.errors import ApplianceError
-from appliance.schemas.items import ItemsUpsertResponse
-from appliance.schemas.system import Health, ReindexResult
+from appliance.schemas.admin import (
+    EffectiveConfig,
+    FeedbackTail,
+    RecentErrors,
+    RerankerState,
+    UserFeedbackPage,
+    UserPage,
+)
+from appliance.schemas.items import ItemPage, ItemsUpsertResponse
+from appliance.schemas.system import Health, ReindexResult, Stats
 from appliance.schemas.users import RebuildResult
 
 T = TypeVar("T")
@@ -19,11 +28,22 @@ T = TypeVar("T")
 class ApplianceClient:
     """Calls a running appliance; an error answer raises ``ApplianceError`` with its message."""
 
-    def __init__(self, base_url: str, *, timeout: float = 600.0) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout)
+    def __init__(
+        self, base_url: str, *, timeout: float = 600.0, http: httpx.Client | None = None
+    ) -> None:
+        """Connect to the appliance at ``base_url``.
 
-    def _call(self, method: str, path: str, kind: type[T], **kwargs: Any) -> T:
+        Args:
+            base_url: The appliance's URL.
+            timeout: Seconds to wait for an answer (re-indexing waits as long as it takes).
+            http: An HTTP client to send the requests through instead of a new one (tests pass
+                Litestar's test client); it is closed with this one.
+
+        """
+        self.base_url = base_url.rstrip("/")
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
@@ -33,13 +53,17 @@ class ApplianceClient:
             ) from e
         if response.is_error:
             try:
-                detail = msgspec.json.decode(response.content).get("detail", response.text)
+                body = msgspec.json.decode(response.content)
+                detail = body.get("detail", response.text) if isinstance(body, dict) else body
             except msgspec.DecodeError:
                 detail = response.text
             error = ApplianceError(f"{method} {path} failed ({response.status_code}): {detail}")
             error.status_code = response.status_code
             raise error
-        return msgspec.json.decode(response.content, type=kind)
+        return response
+
+    def _call(self, method: str, path: str, kind: type[T], **kwargs: Any) -> T:
+        return msgspec.json.decode(self._send(method, path, **kwargs).content, type=kind)
 
     def health(self) -> Health:
         """GET /health."""
@@ -66,6 +90,70 @@ class ApplianceClient:
             "POST", "/admin/users/rebuild", RebuildResult, params=params, timeout=None
         )
 
+    def stats(self) -> Stats:
+        """GET /stats."""
+        return self._call("GET", "/stats", Stats)
+
+    def metrics(self) -> str:
+        """GET /metrics: the Prometheus text."""
+        return self._send("GET", "/metrics").text
+
+    def items(self, cursor: str | None = None, limit: int = 100, q: str | None = None) -> ItemPage:
+        """GET /items: one page of the catalog, optionally only items matching ``q``."""
+        return self._call(
+            "GET", "/items", ItemPage, params=_params(cursor=cursor, limit=limit, q=q)
+        )
+
+    def users(self, cursor: str | None = None, limit: int = 100, q: str | None = None) -> UserPage:
+        """GET /users: one page of users, optionally only ids containing ``q``."""
+        return self._call(
+            "GET", "/users", UserPage, params=_params(cursor=cursor, limit=limit, q=q)
+        )
+
+    def user_feedback(
+        self, user_id: str, before: int | None = None, limit: int = 100
+    ) -> UserFeedbackPage:
+        """GET /users/{user_id}/feedback: the user's events, newest first."""
+        return self._call(
+            "GET",
+            f"/users/{quote(user_id, safe='')}/feedback",
+            UserFeedbackPage,
+            params=_params(before=before, limit=limit),
+        )
+
+    def feedback_tail(self, after: int | None = None, limit: int = 100) -> FeedbackTail:
+        """GET /feedback: events after ``after``, oldest first (without it, the latest)."""
+        return self._call(
+            "GET", "/feedback", FeedbackTail, params=_params(after=after, limit=limit)
+        )
+
+    def recent_errors(self, limit: int = 50) -> RecentErrors:
+        """GET /admin/errors: the latest error answers, newest first."""
+        return self._call("GET", "/admin/errors", RecentErrors, params={"limit": limit})
+
+    def config(self) -> EffectiveConfig:
+        """GET /admin/config: the effective settings, secrets masked."""
+        return self._call("GET", "/admin/config", EffectiveConfig)
+
+    def reranker(self) -> RerankerState:
+        """GET /admin/reranker."""
+        return self._call("GET", "/admin/reranker", RerankerState)
+
+    def set_reranker(self, kind: str) -> RerankerState:
+        """PUT /admin/reranker; waits while the new re-ranker loads."""
+        return self._call(
+            "PUT",
+            "/admin/reranker",
+            RerankerState,
+            content=msgspec.json.encode({"kind": kind}),
+            headers={"content-type": "application/json"},
+            timeout=None,
+        )
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
+
+
+def _params(**values: str | int | None) -> dict[str, str | int]:
+    return {k: v for k, v in values.items() if v is not None}

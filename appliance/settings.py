@@ -9,6 +9,7 @@ in both, so a typo fails at start-up instead of being silently ignored.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -72,6 +73,8 @@ class RerankerSettings(_Section, frozen=True):
     kind: str = "none"
     """Re-ranker backend: none (keeps the retrieval order), llamacpp (a GGUF model in this
     process) or openai (any OpenAI-compatible chat-completions API)."""
+    switchable: bool = True
+    """PUT /admin/reranker may change the re-ranker at run time."""
     budget_ms: PositiveInt = 300
     """Time one request may spend re-ranking; past it the retrieval order is returned."""
     max_pending: PositiveInt = 4
@@ -203,6 +206,37 @@ def describe(settings: Settings) -> dict[str, Any]:
     return msgspec.to_builtins(settings, enc_hook=str)  # type: ignore[no-any-return]
 
 
+MASK = "***"
+_SECRET_NAME = re.compile(r"key|secret|password|token", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#\s]*@")
+
+
+def redact(tree: Mapping[str, Any]) -> dict[str, Any]:
+    """Mask the secrets in a ``describe`` tree, for showing the settings to a client.
+
+    A non-empty value of a field whose name contains key, secret, password or token becomes
+    ``***`` (numbers and booleans, such as a count of keys, are kept); fields ending in ``_env``
+    name an environment variable and are kept. The user and password inside URLs
+    (``https://user:pass@host``) are masked wherever they appear.
+    """
+    shown: dict[str, Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            shown[name] = redact(value)
+        elif (
+            _SECRET_NAME.search(name)
+            and not name.endswith("_env")
+            and value not in ("", None)
+            and not isinstance(value, bool | int | float)
+        ):
+            shown[name] = MASK
+        elif isinstance(value, str):
+            shown[name] = _URL_CREDENTIALS.sub(f"{MASK}@", value)
+        else:
+            shown[name] = value
+    return shown
+
+
 def reference() -> list[tuple[str, str, str]]:
     """List every setting as (environment variable, default, description), for the docs.
 
@@ -224,7 +258,8 @@ def reference() -> list[tuple[str, str, str]]:
                 and isinstance(doc, ast.Expr)
                 and isinstance(doc.value, ast.Constant)
             ):
-                docs[cls.name, field.target.id] = str(doc.value.value)
+                # One line per table row: a docstring's line breaks are only source layout.
+                docs[cls.name, field.target.id] = " ".join(str(doc.value.value).split())
 
     rows: list[tuple[str, str, str]] = []
 

@@ -8,6 +8,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 
 from appliance.domain import Item
 from appliance.schemas.items import (
+    MAX_TITLE_LENGTH,
     ItemOut,
     ItemPage,
     ItemsUpsertRequest,
@@ -55,9 +56,16 @@ class ItemController(Controller):
             str | None, Parameter(description="next_cursor of the previous page")
         ] = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        q: Annotated[
+            str | None,
+            Parameter(
+                max_length=MAX_TITLE_LENGTH,
+                description="Only items whose title or text contains this, ignoring case",
+            ),
+        ] = None,
     ) -> ItemPage:
-        """Page through the catalog in item-id order."""
-        items, next_cursor = await runtime.catalog.page(cursor, limit)
+        """Page through the catalog in item-id order, optionally only the items that match."""
+        items, next_cursor = await runtime.catalog.page(cursor, limit, q or None)
         return ItemPage(items=[_out(i) for i in items], next_cursor=next_cursor)
 
     @get("/{item_id:str}", summary="Get an item")

@@ -1,9 +1,14 @@
 from __future__ import annotations
 
+from typing import Annotated
+
 from litestar import Controller, delete, get
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, Parameter
 
+from appliance.api.feedback import event_out
+from appliance.schemas.admin import UserFeedbackPage, UserPage, UserSummary
+from appliance.schemas.base import MAX_ID_LENGTH
 from appliance.schemas.users import UserDeleted, UserProfileOut
 from appliance.services.runtime import Runtime
 
@@ -13,6 +18,52 @@ class UserController(Controller):
 
     path = "/users"
     tags = ["users"]
+
+    @get(summary="List users")
+    async def list_users(
+        self,
+        runtime: NamedDependency[Runtime],
+        cursor: Annotated[
+            str | None, Parameter(description="next_cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        q: Annotated[
+            str | None,
+            Parameter(
+                max_length=MAX_ID_LENGTH,
+                description="Only users whose id contains this, ignoring case",
+            ),
+        ] = None,
+    ) -> UserPage:
+        """Page through the users in id order, with their event counts."""
+        users, next_cursor = await runtime.feedback.users(cursor, limit, q or None)
+        return UserPage(
+            users=[
+                UserSummary(
+                    user_id=u.user_id,
+                    feedback_count=u.feedback_count,
+                    last_event_at=u.last_event_at,
+                )
+                for u in users
+            ],
+            next_cursor=next_cursor,
+        )
+
+    @get("/{user_id:str}/feedback", summary="A user's feedback history")
+    async def history(
+        self,
+        user_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        before: Annotated[
+            int | None, Parameter(ge=1, description="next_cursor of the previous page")
+        ] = None,
+    ) -> UserFeedbackPage:
+        """Return the user's events, newest first, with the titles of items still in the catalog."""
+        events, next_cursor = await runtime.feedback.history(user_id, before, limit)
+        return UserFeedbackPage(
+            user_id=user_id, events=[event_out(e) for e in events], next_cursor=next_cursor
+        )
 
     @get("/{user_id:str}", summary="Get a user's profile")
     async def profile(

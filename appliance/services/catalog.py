@@ -154,9 +154,18 @@ class CatalogService:
         found = await anyio.to_thread.run_sync(self._store.get_items, item_ids)
         return {k: v.item for k, v in found.items()}
 
-    async def page(self, after: str | None, limit: int) -> tuple[list[Item], str | None]:
-        """Return a page of items in id order and the cursor of the next page (or ``None``)."""
-        rows = await anyio.to_thread.run_sync(self._store.list_items, after, limit + 1)
+    async def page(
+        self, after: str | None, limit: int, query: str | None = None
+    ) -> tuple[list[Item], str | None]:
+        """Return a page of items in id order and the cursor of the next page (or ``None``).
+
+        Args:
+            after: The cursor of the previous page, or ``None`` for the first.
+            limit: Most items on the page.
+            query: Only items whose title or text contains this, ignoring case.
+
+        """
+        rows = await anyio.to_thread.run_sync(self._store.list_items, after, limit + 1, query)
         items = [r.item for r in rows[:limit]]
         return items, (items[-1].item_id if len(rows) > limit else None)
 

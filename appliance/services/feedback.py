@@ -11,7 +11,7 @@ import anyio.to_thread
 import numpy as np
 
 from appliance.backends.indexes.protocol import Vector, VectorIndex
-from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.backends.stores.duckdb_store import DuckDBStore, StoredEvent, UserRow
 from appliance.domain import FeedbackEvent, InteractionType, PreferenceState, interaction_weight
 from appliance.errors import InvalidInputError, NotFoundError
 from appliance.services.preferences import apply_event, preference_direction
@@ -213,6 +213,58 @@ class FeedbackService:
             vector_updated_at=state.vector_updated_at,
             has_preference=preference_direction(state) is not None,
         )
+
+    async def users(
+        self, after: str | None, limit: int, query: str | None = None
+    ) -> tuple[list[UserRow], str | None]:
+        """Return a page of users in id order and the cursor of the next page (or ``None``).
+
+        Args:
+            after: The cursor of the previous page, or ``None`` for the first.
+            limit: Most users on the page.
+            query: Only users whose id contains this, ignoring case.
+
+        """
+        rows = await anyio.to_thread.run_sync(self._store.list_users, after, limit + 1, query)
+        page = rows[:limit]
+        return page, (page[-1].user_id if len(rows) > limit else None)
+
+    async def history(
+        self, user_id: str, before: int | None, limit: int
+    ) -> tuple[list[StoredEvent], int | None]:
+        """Return a user's events newest first, and the cursor of older ones (or ``None``).
+
+        Args:
+            user_id: The user.
+            before: Only events with a smaller event id (the cursor of the previous page).
+            limit: Most events returned.
+
+        Raises:
+            NotFoundError: The user has never sent feedback.
+
+        """
+        rows = await anyio.to_thread.run_sync(self._store.user_feedback, user_id, before, limit + 1)
+        if rows is None:
+            raise NotFoundError(f"user {user_id!r} has no feedback")
+        page = rows[:limit]
+        return page, (page[-1].event_id if len(rows) > limit else None)
+
+    async def tail(self, after: int | None, limit: int) -> tuple[list[StoredEvent], int]:
+        """Return events oldest first, and the cursor that asks for the ones after them.
+
+        Args:
+            after: Only events with a larger event id; ``None`` for the latest ``limit``.
+            limit: Most events returned.
+
+        Returns:
+            The events and the largest event id among them (``after``, or 0, when there are
+            none): pass it as ``after`` to get only what arrives next.
+
+        """
+        rows = await anyio.to_thread.run_sync(self._store.feedback_after, after, limit)
+        if rows:
+            return rows, rows[-1].event_id
+        return rows, after or 0
 
     async def delete_user(self, user_id: str) -> int:
         """Delete a user's profile and every feedback event they sent.

@@ -37,11 +37,30 @@ class RerankStatus(StrEnum):
     FAILED = "failed"
 
 
+class _InUse:
+    """A re-ranker and the calls that are still running on it."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker = reranker
+        self.calls = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.calls += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.calls -= 1
+        if not self.calls:
+            self.idle.set()
+
+
 class RerankStage:
     """Reorders candidates with a re-ranker, within a budget."""
 
     def __init__(self, reranker: Reranker, settings: RerankerSettings) -> None:
-        self._reranker = reranker
+        self._current = _InUse(reranker)
         self._budget = settings.budget_ms / 1000.0
         self._max_pending = settings.max_pending
         self._max_candidates = settings.max_candidates
@@ -52,7 +71,25 @@ class RerankStage:
     @property
     def backend(self) -> str:
         """The re-ranker's kind."""
-        return self._reranker.name
+        return self._current.reranker.name
+
+    @property
+    def reranker(self) -> Reranker:
+        """The re-ranker in use."""
+        return self._current.reranker
+
+    async def replace(self, reranker: Reranker) -> Reranker:
+        """Send the next calls to ``reranker``, and wait for the running ones to finish.
+
+        Calls already running keep the old re-ranker until they end, which the budget bounds.
+
+        Returns:
+            The re-ranker used until now, no longer used by any call: the caller may close it.
+
+        """
+        previous, self._current = self._current, _InUse(reranker)
+        await previous.idle.wait()
+        return previous.reranker
 
     async def run(
         self,
@@ -79,12 +116,14 @@ class RerankStage:
             self.outcomes[status] += 1
             return candidates, status
         head, tail = candidates[: self._max_candidates], candidates[self._max_candidates :]
+        in_use = self._current
+        in_use.enter()
         self._pending += 1
         deadline = time.monotonic() + self._budget
         try:
             # The event loop's clock is time.monotonic(), so the two deadlines are the same.
             async with asyncio.timeout_at(deadline):
-                scored = await self._reranker.rerank(
+                scored = await in_use.reranker.rerank(
                     context,
                     [_as_candidate(items[c.item_id]) for c in head],
                     deadline=deadline,
@@ -92,12 +131,15 @@ class RerankStage:
         except (TimeoutError, RerankTimeoutError):
             status = RerankStatus.TIMEOUT
         except Exception:
-            logger.exception("re-ranker %s failed; keeping the retrieval order", self.backend)
+            logger.exception(
+                "re-ranker %s failed; keeping the retrieval order", in_use.reranker.name
+            )
             status = RerankStatus.FAILED
         else:
             status = RerankStatus.RAN
         finally:
             self._pending -= 1
+            in_use.leave()
         self.outcomes[status] += 1
         if status is not RerankStatus.RAN:
             return candidates, status
@@ -108,7 +150,7 @@ class RerankStage:
     ) -> RerankStatus | None:
         if requested is False:
             return RerankStatus.OFF
-        if self._reranker.name == "none":
+        if self._current.reranker.name == "none":
             return RerankStatus.NOT_CONFIGURED
         if not context:
             return RerankStatus.NO_CONTEXT

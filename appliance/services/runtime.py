@@ -7,19 +7,30 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 import anyio.to_thread
+import msgspec
 
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.indexes.protocol import VectorIndex
 from appliance.backends.registry import (
+    RERANKERS,
     Backends,
     build_embedder,
     build_index,
     build_reranker,
     build_store,
 )
+from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.datadir import DataDirLock
+from appliance.errors import (
+    ApplianceError,
+    BackendError,
+    ConflictError,
+    InvalidInputError,
+    NotReadyError,
+)
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
@@ -31,6 +42,101 @@ from appliance.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class RerankerSwitch:
+    """Changes the re-ranker of the re-rank stage while the appliance runs.
+
+    The runtime closes every re-ranker it built, once: a replaced one as soon as no call uses it,
+    the one in use at shutdown. A re-ranker the caller passed in is never closed here.
+    """
+
+    def __init__(
+        self, stage: RerankStage, settings: Settings, *, borrowed: Reranker | None
+    ) -> None:
+        self._stage = stage
+        self._settings = settings
+        self._borrowed = borrowed
+        # Building a model takes seconds; one switch at a time, and none during shutdown.
+        self._lock = anyio.Lock()
+        self._closed = False
+
+    @property
+    def kinds(self) -> list[str]:
+        """The re-ranker kinds this installation can build."""
+        return sorted(RERANKERS)
+
+    @property
+    def switchable(self) -> bool:
+        """Whether the settings allow changing the re-ranker at run time."""
+        return self._settings.reranker.switchable
+
+    async def switch(self, kind: str) -> str:
+        """Build a re-ranker of ``kind`` from the settings and put it in the stage's place.
+
+        The other re-ranker settings (model, budget, URL) are the configured ones. Asking for
+        the kind already in use changes nothing. The replaced re-ranker is closed once the calls
+        running on it have finished.
+
+        Returns:
+            The kind now in use.
+
+        Raises:
+            ConflictError: The settings forbid switching (reranker.switchable is false).
+            InvalidInputError: ``kind`` is not an installed re-ranker kind.
+            BackendError: The new re-ranker could not be built (a missing model file, a
+                missing extra); the previous one stays in use.
+            NotReadyError: The appliance is shutting down.
+
+        """
+        if not self.switchable:
+            raise ConflictError(
+                "the re-ranker cannot be changed while the appliance runs: the setting "
+                "reranker.switchable (APPLIANCE_RERANKER__SWITCHABLE) is false"
+            )
+        if kind not in RERANKERS:
+            raise InvalidInputError(
+                f"unknown re-ranker kind {kind!r}; choose one of: {', '.join(self.kinds)}"
+            )
+        async with self._lock:
+            if self._closed:
+                raise NotReadyError("the appliance is shutting down")
+            current = self._stage.backend
+            if kind == current:
+                return current
+            settings = msgspec.structs.replace(
+                self._settings, reranker=msgspec.structs.replace(self._settings.reranker, kind=kind)
+            )
+            # Shielded: a cancelled request must not leave a built model unowned, or the
+            # replaced one unclosed.
+            with anyio.CancelScope(shield=True):
+                try:
+                    built = await anyio.to_thread.run_sync(build_reranker, settings)
+                except ApplianceError as e:
+                    raise BackendError(
+                        f"cannot switch the re-ranker to {kind}: {e.message}; "
+                        f"the {current} re-ranker stays in use"
+                    ) from e
+                previous = await self._stage.replace(built)
+                log.info("re-ranker switched from %s to %s", current, built.name)
+                try:
+                    await self._release(previous)
+                except Exception:
+                    # The switch itself succeeded; a re-ranker that fails to close is only logged.
+                    log.exception("closing the replaced %s re-ranker failed", current)
+            return built.name
+
+    async def close(self) -> None:
+        """Close the re-ranker in use if the runtime built it; later switches are refused."""
+        async with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            await self._release(self._stage.reranker)
+
+    async def _release(self, reranker: Reranker) -> None:
+        if reranker is not self._borrowed:
+            await reranker.close()
+
+
 @dataclass(slots=True)
 class Runtime:
     """Everything a request handler or an admin command needs."""
@@ -40,6 +146,7 @@ class Runtime:
     index: VectorIndex
     embedder: Embedder
     rerank: RerankStage
+    reranker_switch: RerankerSwitch
     encoder: EncoderQueue
     catalog: CatalogService
     feedback: FeedbackService
@@ -57,7 +164,7 @@ async def open_runtime(
     """Open the data directory, load the models and bring the index in line with the store.
 
     Backends passed in are used as they are and left open; the ones built here are closed on
-    exit, in the reverse order of opening.
+    exit, in the reverse order of opening (a re-ranker switched in at run time included).
 
     Args:
         settings: The configuration.
@@ -86,8 +193,10 @@ async def open_runtime(
         reranker = given.reranker
         if reranker is None:
             reranker = await anyio.to_thread.run_sync(build_reranker, settings)
-            stack.push_async_callback(reranker.close)
         rerank = RerankStage(reranker, settings.reranker)
+        # Closes whichever re-ranker is in use by then, unless it is the caller's.
+        reranker_switch = RerankerSwitch(rerank, settings, borrowed=given.reranker)
+        stack.push_async_callback(reranker_switch.close)
 
         # The first forward pass initialises torch's kernels (hundreds of ms): pay it here, not
         # in the first request.
@@ -109,6 +218,7 @@ async def open_runtime(
             index=index,
             embedder=embedder,
             rerank=rerank,
+            reranker_switch=reranker_switch,
             encoder=encoder,
             catalog=catalog,
             feedback=FeedbackService(store, index, settings.feedback),

@@ -175,6 +175,24 @@ CASES = [
         name="delete-unknown-user"),
     bad("POST", "/admin/users/rebuild?user_id=unknown", None, 404, "'unknown' has no feedback",
         name="rebuild-unknown-user"),
+    # The operator endpoints.
+    bad("GET", f"/items?q={'x' * 1001}", None, 400, "length <= 1000", name="items-q-too-long"),
+    bad("GET", "/users?limit=0", None, 400, ">= 1", name="users-limit-0"),
+    bad("GET", "/users?cursor=a&limit=1001", None, 400, "<= 1000", name="users-limit-too-big"),
+    bad("GET", "/users/unknown/feedback", None, 404, "'unknown' has no feedback",
+        name="history-unknown-user"),
+    bad("GET", "/users/alice/feedback?before=abc", None, 400, "before",
+        name="history-before-word"),
+    bad("GET", "/feedback?after=-1", None, 400, ">= 0", name="tail-after-negative"),
+    bad("GET", "/feedback?limit=5000", None, 400, "<= 1000", name="tail-limit-too-big"),
+    bad("GET", "/admin/errors?limit=0", None, 400, ">= 1", name="errors-limit-0"),
+    bad("GET", "/admin/errors?limit=many", None, 400, "limit", name="errors-limit-word"),
+    bad("PUT", "/admin/reranker", {"kind": "none", "model": "x"}, 400,
+        "unknown field `model`", name="reranker-unknown-field"),
+    bad("PUT", "/admin/reranker", {}, 400, "missing required field `kind`",
+        name="reranker-kind-missing"),
+    bad("PUT", "/admin/reranker", {"kind": "gpt-9"}, 400, "choose one of: llamacpp, none",
+        name="reranker-unknown-kind"),
 ]
 # fmt: on
 

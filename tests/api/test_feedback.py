@@ -136,3 +136,85 @@ def test_events_are_counted_durably(catalog_client: TestClient[Any]) -> None:
     rejected = catalog_client.post("/feedback", json={"user_id": "g1", "item_id": "x", "rating": 5})
     assert rejected.status_code == 404
     assert stats(catalog_client)["feedback_events"] == 5
+
+
+def tail(client: TestClient[Any], **params: Any) -> dict[str, Any]:
+    response = client.get("/feedback", params=params)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def test_tail_follows_new_events_in_order(catalog_client: TestClient[Any]) -> None:
+    client = catalog_client
+    assert tail(client) == {"events": [], "last_event_id": 0}
+    for n in range(1, 6):
+        feedback(client, f"u{n}", f"ck-{n}", interaction_type="like")
+
+    # Without a cursor: the latest events, oldest first, to start following from.
+    latest = tail(client, limit=3)
+    assert [e["user_id"] for e in latest["events"]] == ["u3", "u4", "u5"]
+    assert latest["last_event_id"] == latest["events"][-1]["event_id"]
+    assert latest["events"][-1]["title"] == "Pasta by Hand"
+    assert tail(client)["events"][0]["user_id"] == "u1"
+    cursor = latest["last_event_id"]
+    assert tail(client, after=cursor) == {"events": [], "last_event_id": cursor}
+
+    feedback(client, "new", "sp-1", interaction_type="dislike")
+    feedback(client, "new", "sp-2", rating=4, request_id="r-7")
+    feedback(client, "u1", "sp-3", interaction_type="view")
+
+    fresh = tail(client, after=cursor)
+    assert [(e["user_id"], e["item_id"]) for e in fresh["events"]] == [
+        ("new", "sp-1"),
+        ("new", "sp-2"),
+        ("u1", "sp-3"),
+    ]
+    event_ids = [e["event_id"] for e in fresh["events"]]
+    assert event_ids == sorted(event_ids)
+    assert event_ids[0] > cursor
+    assert fresh["last_event_id"] == event_ids[-1]
+    rated = fresh["events"][1]
+    assert (rated["rating"], rated["request_id"]) == (4.0, "r-7")
+    assert rated["weight"] == pytest.approx(0.6)
+    assert rated["interaction_type"] == "rating"
+    assert tail(client, after=fresh["last_event_id"])["events"] == []
+    # A limit takes the oldest of what is new; the cursor then picks up the rest.
+    first = tail(client, after=cursor, limit=2)
+    assert [e["event_id"] for e in first["events"]] == event_ids[:2]
+    rest = tail(client, after=first["last_event_id"])
+    assert [e["event_id"] for e in rest["events"]] == event_ids[2:]
+
+
+def test_tail_from_the_start_returns_every_event_in_arrival_order(
+    catalog_client: TestClient[Any],
+) -> None:
+    client = catalog_client
+    feedback(client, "first", "gd-1", interaction_type="like")
+    cursor = tail(client)["last_event_id"]
+    for n in range(1, 4):
+        feedback(client, "later", f"gd-{n + 1}", interaction_type="click")
+    assert [e["item_id"] for e in tail(client, after=cursor)["events"]] == ["gd-2", "gd-3", "gd-4"]
+    assert [e["item_id"] for e in tail(client, after=0)["events"]] == [
+        "gd-1",
+        "gd-2",
+        "gd-3",
+        "gd-4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"limit": 0}, ">= 1"),
+        ({"limit": 1001}, "<= 1000"),
+        ({"after": -1}, ">= 0"),
+        ({"after": "abc"}, "after"),
+    ],
+)
+def test_bad_tail_requests_say_what_to_fix(
+    catalog_client: TestClient[Any], params: dict[str, Any], expected: str
+) -> None:
+    response = catalog_client.get("/feedback", params=params)
+    assert response.status_code == 400, response.text
+    assert expected in response.text

@@ -265,3 +265,46 @@ def test_reindex_survives_an_item_the_index_refused(catalog_client: TestClient[A
     assert response.status_code == 200, response.text
     answer = recommend(catalog_client, user_id="u", context="time travel", top_k=6)
     assert set(ids(answer)) == TIME_TRAVEL
+
+
+def matching(test_items: list[dict[str, Any]], words: str) -> list[str]:
+    needle = words.lower()
+    return sorted(
+        i["item_id"]
+        for i in test_items
+        if needle in i["title"].lower() or needle in i.get("text", "").lower()
+    )
+
+
+@pytest.mark.parametrize("words", ["time", "TIME", "Clockmaker", "garden", "nebula drift"])
+def test_search_finds_the_words_in_title_or_text(
+    catalog_client: TestClient[Any], test_items: list[dict[str, Any]], words: str
+) -> None:
+    expected = matching(test_items, words)
+    assert expected
+
+    page = catalog_client.get("/items", params={"q": words}).json()
+
+    assert [i["item_id"] for i in page["items"]] == expected
+    assert "next_cursor" not in page
+
+
+def test_search_pages_by_cursor(
+    catalog_client: TestClient[Any], test_items: list[dict[str, Any]]
+) -> None:
+    expected = matching(test_items, "time")
+    assert len(expected) > 3
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"q": "time", "limit": 3} | ({"cursor": cursor} if cursor else {})
+        page = catalog_client.get("/items", params=params).json()
+        assert len(page["items"]) <= 3
+        seen.extend(i["item_id"] for i in page["items"])
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+    assert seen == expected
+    assert catalog_client.get("/items", params={"q": "no such words"}).json() == {"items": []}
+    # An empty search is no filter.
+    assert len(catalog_client.get("/items", params={"q": ""}).json()["items"]) == 36

@@ -162,3 +162,149 @@ def test_rebuild_of_an_unknown_user_is_not_found(catalog_client: TestClient[Any]
     assert "ghost" in response.json()["detail"]
     # The known user's state is untouched by the failed request.
     assert catalog_client.get("/users/known").json()["feedback_count"] == 1
+
+
+def user_page(client: TestClient[Any], **params: Any) -> dict[str, Any]:
+    response = client.get("/users", params=params)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def test_listing_pages_through_users_in_id_order(catalog_client: TestClient[Any]) -> None:
+    client = catalog_client
+    users = ["alice", "ALICE-2", "bob", "carol", "dave", "malice"]
+    for n, user in enumerate(users):
+        for days in range(n + 1):
+            feedback(client, user, "ck-1", interaction_type="view", timestamp=days_ago(days + 1))
+
+    seen: list[dict[str, Any]] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page = user_page(client, limit=4, **({"cursor": cursor} if cursor else {}))
+        pages += 1
+        seen.extend(page["users"])
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+        assert cursor == page["users"][-1]["user_id"]
+
+    assert pages == 2
+    assert [u["user_id"] for u in seen] == sorted(users)
+    by_user = {u["user_id"]: u for u in seen}
+    for n, user in enumerate(users):
+        assert by_user[user]["feedback_count"] == n + 1
+        # The most recent event happened a day ago, whatever order the events came in.
+        assert parse(by_user[user]["last_event_at"]) == parse(days_ago(1))
+    assert "next_cursor" not in user_page(client, limit=6)
+
+
+def test_listing_filters_by_part_of_the_id(catalog_client: TestClient[Any]) -> None:
+    client = catalog_client
+    for user in ("alice", "ALICE-2", "bob", "malice", "Ally"):
+        feedback(client, user, "ck-1", interaction_type="like")
+
+    assert [u["user_id"] for u in user_page(client, q="alice")["users"]] == [
+        "ALICE-2",
+        "alice",
+        "malice",
+    ]
+    # Paging within the matches.
+    first = user_page(client, q="AL", limit=2)
+    assert [u["user_id"] for u in first["users"]] == ["ALICE-2", "Ally"]
+    rest = user_page(client, q="AL", limit=2, cursor=first["next_cursor"])
+    assert [u["user_id"] for u in rest["users"]] == ["alice", "malice"]
+    assert "next_cursor" not in rest
+    assert user_page(client, q="zed") == {"users": []}
+    # Characters that mean something in SQL patterns are plain text here.
+    assert user_page(client, q="%") == {"users": []}
+    assert user_page(client, q="_") == {"users": []}
+
+
+def test_listing_without_users(client: TestClient[Any]) -> None:
+    assert user_page(client) == {"users": []}
+
+
+def history_page(client: TestClient[Any], user_id: str, **params: Any) -> dict[str, Any]:
+    response = client.get(f"/users/{user_id}/feedback", params=params)
+    assert response.status_code == 200, response.text
+    page: dict[str, Any] = response.json()
+    return page
+
+
+def test_feedback_history_is_newest_first_with_titles(catalog_client: TestClient[Any]) -> None:
+    client = catalog_client
+    received = datetime.now(UTC) - timedelta(seconds=5)
+    for item, fields in HISTORY:
+        feedback(client, "hist", item, request_id="req-1", **fields)
+    feedback(client, "other", "ck-1", interaction_type="like")
+    assert client.delete("/items/ro-1").status_code == 204
+
+    page = history_page(client, "hist")
+
+    assert page["user_id"] == "hist"
+    assert "next_cursor" not in page
+    events = page["events"]
+    # Newest first in the order they arrived, not by their own (historical) timestamps.
+    assert [e["item_id"] for e in events] == [item for item, _ in reversed(HISTORY)]
+    assert [e["event_id"] for e in events] == sorted((e["event_id"] for e in events), reverse=True)
+    first = events[-1]
+    assert first["interaction_type"] == "like"
+    assert first["weight"] == 1.0
+    assert first["title"] == "Salt, Fat and Fire"
+    assert first["request_id"] == "req-1"
+    assert "rating" not in first
+    assert parse(first["event_time"]) == parse(days_ago(10))
+    assert parse(first["received_at"]) >= received
+    rating = next(e for e in events if e["item_id"] == "sp-1")
+    assert (rating["rating"], rating["weight"]) == (5.0, 1.0)
+    # The deleted item's event stays, without a title.
+    deleted = next(e for e in events if e["item_id"] == "ro-1")
+    assert "title" not in deleted
+    assert deleted["weight"] == -1.0
+
+
+def test_feedback_history_pages_backwards(catalog_client: TestClient[Any]) -> None:
+    client = catalog_client
+    for item, fields in HISTORY:
+        feedback(client, "hist", item, **fields)
+    everything = [e["event_id"] for e in history_page(client, "hist")["events"]]
+
+    seen: list[int] = []
+    cursor: int | None = None
+    while True:
+        page = history_page(client, "hist", limit=4, **({"before": cursor} if cursor else {}))
+        seen.extend(e["event_id"] for e in page["events"])
+        cursor = page.get("next_cursor")
+        if cursor is None:
+            break
+        assert cursor == page["events"][-1]["event_id"]
+
+    assert seen == everything
+    assert len(seen) == len(HISTORY)
+    assert history_page(client, "hist", before=min(seen)) == {"user_id": "hist", "events": []}
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "expected"),
+    [
+        ("/users/nobody/feedback", 404, "user 'nobody' has no feedback"),
+        ("/users/alice/feedback?before=abc", 400, "before"),
+        ("/users/alice/feedback?before=0", 400, ">= 1"),
+        ("/users/alice/feedback?limit=0", 400, ">= 1"),
+        ("/users/alice/feedback?limit=5000", 400, "<= 1000"),
+        ("/users?limit=0", 400, ">= 1"),
+        ("/users?limit=5000", 400, "<= 1000"),
+        ("/users?limit=ten", 400, "limit"),
+        (f"/users?q={'x' * 257}", 400, "length <= 256"),
+    ],
+)
+def test_bad_listing_requests_say_what_to_fix(
+    catalog_client: TestClient[Any], path: str, status: int, expected: str
+) -> None:
+    feedback(catalog_client, "alice", "ck-1", interaction_type="like")
+    response = catalog_client.get(path)
+    assert response.status_code == status, response.text
+    assert response.json()["status_code"] == status
+    assert expected in response.text

@@ -128,3 +128,23 @@ async def test_a_bad_event_stores_nothing_and_names_its_position(tmp_path: Path)
             )
         assert runtime.store.counts().feedback_events == 0
         assert runtime.store.counts().users == 0
+
+
+@pytest.mark.anyio
+async def test_a_tail_sees_an_import_in_its_order(tmp_path: Path) -> None:
+    events = _events()
+    async with _runtime(tmp_path / "data") as runtime:
+        await runtime.feedback.record(events[0])
+        _, cursor = await runtime.feedback.tail(None, 10)
+        assert await runtime.feedback.import_events(events[1:]) == 199
+
+        seen: list[tuple[str, str]] = []
+        while True:
+            page, last = await runtime.feedback.tail(cursor, 64)
+            if not page:
+                assert last == cursor
+                break
+            seen.extend((e.event.user_id, e.event.item_id) for e in page)
+            cursor = last
+
+    assert seen == [(e.user_id, e.item_id) for e in events[1:]]

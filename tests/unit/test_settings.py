@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ConfigError
-from appliance.settings import Settings, load_settings
+from appliance.settings import Settings, describe, load_settings, redact
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -136,3 +136,50 @@ def test_settings_are_frozen() -> None:
     settings = load_settings(environ={})
     with pytest.raises(AttributeError):
         settings.server.port = 1  # type: ignore[misc]
+
+
+def test_switchable_from_the_environment() -> None:
+    assert load_settings(environ={}).reranker.switchable is True
+    off = load_settings(environ={"APPLIANCE_RERANKER__SWITCHABLE": "false"})
+    assert off.reranker.switchable is False
+
+
+def test_redact_masks_secrets_and_url_credentials() -> None:
+    tree = {
+        "api_key": "sk-123",
+        "section": {
+            "token": "abc",
+            "db_password": "hunter2",
+            "client_secret": "",
+            "refresh_token": None,
+            "api_key_env": "OPENAI_API_KEY",
+            "max_keys": 3,
+            "key_list": ["a", "b"],
+            "url": "https://user:p@ss@host.example:8443/v1?key=1",
+            "plain_url": "http://127.0.0.1:8080/v1",
+            "mail": "ops@example.com",
+        },
+        "port": 8000,
+    }
+
+    assert redact(tree) == {
+        "api_key": "***",
+        "section": {
+            "token": "***",
+            "db_password": "***",
+            "client_secret": "",
+            "refresh_token": None,
+            "api_key_env": "OPENAI_API_KEY",
+            "max_keys": 3,
+            "key_list": "***",
+            "url": "https://***@host.example:8443/v1?key=1",
+            "plain_url": "http://127.0.0.1:8080/v1",
+            "mail": "ops@example.com",
+        },
+        "port": 8000,
+    }
+
+
+def test_redact_leaves_the_default_settings_as_they_are() -> None:
+    described = describe(load_settings(environ={}))
+    assert redact(described) == described

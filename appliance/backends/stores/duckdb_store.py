@@ -18,6 +18,12 @@ from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceSta
 from appliance.errors import ConfigError
 
 _ITEM_COLUMNS = "item_id, title, text, metadata"
+#: Completes a query over a CTE ``page`` of feedback rows: each event with its item's title.
+_EVENTS_WITH_TITLES = """
+    SELECT p.event_id, p.user_id, p.item_id, p.interaction_type, p.rating, p.weight,
+           p.event_time, p.request_id, p.received_at, i.title
+    FROM page AS p LEFT JOIN items AS i ON i.item_id = p.item_id
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +33,27 @@ class StoredItem:
     item: Item
     content_hash: str
     seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserRow:
+    """A user in a listing."""
+
+    user_id: str
+    feedback_count: int
+    last_event_at: datetime | None
+    """The time of their most recent event (its own timestamp, not when it arrived)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """A feedback event as stored, with its place in the log."""
+
+    event_id: int
+    event: FeedbackEvent
+    received_at: datetime
+    title: str | None
+    """The item's title, or ``None`` when the item has left the catalog."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,13 +218,24 @@ class DuckDBStore:
             )
         return {r[0]: _stored_item(r) for r in rows}
 
-    def list_items(self, after: str | None, limit: int) -> list[StoredItem]:
-        """Return up to ``limit`` items ordered by id, starting after ``after``."""
+    def list_items(
+        self, after: str | None, limit: int, query: str | None = None
+    ) -> list[StoredItem]:
+        """Return up to ``limit`` items ordered by id, starting after ``after``.
+
+        Args:
+            after: The last id of the previous page, or ``None`` for the first page.
+            limit: Most items returned.
+            query: Only items whose title or text contains this, ignoring case.
+
+        """
         with self._lock:
             rows = self._rows(
                 f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
-                "WHERE ? IS NULL OR item_id > ? ORDER BY item_id LIMIT ?",
-                [after, after, limit],
+                "WHERE (? IS NULL OR item_id > ?) AND (? IS NULL "
+                "OR contains(lower(title), lower(?)) OR contains(lower(text), lower(?))) "
+                "ORDER BY item_id LIMIT ?",
+                [after, after, query, query, query, limit],
             )
         return [_stored_item(r) for r in rows]
 
@@ -348,6 +386,87 @@ class DuckDBStore:
             for row in rows
         }
 
+    def list_users(self, after: str | None, limit: int, query: str | None = None) -> list[UserRow]:
+        """Return up to ``limit`` users ordered by id, starting after ``after``.
+
+        Args:
+            after: The last id of the previous page, or ``None`` for the first page.
+            limit: Most users returned.
+            query: Only users whose id contains this, ignoring case.
+
+        """
+        with self._lock:
+            rows = self._rows(
+                """
+                WITH page AS (
+                    SELECT user_id, feedback_count FROM users
+                    WHERE (? IS NULL OR user_id > ?)
+                      AND (? IS NULL OR contains(lower(user_id), lower(?)))
+                    ORDER BY user_id LIMIT ?
+                )
+                SELECT p.user_id, p.feedback_count, max(f.event_time)
+                FROM page AS p LEFT JOIN feedback AS f ON f.user_id = p.user_id
+                GROUP BY p.user_id, p.feedback_count
+                ORDER BY p.user_id
+                """,
+                [after, after, query, query, limit],
+            )
+        return [UserRow(r[0], int(r[1]), _aware(r[2])) for r in rows]
+
+    def user_feedback(
+        self, user_id: str, before: int | None, limit: int
+    ) -> list[StoredEvent] | None:
+        """Return a user's events newest first (by event id), older than ``before`` if given.
+
+        Returns:
+            Up to ``limit`` events, or ``None`` when the user is unknown.
+
+        """
+        with self._lock:
+            if self._first("SELECT 1 FROM users WHERE user_id = ?", [user_id]) is None:
+                return None
+            rows = self._rows(
+                f"""
+                WITH page AS (
+                    SELECT * FROM feedback
+                    WHERE user_id = ? AND (? IS NULL OR event_id < ?)
+                    ORDER BY event_id DESC LIMIT ?
+                )
+                {_EVENTS_WITH_TITLES} ORDER BY p.event_id DESC
+                """,  # noqa: S608 - a constant
+                [user_id, before, before, limit],
+            )
+        return [_stored_event(r) for r in rows]
+
+    def feedback_after(self, after: int | None, limit: int) -> list[StoredEvent]:
+        """Return up to ``limit`` events, oldest first.
+
+        Args:
+            after: Only events with a larger event id; ``None`` for the latest ``limit`` events.
+            limit: Most events returned.
+
+        """
+        with self._lock:
+            if after is None:
+                rows = self._rows(
+                    f"""
+                    WITH page AS (SELECT * FROM feedback ORDER BY event_id DESC LIMIT ?)
+                    {_EVENTS_WITH_TITLES} ORDER BY p.event_id
+                    """,  # noqa: S608 - a constant
+                    [limit],
+                )
+            else:
+                rows = self._rows(
+                    f"""
+                    WITH page AS (
+                        SELECT * FROM feedback WHERE event_id > ? ORDER BY event_id LIMIT ?
+                    )
+                    {_EVENTS_WITH_TITLES} ORDER BY p.event_id
+                    """,  # noqa: S608 - a constant
+                    [after, limit],
+                )
+        return [_stored_event(r) for r in rows]
+
     def user_ids(self) -> list[str]:
         """Return every known user id."""
         with self._lock:
@@ -435,6 +554,23 @@ class DuckDBStore:
             self._rows("CHECKPOINT")
             self._db.close()
             self._closed = True
+
+
+def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(
+        event_id=int(row[0]),
+        event=FeedbackEvent(
+            user_id=row[1],
+            item_id=row[2],
+            interaction_type=InteractionType(row[3]),
+            rating=row[4],
+            weight=float(row[5]),
+            timestamp=row[6].replace(tzinfo=UTC),
+            request_id=row[7],
+        ),
+        received_at=row[8].replace(tzinfo=UTC),
+        title=row[9],
+    )
 
 
 def _stored_item(row: tuple[Any, ...]) -> StoredItem:
