@@ -21,6 +21,14 @@ serve: install
 test: (install "dev,llamacpp")
     .venv/bin/python -m pytest
 
+# Open the terminal dashboard of a running appliance (URL from APPLIANCE_URL, default :8000)
+tui *args: (install "tui")
+    .venv/bin/appliance tui {{args}}
+
+# PNG screenshots of every dashboard page into docs/screenshots, from a running appliance (e.g. the demo)
+screenshots url="http://127.0.0.1:8000": (install "dev,llamacpp")
+    .venv/bin/python scripts/screenshots.py --url {{url}}
+
 # Lint, type-check and check the import contracts
 lint: (install "dev,llamacpp")
     .venv/bin/ruff check appliance tui tests scripts bench
@@ -30,7 +38,7 @@ lint: (install "dev,llamacpp")
 # Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build, found in TORCH_WHEELS)
 lock:
     printf 'torch==2.13.0+cpu\n' > /tmp/appliance-torch-override.txt
-    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --python-version 3.11 \
+    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --extra tui --python-version 3.11 \
         --find-links "${TORCH_WHEELS:-/opt/wheels}" --override /tmp/appliance-torch-override.txt \
         --no-header -o requirements.lock
 

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from appliance.errors import ApplianceError
-from appliance.settings import Settings, describe, load_settings
+from appliance.settings import Settings, describe, load_settings, redact
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -406,11 +406,48 @@ def evaluate(
     click.echo(f"written to {out} and {markdown}")
 
 
+@main.command()
+@click.option(
+    "--url",
+    envvar="APPLIANCE_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    help="The running appliance to watch (also APPLIANCE_URL).",
+)
+@click.option(
+    "--admin-key",
+    envvar="APPLIANCE_ADMIN_KEY",
+    help="Sent as a bearer token on every request (also APPLIANCE_ADMIN_KEY); never shown.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between polls, and between retries while the appliance cannot be reached.",
+)
+def tui(url: str, admin_key: str | None, interval: float) -> None:
+    """Open the terminal dashboard of a running appliance (needs the tui extra)."""
+    try:
+        from tui.app import run  # noqa: PLC0415 - the server never needs the dashboard
+    except ModuleNotFoundError as e:
+        if e.name is None or not e.name.startswith("textual"):
+            raise
+        click.secho(
+            "error: the dashboard needs Textual: pip install 'recommendation-appliance[tui]' "
+            "(or scripts/install.sh tui)",
+            fg="red",
+            err=True,
+        )
+        sys.exit(2)
+    run(url, admin_key, poll_interval=interval)
+
+
 @main.command("config")
 @click.option("--reference", is_flag=True, help="List every setting as a Markdown table instead.")
 @click.pass_context
 def show_config(ctx: click.Context, reference: bool) -> None:
-    """Print the effective settings (defaults, file and APPLIANCE_* environment) as JSON."""
+    """Print the effective settings (defaults, file, APPLIANCE_* environment), secrets masked."""
     import json  # noqa: PLC0415
 
     from appliance.settings import reference as settings_reference  # noqa: PLC0415
@@ -421,7 +458,7 @@ def show_config(ctx: click.Context, reference: bool) -> None:
             click.echo(f"| `{name}` | `{default}` | {doc} |")
         return
     with _errors():
-        click.echo(json.dumps(describe(load_settings(ctx.obj.get("config"))), indent=2))
+        click.echo(json.dumps(redact(describe(load_settings(ctx.obj.get("config")))), indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 # Installs the appliance into .venv: the CPU build of torch, the dependencies at the versions
 # pinned in requirements.lock (only those the chosen extras need), the appliance itself
 # (editable) and the model files listed in models/manifest.toml.
-# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh dev,llamacpp
+# Usage: scripts/install.sh [EXTRAS]   e.g. scripts/install.sh dev,llamacpp (or tui: the dashboard)
 # Safe to re-run: whatever is already there and matches is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
