@@ -6,6 +6,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
+from appliance.api.paging import PageLimit
 from appliance.backends.stores.duckdb_store import StoredEvent
 from appliance.schemas.admin import FeedbackEventOut, FeedbackTail
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
@@ -68,7 +69,7 @@ class FeedbackController(Controller):
             int | None,
             Parameter(ge=0, description="last_event_id of the previous answer"),
         ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        limit: PageLimit = 100,
     ) -> FeedbackTail:
         """Return the events after ``after``, oldest first (without it, the latest ``limit``)."""
         events, last_event_id = await runtime.feedback.tail(after, limit)

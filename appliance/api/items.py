@@ -6,6 +6,7 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
+from appliance.api.paging import PageCursor, PageLimit
 from appliance.domain import Item
 from appliance.schemas.items import (
     MAX_TITLE_LENGTH,
@@ -52,10 +53,8 @@ class ItemController(Controller):
     async def list_items(
         self,
         runtime: NamedDependency[Runtime],
-        cursor: Annotated[
-            str | None, Parameter(description="next_cursor of the previous page")
-        ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        cursor: PageCursor = None,
+        limit: PageLimit = 100,
         q: Annotated[
             str | None,
             Parameter(

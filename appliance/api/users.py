@@ -7,6 +7,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
 from appliance.api.feedback import event_out
+from appliance.api.paging import PageCursor, PageLimit
 from appliance.schemas.admin import UserFeedbackPage, UserPage, UserSummary
 from appliance.schemas.base import MAX_ID_LENGTH
 from appliance.schemas.users import UserDeleted, UserProfileOut
@@ -23,10 +24,8 @@ class UserController(Controller):
     async def list_users(
         self,
         runtime: NamedDependency[Runtime],
-        cursor: Annotated[
-            str | None, Parameter(description="next_cursor of the previous page")
-        ] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        cursor: PageCursor = None,
+        limit: PageLimit = 100,
         q: Annotated[
             str | None,
             Parameter(
@@ -54,7 +53,7 @@ class UserController(Controller):
         self,
         user_id: FromPath[str],
         runtime: NamedDependency[Runtime],
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        limit: PageLimit = 100,
         before: Annotated[
             int | None, Parameter(ge=1, description="next_cursor of the previous page")
         ] = None,
