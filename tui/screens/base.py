@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from textual.widgets import DataTable, TabPane
+from textual.widget import Widget
+from textual.widgets import DataTable, Static, TabPane
 
 from tui.api import ApiError, ApplianceApi, UnreachableError
 
@@ -27,21 +29,34 @@ class Pane(TabPane):
     def reload(self) -> None:
         """Fetch what the page shows again."""
 
-    def report(self, error: ApiError) -> None:
-        """Show an error answer; an unreachable server is shown by the app's banner instead."""
-        if isinstance(error, UnreachableError):
-            return
-        self.notify(
-            error.detail,
-            title=f"{error.method} {error.path} failed ({error.status_code})",
-            severity="error",
-            timeout=8,
-            markup=False,
-        )
+    def report(self, error: ApiError, line: Static | None = None, what: str = "error") -> None:
+        """Show an error answer (see the module's ``report``)."""
+        report(self, error, line, what)
 
     def action_refresh(self) -> None:
         """Key r."""
         self.reload()
+
+
+def report(
+    widget: Widget, error: ApiError, line: Static | None = None, what: str = "error"
+) -> None:
+    """Show an error answer as a notification, and in ``line`` as ``what: detail`` when given.
+
+    The line keeps saying what went wrong after the notification has gone. An unreachable
+    server is not notified: the app's banner says so, once, instead of every poll.
+    """
+    if line is not None:
+        line.update(f"{what}: {error.detail}")
+    if isinstance(error, UnreachableError):
+        return
+    widget.notify(
+        error.detail,
+        title=f"{error.method} {error.path} failed ({error.status_code})",
+        severity="error",
+        timeout=8,
+        markup=False,
+    )
 
 
 def selected_key(table: DataTable[Any]) -> str | None:
@@ -50,3 +65,13 @@ def selected_key(table: DataTable[Any]) -> str | None:
         return None
     row_key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
     return None if row_key.value is None else str(row_key.value)
+
+
+def add_columns(table: DataTable[Any], columns: Iterable[str] | Mapping[str, str]) -> None:
+    """Add columns keyed by name, each labelled by its name or, from a mapping, its label.
+
+    Rows, ``get_column`` and the tests address columns by these keys, not by position.
+    """
+    labels = columns if isinstance(columns, Mapping) else {name: name for name in columns}
+    for key, label in labels.items():
+        table.add_column(label, key=key)

@@ -15,7 +15,7 @@ from textual.worker import Worker
 from appliance.schemas.admin import FeedbackEventOut
 from tui import format as fmt
 from tui.api import ApiError, ApplianceApi
-from tui.screens.base import Pane
+from tui.screens.base import Pane, add_columns
 
 KEEP = 500
 """Rows kept in the tail; older ones scroll away."""
@@ -51,9 +51,10 @@ class FeedbackPane(Pane):
 
     def on_mount(self) -> None:
         """Columns; poll now and on every interval."""
-        table = self.query_one("#tail", DataTable)
-        for name in ("event", "time", "user", "interaction", "rating", "weight", "item", "request"):
-            table.add_column(name, key=name)
+        add_columns(
+            self.query_one("#tail", DataTable),
+            ("event", "time", "user", "interaction", "rating", "weight", "item", "request"),
+        )
         self.set_interval(self.interval, self.tick)
         self.tick()
 
@@ -89,8 +90,7 @@ class FeedbackPane(Pane):
                 if first or len(tail.events) < PAGE:
                     break
         except ApiError as e:
-            self.report(e)
-            self._status("cannot poll /feedback: " + e.detail)
+            self.report(e, self.query_one("#tail-status", Static), "cannot poll /feedback")
             return
         self.after = after
         self.append(fresh)

@@ -19,7 +19,7 @@ from appliance.schemas.system import Health, Stats
 from tui import format as fmt
 from tui.api import ApiError, ApplianceApi, UnreachableError
 from tui.metrics import Traffic, TrafficMeter, parse
-from tui.screens.base import Pane
+from tui.screens.base import Pane, add_columns
 
 #: The counters shown as cards: (Stats attribute, label).
 COUNTS = (
@@ -85,17 +85,15 @@ class OverviewPane(Pane):
     def on_mount(self) -> None:
         """Lay out the tables, then poll now and on every interval."""
         components = self.query_one("#components", DataTable)
-        components.add_column("component", key="component")
-        components.add_column("state", key="state")
+        add_columns(components, ("component", "state"))
         components.border_title = "Health"
         for key, label in COUNTS:
             self.query_one(f"#count-{key}", Static).border_title = label
-        routes = self.query_one("#routes", DataTable)
-        for name in ("method", "route", "requests", "req/s", "p95", "errors"):
-            routes.add_column(name, key=name)
-        errors = self.query_one("#errors", DataTable)
-        for name in ("time", "status", "request", "detail"):
-            errors.add_column(name, key=name)
+        add_columns(
+            self.query_one("#routes", DataTable),
+            ("method", "route", "requests", "req/s", "p95", "errors"),
+        )
+        add_columns(self.query_one("#errors", DataTable), ("time", "status", "request", "detail"))
         self.set_interval(self.interval, self.reload)
         self.reload()
 

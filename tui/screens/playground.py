@@ -18,7 +18,7 @@ from appliance.schemas.feedback import FeedbackRequest
 from appliance.schemas.recommendations import RecommendationRequest, RecommendationResponse
 from tui import format as fmt
 from tui.api import ApiError, ApplianceApi
-from tui.screens.base import Pane, selected_key
+from tui.screens.base import Pane, add_columns, selected_key
 
 TOP_K = 10
 #: The result columns: id suffix, title shown above the table, the request's ``rerank``.
@@ -83,9 +83,10 @@ class PlaygroundPane(Pane):
     def on_mount(self) -> None:
         """Columns; the right-hand side only shows side by side."""
         for side in SIDES:
-            table = self.query_one(f"#pg-{side}-table", DataTable)
-            for name in ("change", "#", "title", "score", "sources"):
-                table.add_column(name, key=name)
+            add_columns(
+                self.query_one(f"#pg-{side}-table", DataTable),
+                ("change", "#", "title", "score", "sources"),
+            )
         self.query_one("#pg-right").display = False
         self._titles()
 
@@ -136,8 +137,7 @@ class PlaygroundPane(Pane):
         try:
             answers = await asyncio.gather(*(self.api.recommend(r) for r in requests))
         except ApiError as e:
-            self.query_one("#pg-left-info", Static).update(f"error: {e.detail}")
-            self.report(e)
+            self.report(e, self.query_one("#pg-left-info", Static))
             return
         for side, answer in zip(sides, answers, strict=True):
             self.show(side, answer)

@@ -56,8 +56,7 @@ class SettingsPane(Pane):
         try:
             config = await self.api.config()
         except ApiError as e:
-            status.update(f"cannot read the configuration: {e.detail}")
-            self.report(e)
+            self.report(e, status, "cannot read the configuration")
             return
         self.show(config)
 
@@ -109,8 +108,7 @@ class SettingsPane(Pane):
         try:
             state = await self.api.set_reranker(kind)
         except ApiError as e:
-            status.update(f"could not switch to {kind}: {e.detail}")
-            self.report(e)
+            self.report(e, status, f"could not switch to {kind}")
             if self.reranker_kind is not None:
                 self.query_one("#reranker", Select).value = self.reranker_kind
             return

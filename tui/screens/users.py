@@ -2,161 +2,80 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Footer, Input, Label, Static
+from textual.widgets import DataTable, Footer, Label, Static
 
+from appliance.schemas.admin import UserSummary
 from appliance.schemas.recommendations import RecommendationRequest
 from tui import format as fmt
-from tui.api import ApiError, ApplianceApi, UnreachableError
-from tui.screens.base import Pane, selected_key
+from tui.api import ApiError, ApplianceApi
+from tui.screens.base import add_columns, report
+from tui.screens.paged import PagedSearchPage, Row
 from tui.widgets.dialogs import ConfirmScreen
 
-PAGE_SIZE = 50
 HISTORY_SHOWN = 100
 RECOMMENDED = 10
 
 
-class UsersPane(Pane):
+class UsersPane(PagedSearchPage[UserSummary]):
     """GET /users with ``q`` and cursor paging; Enter opens a user; DELETE /users/{id}."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "search", "Search", key_display="/"),
-        Binding("n", "next_page", "Next page"),
-        Binding("p", "previous_page", "Prev page"),
-        Binding("d", "delete", "Delete"),
-        Binding("r", "refresh", "Refresh"),
-        Binding("escape", "to_list", "List", show=False),
-    ]
+    NOUN = "users"
+    SEARCH_ID = "users-search"
+    TABLE_ID = "users-table"
+    STATUS_ID = "users-status"
+    PLACEHOLDER = "/ search user ids, Enter to search"
+    COLUMNS: ClassVar[Mapping[str, str]] = {
+        "user_id": "user_id",
+        "feedback_count": "feedback events",
+        "last_event_at": "last event",
+    }
+    HINT = "Enter: history and recommendations"
 
     def __init__(self, api: ApplianceApi) -> None:
         super().__init__("4 Users", api, pane_id="users")
-        self.query_text = ""
-        self.cursors: list[str | None] = [None]
-        self.next_cursor: str | None = None
 
-    def compose(self) -> ComposeResult:
-        """Search box, users, status line."""
-        yield Input(placeholder="/ search user ids, Enter to search", id="users-search")
-        yield DataTable(id="users-table", cursor_type="row", zebra_stripes=True)
-        yield Static("", id="users-status", classes="status", markup=False)
+    async def fetch(
+        self, query: str, cursor: str | None, limit: int
+    ) -> tuple[Sequence[UserSummary], str | None]:
+        """GET /users."""
+        page = await self.api.users(query, cursor, limit)
+        return page.users, page.next_cursor
 
-    def on_mount(self) -> None:
-        """Columns of the users table."""
-        table = self.query_one("#users-table", DataTable)
-        table.add_column("user_id", key="user_id")
-        table.add_column("feedback events", key="feedback_count")
-        table.add_column("last event", key="last_event_at")
-
-    def focus_main(self) -> None:
-        """Focus the users table."""
-        self.query_one("#users-table", DataTable).focus()
-
-    def reload(self) -> None:
-        """Load the current page again."""
-        self.load()
-
-    @work(exclusive=True, group="users", exit_on_error=False)
-    async def load(self) -> None:
-        """Fetch the current page of the current search."""
-        status = self.query_one("#users-status", Static)
-        try:
-            page = await self.api.users(self.query_text, self.cursors[-1], PAGE_SIZE)
-        except ApiError as e:
-            status.update(f"cannot list users: {e.detail}")
-            self.report(e)
-            return
-        self.next_cursor = page.next_cursor
-        table = self.query_one("#users-table", DataTable)
-        row = table.cursor_row
-        table.clear()
-        for user in page.users:
-            table.add_row(
-                *fmt.row(user.user_id, str(user.feedback_count), fmt.when(user.last_event_at)),
-                key=user.user_id,
-            )
-        if table.row_count:
-            table.move_cursor(row=min(row, table.row_count - 1))
-        found = f"matching {self.query_text!r}" if self.query_text else "in id order"
-        more = " · n: next page" if page.next_cursor else " · last page"
-        back = " · p: previous page" if len(self.cursors) > 1 else ""
-        status.update(
-            f"page {len(self.cursors)} · {len(page.users)} users {found}{more}{back}"
-            " · Enter: history and recommendations"
+    def row(self, entry: UserSummary) -> Row:
+        """Show the id, how much feedback and when the last came."""
+        return entry.user_id, (
+            entry.user_id,
+            str(entry.feedback_count),
+            fmt.when(entry.last_event_at),
         )
 
-    @on(Input.Submitted, "#users-search")
-    def search(self, event: Input.Submitted) -> None:
-        """Search from the first page."""
-        self.query_text = event.value.strip()
-        self.cursors = [None]
-        self.load()
-        self.focus_main()
-
-    @on(DataTable.RowSelected, "#users-table")
-    def open_user(self) -> None:
-        """Enter on a row: the user's dialog; the list is reloaded when it closes."""
-        user_id = selected_key(self.query_one("#users-table", DataTable))
-        if user_id is None:
-            return
+    def open(self, key: str) -> None:
+        """Show the user's dialog; reload the list when it closes (they may have been deleted)."""
 
         def closed(deleted: bool | None) -> None:  # noqa: FBT001 - the dialog's result
             if deleted:
-                self.notify(f"user {user_id!r} deleted", markup=False)
+                self.notify(f"user {key!r} deleted", markup=False)
             self.load()
 
-        self.app.push_screen(UserScreen(self.api, user_id), closed)
+        self.app.push_screen(UserScreen(self.api, key), closed)
 
-    def action_search(self) -> None:
-        """Key /."""
-        self.query_one("#users-search", Input).focus()
+    def deletion_question(self, key: str) -> str:
+        """Warn that their feedback goes with them."""
+        return _deletion_question(key)
 
-    def action_to_list(self) -> None:
-        """Escape from the search box."""
-        self.focus_main()
-
-    def action_next_page(self) -> None:
-        """Key n."""
-        if self.next_cursor is None:
-            self.notify("this is the last page")
-            return
-        self.cursors.append(self.next_cursor)
-        self.load()
-
-    def action_previous_page(self) -> None:
-        """Key p."""
-        if len(self.cursors) > 1:
-            self.cursors.pop()
-            self.load()
-
-    def action_delete(self) -> None:
-        """Key d: confirm, then DELETE /users/{id}."""
-        user_id = selected_key(self.query_one("#users-table", DataTable))
-        if user_id is None:
-            return
-
-        def answered(yes: bool | None) -> None:  # noqa: FBT001 - the dialog's result
-            if yes:
-                self.delete_user(user_id)
-
-        self.app.push_screen(ConfirmScreen(_deletion_question(user_id)), answered)
-
-    @work(group="users-delete", exit_on_error=False)
-    async def delete_user(self, user_id: str) -> None:
-        """DELETE /users/{id}, then the page without them."""
-        try:
-            deleted = await self.api.delete_user(user_id)
-        except ApiError as e:
-            self.report(e)
-            return
-        self.notify(f"user {user_id!r} deleted with {deleted.deleted_events} events", markup=False)
-        self.load()
+    async def delete(self, key: str) -> str:
+        """DELETE /users/{id}."""
+        deleted = await self.api.delete_user(key)
+        return f"user {key!r} deleted with {deleted.deleted_events} events"
 
 
 def _deletion_question(user_id: str) -> str:
@@ -194,11 +113,8 @@ class UserScreen(ModalScreen[bool]):
     def on_mount(self) -> None:
         """Columns, then load."""
         history = self.query_one("#user-history", DataTable)
-        for name in ("time", "interaction", "rating", "weight", "item"):
-            history.add_column(name, key=name)
-        recs = self.query_one("#user-recs", DataTable)
-        for name in ("#", "title", "score", "sources"):
-            recs.add_column(name, key=name)
+        add_columns(history, ("time", "interaction", "rating", "weight", "item"))
+        add_columns(self.query_one("#user-recs", DataTable), ("#", "title", "score", "sources"))
         history.focus()
         self.load()
 
@@ -217,9 +133,7 @@ class UserScreen(ModalScreen[bool]):
                 RecommendationRequest(user_id=self.user_id, top_k=RECOMMENDED)
             )
         except ApiError as e:
-            profile_line.update(f"user {self.user_id}: {e.detail}")
-            if not isinstance(e, UnreachableError):
-                self.notify(e.detail, severity="error", markup=False)
+            report(self, e, profile_line, f"user {self.user_id}")
             return
         learned = "preference learned" if profile.has_preference else "no preference yet"
         profile_line.update(
@@ -270,7 +184,7 @@ class UserScreen(ModalScreen[bool]):
         try:
             await self.api.delete_user(self.user_id)
         except ApiError as e:
-            self.notify(e.detail, severity="error", markup=False)
+            report(self, e)
             return
         self.dismiss(True)  # noqa: FBT003 - the dialog's result
 
