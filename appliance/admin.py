@@ -6,7 +6,8 @@ through its HTTP API; only when none does may a command open the stores itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -21,6 +22,7 @@ from appliance.errors import ConfigError, InvalidInputError
 from appliance.schemas.items import ItemsUpsertRequest, ItemsUpsertResponse
 from appliance.schemas.system import ReindexResult
 from appliance.schemas.users import RebuildResult
+from appliance.security import admin_key
 from appliance.services.runtime import Runtime, open_runtime
 from appliance.settings import Settings
 
@@ -66,12 +68,16 @@ class LocalAdmin:
 
 
 @contextmanager
-def admin_target(settings: Settings, url: str | None = None) -> Iterator[AdminTarget]:
+def admin_target(
+    settings: Settings, url: str | None = None, *, environ: Mapping[str, str] | None = None
+) -> Iterator[AdminTarget]:
     """Reach the appliance that owns ``settings.data_dir``.
 
     Args:
         settings: The configuration (its data directory is looked at).
         url: A server to use; by default the one holding the data directory, if any.
+        environ: Where ``APPLIANCE_ADMIN_KEY``, the key sent to a server, is read; defaults to
+            ``os.environ``. Without it, the first admin key configured in clear is sent.
 
     Yields:
         An HTTP client of the running server, or a runtime opened in this process.
@@ -87,7 +93,8 @@ def admin_target(settings: Settings, url: str | None = None) -> Iterator[AdminTa
             "serve HTTP; wait for it to finish"
         )
     if target is not None:
-        client = ApplianceClient(target)
+        key = admin_key(settings, os.environ if environ is None else environ)
+        client = ApplianceClient(target, admin_key=key)
         try:
             yield client
         finally:

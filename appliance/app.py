@@ -10,13 +10,22 @@ from pathlib import Path
 from litestar import Litestar, MediaType, Request, Response
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.exceptions import HTTPException, InternalServerException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    InternalServerException,
+    TooManyRequestsException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.exceptions.responses import create_exception_response
 from litestar.openapi import OpenAPIConfig
+from litestar.types import Middleware
 
 from appliance.api.admin import AdminController, ErrorLog
+from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
 from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
+from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
 from appliance.api.metrics import MetricsController, prometheus_config
 from appliance.api.recommendations import RecommendationController
 from appliance.api.system import SystemController
@@ -24,8 +33,10 @@ from appliance.api.users import UserController
 from appliance.backends.registry import Backends
 from appliance.errors import ApplianceError
 from appliance.schemas.base import ErrorBody
+from appliance.schemas.items import MAX_ITEMS_PER_REQUEST
+from appliance.security import KeyRing, check_exposure
 from appliance.services.runtime import Runtime, open_runtime
-from appliance.settings import Settings
+from appliance.settings import ServerSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +72,17 @@ def _http_error_response(
             if isinstance(e, dict)
         )
         detail = f"{detail}: {fields}" if fields else detail
+    server: ServerSettings = request.app.state.server_settings
+    if isinstance(exc, RequestEntityTooLarge):
+        exc = RequestEntityTooLarge(
+            detail=f"the request body is larger than {server.max_body_bytes} bytes "
+            f"(server.max_body_bytes); send less per request (POST /items takes at most "
+            f"{MAX_ITEMS_PER_REQUEST} items, so split big catalogs into batches)"
+        )
+        detail = exc.detail
+    elif isinstance(exc, TooManyRequestsException):
+        detail, headers = too_many_requests(server, dict(exc.headers or {}))
+        exc = TooManyRequestsException(detail=detail, headers=headers)
     _error_log(request).add(request, exc.status_code, detail)
     return create_exception_response(request, exc)
 
@@ -106,7 +128,15 @@ def create_app(
     Returns:
         The application; its lifespan opens and closes the runtime.
 
+    Raises:
+        ConfigError: The server would be reachable from other machines without any API key
+            (see ``appliance.security.check_exposure``), or a configured key is malformed.
+
     """
+    check_exposure(settings)
+    keyring = KeyRing(settings.auth)
+    server = settings.server
+    timeouts = TimeoutMiddleware(server.request_timeout_seconds)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -115,7 +145,18 @@ def create_app(
                 summary = await runtime.catalog.load_file(seed_catalog)
                 log.info("catalog %s loaded: %s", seed_catalog.name, summary)
             app.state.runtime = runtime
-            yield
+            try:
+                yield
+            finally:
+                # Requests answered early by the timeout still use the runtime.
+                await timeouts.drain()
+
+    # Outermost first: every request is counted, then limited in rate, then in time.
+    middleware: list[Middleware] = [prometheus_config().middleware]
+    if server.rate_limit_per_minute:
+        middleware.append(rate_limit_config(server).middleware)
+    if server.request_timeout_seconds:
+        middleware.append(timeouts)
 
     return Litestar(
         route_handlers=[
@@ -136,8 +177,15 @@ def create_app(
             HTTPException: _http_error_response,
             Exception: _unexpected_error_response,
         },
-        middleware=[prometheus_config().middleware],
-        state=State({"error_log": ErrorLog()}),
+        guards=[require_key],
+        middleware=middleware,
+        request_max_body_size=server.max_body_bytes,
+        state=State({"error_log": ErrorLog(), "keyring": keyring, "server_settings": server}),
         lifespan=[lifespan],
-        openapi_config=OpenAPIConfig(title="Recommendation appliance", version="0.1.0"),
+        openapi_config=OpenAPIConfig(
+            title="Recommendation appliance",
+            version="0.1.0",
+            components=openapi_components(),
+            security=OPENAPI_SECURITY,
+        ),
     )

@@ -29,19 +29,32 @@ class ApplianceClient:
     """Calls a running appliance; an error answer raises ``ApplianceError`` with its message."""
 
     def __init__(
-        self, base_url: str, *, timeout: float = 600.0, http: httpx.Client | None = None
+        self,
+        base_url: str,
+        *,
+        admin_key: str | None = None,
+        timeout: float = 600.0,
+        http: httpx.Client | None = None,
     ) -> None:
         """Connect to the appliance at ``base_url``.
 
         Args:
             base_url: The appliance's URL.
+            admin_key: Sent as ``Authorization: Bearer <key>`` on every request; never shown.
             timeout: Seconds to wait for an answer (re-indexing waits as long as it takes).
             http: An HTTP client to send the requests through instead of a new one (tests pass
                 Litestar's test client); it is closed with this one.
 
         """
         self.base_url = base_url.rstrip("/")
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"authorization": f"Bearer {admin_key}"} if admin_key else {}
+        self._http = http or httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
+        if http is not None and admin_key:
+            self._http.headers.update(headers)
+
+    def __repr__(self) -> str:
+        # Never the headers: they hold the admin key.
+        return f"ApplianceClient({self.base_url!r})"
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

@@ -2,8 +2,9 @@
 
 Sources, later ones winning: the defaults below, an optional TOML file, then environment
 variables named ``APPLIANCE_<SECTION>__<FIELD>`` (``APPLIANCE_DATA_DIR``,
-``APPLIANCE_SERVER__PORT``, ``APPLIANCE_RECOMMEND__CONTEXT_WEIGHT``). Unknown keys are rejected
-in both, so a typo fails at start-up instead of being silently ignored.
+``APPLIANCE_SERVER__PORT``, ``APPLIANCE_RECOMMEND__CONTEXT_WEIGHT``). A list setting is given in
+the environment as a JSON list or as comma-separated values (``APPLIANCE_AUTH__CLIENT_KEYS=a,b``).
+Unknown keys are rejected in both, so a typo fails at start-up instead of being silently ignored.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +24,10 @@ from appliance.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
 ENV_CONFIG_FILE = "APPLIANCE_CONFIG"
+#: The key that admin commands and the dashboard send to a running server.
+ADMIN_KEY_ENV = "APPLIANCE_ADMIN_KEY"
+#: Variables of the clients, not settings of the server; they are not rejected as unknown.
+_CLIENT_VARIABLES = frozenset({ENV_CONFIG_FILE, ADMIN_KEY_ENV, "APPLIANCE_URL"})
 
 Fraction = Annotated[float, Meta(ge=0.0, le=1.0)]
 PositiveInt = Annotated[int, Meta(ge=1)]
@@ -39,6 +45,28 @@ class ServerSettings(_Section, frozen=True):
     """Interface to bind; 0.0.0.0 exposes the appliance to the network."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
     """TCP port of the HTTP API."""
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    """Largest request body accepted; a larger one is refused with 413 before it is read."""
+    request_timeout_seconds: Annotated[float, Meta(ge=0.0)] = 60.0
+    """A request not answered within this gets 503 (its work still completes); 0 turns it off.
+    /admin/reindex, /admin/users/rebuild and PUT /admin/reranker are exempt."""
+    rate_limit_per_minute: Annotated[int, Meta(ge=0)] = 0
+    """Requests one API key (without keys: one client address) may send per minute, beyond which
+    the answer is 429 with Retry-After; 0 turns the limit off. /health is never limited."""
+
+
+class AuthSettings(_Section, frozen=True):
+    """Who may call the API: keys sent as Authorization: Bearer <key> or X-API-Key: <key>."""
+
+    client_keys: tuple[str, ...] = ()
+    """Keys that may call POST /recommendations and POST /feedback: each the key itself or,
+    better, sha256:HEX with HEX the key's SHA-256 digest, so that no key is stored in clear."""
+    admin_keys: tuple[str, ...] = ()
+    """Keys that may call every endpoint (catalog, users, listings, stats, metrics, admin); same
+    forms as client_keys."""
+    allow_unauthenticated: bool = False
+    """Serve without keys on a non-loopback server.host (only behind a proxy that authenticates);
+    without keys and without this, the appliance serves on loopback only."""
 
 
 class EmbedderSettings(_Section, frozen=True):
@@ -131,6 +159,7 @@ class Settings(_Section, frozen=True):
     models_dir: Path = Path("models")
     """Folder of the model manifest and the weights it lists."""
     server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
     embedder: EmbedderSettings = EmbedderSettings()
     index: IndexSettings = IndexSettings()
     reranker: RerankerSettings = RerankerSettings()
@@ -166,7 +195,7 @@ def load_settings(
             _merge(tree, tomllib.loads(path.read_text(encoding="utf-8")))
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"cannot read the configuration file {path}: {e}") from e
-    _merge(tree, _from_environment(env))
+    _merge(tree, _lists_from_strings(_from_environment(env), Settings))
     _merge(tree, dict(overrides or {}))
     try:
         return msgspec.convert(tree, Settings, strict=False, dec_hook=_decode_path)
@@ -183,7 +212,7 @@ def _decode_path(kind: type, value: Any) -> Any:
 def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     tree: dict[str, Any] = {}
     for name, value in env.items():
-        if not name.startswith(ENV_PREFIX) or name == ENV_CONFIG_FILE:
+        if not name.startswith(ENV_PREFIX) or name in _CLIENT_VARIABLES:
             continue
         path = name.removeprefix(ENV_PREFIX).lower().split("__")
         node = tree
@@ -191,6 +220,37 @@ def _from_environment(env: Mapping[str, str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
         node[path[-1]] = value
     return tree
+
+
+def _lists_from_strings(
+    tree: dict[str, Any], struct: type[msgspec.Struct], prefix: str = ENV_PREFIX
+) -> dict[str, Any]:
+    # Environment values are strings; a list setting takes a JSON list or comma-separated values.
+    hints = typing.get_type_hints(struct)
+    for name, value in tree.items():
+        kind = hints.get(name)
+        variable = f"{prefix}{name.upper()}"
+        if isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct):
+            _lists_from_strings(value, kind, f"{variable}__")
+        elif isinstance(value, str) and typing.get_origin(kind) in {tuple, list}:
+            tree[name] = _parse_list(variable, value)
+    return tree
+
+
+def _parse_list(name: str, value: str) -> list[Any]:
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            parsed = msgspec.json.decode(text)
+        except msgspec.DecodeError as e:
+            raise ConfigError(
+                f"{name} starts with '[' but is not a JSON list ({e}); "
+                "give a JSON list or comma-separated values"
+            ) from e
+        if not isinstance(parsed, list):
+            raise ConfigError(f"{name} is not a JSON list")
+        return parsed
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:
@@ -215,9 +275,9 @@ def redact(tree: Mapping[str, Any]) -> dict[str, Any]:
     """Mask the secrets in a ``describe`` tree, for showing the settings to a client.
 
     A non-empty value of a field whose name contains key, secret, password or token becomes
-    ``***`` (numbers and booleans, such as a count of keys, are kept); fields ending in ``_env``
-    name an environment variable and are kept. The user and password inside URLs
-    (``https://user:pass@host``) are masked wherever they appear.
+    ``***``, a list of keys included (numbers and booleans, such as a count of keys, are kept);
+    fields ending in ``_env`` name an environment variable and are kept. The user and password
+    inside URLs (``https://user:pass@host``) are masked wherever they appear.
     """
     shown: dict[str, Any] = {}
     for name, value in tree.items():
@@ -226,7 +286,7 @@ def redact(tree: Mapping[str, Any]) -> dict[str, Any]:
         elif (
             _SECRET_NAME.search(name)
             and not name.endswith("_env")
-            and value not in ("", None)
+            and value not in ("", None, [], ())
             and not isinstance(value, bool | int | float)
         ):
             shown[name] = MASK
@@ -269,7 +329,7 @@ def reference() -> list[tuple[str, str, str]]:
             if isinstance(value, msgspec.Struct):
                 walk(type(value), value, f"{prefix}{name.upper()}__")
             else:
-                default = str(value)
+                default = str(list(value)) if isinstance(value, tuple) else str(value)
                 rows.append(
                     (f"{prefix}{name.upper()}", default, docs.get((struct.__name__, name), ""))
                 )

@@ -8,6 +8,7 @@ from litestar import Controller, Request, get, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
+from appliance.api.limits import UNTIMED
 from appliance.schemas.admin import (
     EffectiveConfig,
     ErrorRecord,
@@ -76,7 +77,7 @@ class AdminController(Controller):
         """Return the kind of the re-ranker that requests use now."""
         return RerankerState(kind=runtime.rerank.backend)
 
-    @put("/reranker", summary="Switch the re-ranker")
+    @put("/reranker", summary="Switch the re-ranker", opt={UNTIMED: True})
     async def switch_reranker(
         self, data: JSONBody[RerankerChange], runtime: NamedDependency[Runtime]
     ) -> RerankerState:

@@ -6,6 +6,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
+from appliance.api.auth import CLIENT_ACCESS
 from appliance.api.paging import PageLimit
 from appliance.backends.stores.duckdb_store import StoredEvent
 from appliance.schemas.admin import FeedbackEventOut, FeedbackTail
@@ -37,7 +38,7 @@ class FeedbackController(Controller):
     path = "/feedback"
     tags = ["feedback"]
 
-    @post(status_code=200, summary="Record what a user did with an item")
+    @post(status_code=200, summary="Record what a user did with an item", opt=CLIENT_ACCESS)
     async def record(
         self, data: JSONBody[FeedbackRequest], runtime: NamedDependency[Runtime]
     ) -> FeedbackResponse:

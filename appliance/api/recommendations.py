@@ -6,6 +6,7 @@ from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
+from appliance.api.auth import CLIENT_ACCESS
 from appliance.domain import FIELD_PATH, FieldCondition, Range
 from appliance.errors import InvalidInputError
 from appliance.schemas.recommendations import (
@@ -25,7 +26,7 @@ class RecommendationController(Controller):
     path = "/recommendations"
     tags = ["recommendations"]
 
-    @post(status_code=200, summary="Recommend items for a user")
+    @post(status_code=200, summary="Recommend items for a user", opt=CLIENT_ACCESS)
     async def recommend(
         self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
     ) -> RecommendationResponse:

@@ -5,6 +5,8 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 
+from appliance.api.auth import PUBLIC_ACCESS
+from appliance.api.limits import NOT_RATE_LIMITED, UNTIMED
 from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
 from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime
@@ -27,7 +29,12 @@ class SystemController(Controller):
 
     tags = ["system"]
 
-    @get("/health", summary="Readiness")
+    @get(
+        "/health",
+        summary="Readiness",
+        opt={**PUBLIC_ACCESS, NOT_RATE_LIMITED: True},
+        security=[{}],
+    )
     async def health(self, runtime: NamedDependency[Runtime]) -> Health:
         """Ready once model, index and store are loaded (the server listens only then)."""
         return Health(
@@ -57,12 +64,22 @@ class SystemController(Controller):
             rerank={str(status): n for status, n in runtime.rerank.outcomes.items()},
         )
 
-    @post("/admin/reindex", status_code=200, summary="Rebuild the vector index from the catalog")
+    @post(
+        "/admin/reindex",
+        status_code=200,
+        summary="Rebuild the vector index from the catalog",
+        opt={UNTIMED: True},
+    )
     async def reindex(self, runtime: NamedDependency[Runtime]) -> ReindexResult:
         """Drop the index and re-embed every item from the store."""
         return await reindex(runtime)
 
-    @post("/admin/users/rebuild", status_code=200, summary="Recompute preference vectors")
+    @post(
+        "/admin/users/rebuild",
+        status_code=200,
+        summary="Recompute preference vectors",
+        opt={UNTIMED: True},
+    )
     async def rebuild_users(
         self,
         runtime: NamedDependency[Runtime],

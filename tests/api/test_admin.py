@@ -233,7 +233,8 @@ def test_config_masks_credentials(
     assert reranker["budget_ms"] == 500
     assert reranker["kind"] == "none"
     assert config["settings"]["data_dir"] == str(tmp_path / "data")
-    assert config["settings"]["server"] == {"host": "127.0.0.1", "port": 8000}
+    assert config["settings"]["server"]["host"] == "127.0.0.1"
+    assert config["settings"]["server"]["port"] == 8000
     assert config["reranker_kinds"] == ["llamacpp", "none", "openai"]
     assert config["reranker_switchable"] is True
     assert config["reranker_kind"] == "none"

@@ -3,6 +3,7 @@ over HTTP, and the same commands on the data directory when no server holds it."
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -44,10 +45,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 @contextmanager
-def server(env: dict[str, str]) -> Iterator[str]:
+def server(env: dict[str, str], *args: str) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(  # noqa: S603 - our own command line
-        [*APPLIANCE, "serve", "--port", str(port)],
+        [*APPLIANCE, "serve", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -201,3 +202,49 @@ def test_a_missing_reranker_model_fails_at_start(env: dict[str, str], tmp_path: 
     started = run("serve", "--port", str(free_port()), env=env)
     assert started.returncode != 0
     assert "absent.gguf does not exist" in started.stderr
+
+
+def test_serve_refuses_a_network_host_without_keys(env: dict[str, str]) -> None:
+    started = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)  # noqa: S104
+    assert started.returncode == 2
+    assert "no API keys are configured" in started.stderr
+    assert "APPLIANCE_AUTH__ALLOW_UNAUTHENTICATED=true" in started.stderr
+    assert "APPLIANCE_AUTH__ADMIN_KEYS" in started.stderr
+
+
+def test_serve_with_keys_on_every_interface(env: dict[str, str]) -> None:
+    admin_key = "e2e-admin-key"
+    env = {
+        **env,
+        "APPLIANCE_AUTH__ADMIN_KEYS": "sha256:" + hashlib.sha256(admin_key.encode()).hexdigest(),
+        "APPLIANCE_AUTH__CLIENT_KEYS": "e2e-client-1, e2e-client-2",
+    }
+    with server(env, "--host", "0.0.0.0") as url:  # noqa: S104
+        assert httpx.get(f"{url}/stats").status_code == 401
+        # The admin key is stored hashed, so the command needs it from APPLIANCE_ADMIN_KEY.
+        refused = run("ingest", str(TEST_CATALOG), env=env)
+        assert refused.returncode == 2
+        assert "(401)" in refused.stderr
+        assert admin_key not in refused.stderr
+        ingested = run("ingest", str(TEST_CATALOG), env={**env, "APPLIANCE_ADMIN_KEY": admin_key})
+        assert ingested.returncode == 0, ingested.stderr
+        assert "36 created" in ingested.stdout
+        response = httpx.post(
+            f"{url}/recommendations",
+            json={"user_id": "visitor", "context": "time travel", "top_k": 3},
+            headers={"X-API-Key": "e2e-client-2"},
+            timeout=30,
+        )
+        assert response.status_code == 200, response.text
+        stats = httpx.get(f"{url}/stats", headers={"Authorization": f"Bearer {admin_key}"})
+        assert stats.json()["items"] == 36
+    shown = run("config", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "e2e-client" not in shown.stdout
+    assert hashlib.sha256(admin_key.encode()).hexdigest() not in shown.stdout
+
+
+def test_serve_openly_on_every_interface_when_allowed(env: dict[str, str]) -> None:
+    env = {**env, "APPLIANCE_AUTH__ALLOW_UNAUTHENTICATED": "true"}
+    with server(env, "--host", "0.0.0.0") as url:  # noqa: S104
+        assert httpx.get(f"{url}/stats").status_code == 200
