@@ -53,3 +53,11 @@ eval *args: (install "llamacpp,dev")
 # Latency of one re-rank call on 10 candidates: llama.cpp in-process, and OpenAI-compatible on loopback
 rerank-latency: (install "llamacpp,dev")
     scripts/with-llama-server.sh sh -c '.venv/bin/python bench/rerank.py --openai-url "$APPLIANCE_RERANKER__BASE_URL"'
+
+# Build the container image (Containerfile) with podman or docker; WITH_RERANKER=true adds llama.cpp
+image:
+    scripts/image.sh build
+
+# Run the image: port 8000, named volume appliance-data at /data, example API keys unless set
+run-image *args:
+    scripts/image.sh run {{args}}
