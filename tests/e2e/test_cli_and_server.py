@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,20 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def wait_until_ready(process: subprocess.Popen[str], url: str, output: Callable[[], str]) -> None:
+    """Poll /health until the server answers; fail with its ``output`` if it exits first."""
+    deadline = time.monotonic() + 180
+    while True:
+        assert process.poll() is None, output()
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == httpx.codes.OK:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not become ready"
+        time.sleep(0.3)
+
+
 @contextmanager
 def server(env: dict[str, str], *args: str) -> Iterator[str]:
     port = free_port()
@@ -56,16 +70,7 @@ def server(env: dict[str, str], *args: str) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.3)
+        wait_until_ready(process, url, lambda: process.stdout.read() if process.stdout else "")
         yield url
     finally:
         if process.poll() is None:

@@ -26,10 +26,9 @@ import httpx
 import pytest
 
 from tests.conftest import MODELS_DIR, TEST_CATALOG
-from tests.e2e.test_cli_and_server import free_port
+from tests.e2e.test_cli_and_server import free_port, wait_until_ready
 
 APPLIANCE = [sys.executable, "-m", "appliance"]
-START_TIMEOUT = 180.0
 
 
 @dataclass
@@ -63,16 +62,7 @@ def serving(data_dir: Path, log: Path) -> Iterator[Served]:
         )
     served = Served(process, f"http://127.0.0.1:{port}", log)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, served.output()
-            try:
-                if httpx.get(f"{served.url}/health", timeout=2).status_code == httpx.codes.OK:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.2)
+        wait_until_ready(process, served.url, served.output)
         yield served
     finally:
         if process.poll() is None:
