@@ -6,13 +6,17 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from appliance.errors import ApplianceError
 from appliance.settings import Settings, describe, load_settings, redact
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -45,6 +49,20 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
     if server:
         tree["server"] = server
     return load_settings(ctx.obj.get("config"), overrides=tree)
+
+
+@dataclass(frozen=True, slots=True)
+class _ProgressBar:
+    """An evaluation's progress shown on a rich progress bar."""
+
+    bar: Progress
+    job: TaskID
+
+    def total(self, queries: int) -> None:
+        self.bar.update(self.job, total=queries)
+
+    def advance(self, queries: int) -> None:
+        self.bar.advance(self.job, queries)
 
 
 @contextmanager
@@ -370,7 +388,7 @@ def evaluate(
                 },
             )
             with Progress() as bar:
-                job = bar.add_task("evaluating", total=runner.query_count(tasks, len(rerankers)))
+                job = bar.add_task("evaluating", total=None)
                 report = asyncio.run(
                     runner.run(
                         settings,
@@ -378,7 +396,7 @@ def evaluate(
                         history,
                         tasks,
                         rerankers=rerankers,
-                        progress=lambda n: bar.advance(job, n),
+                        progress=_ProgressBar(bar, job),
                     )
                 )
     table = Table(title=f"Quality (95% bootstrap intervals; difference vs {runner.BASELINE})")

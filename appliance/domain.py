@@ -87,6 +87,8 @@ class Hit:
 
     item_id: str
     score: float
+    via: str | None = None
+    """The item this one was found through (a liked item, an item named in the request)."""
 
 
 @dataclass(slots=True)
@@ -96,6 +98,8 @@ class Candidate:
     item_id: str
     score: float
     sources: dict[str, float] = field(default_factory=dict)
+    via: dict[str, str] = field(default_factory=dict)
+    """Per source that found the item through another item, that item's id."""
 
 
 class InteractionType(enum.StrEnum):

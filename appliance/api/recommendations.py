@@ -39,6 +39,7 @@ class RecommendationController(Controller):
                 conditions=tuple(_condition(k, v) for k, v in (data.filters or {}).items()),
                 exclude_seen=data.exclude_seen,
                 rerank=data.rerank,
+                sources=None if data.sources is None else frozenset(data.sources),
             )
         )
         return RecommendationResponse(
@@ -50,6 +51,7 @@ class RecommendationController(Controller):
                     score=round(r.score, 6),
                     metadata=r.item.metadata,
                     sources={k: round(v, 6) for k, v in r.sources.items()},
+                    via=r.via,
                 )
                 for r in result.recommendations
             ],

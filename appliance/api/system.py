@@ -45,6 +45,7 @@ class SystemController(Controller):
                 "store": f"duckdb schema v{runtime.store.schema_version()}",
                 "reranker": runtime.rerank.backend,
             },
+            sources=runtime.recommender.source_names,
         )
 
     @get("/stats", summary="Counts")

@@ -44,8 +44,11 @@ from appliance.services.reranking import RerankStage
 from appliance.services.runtime import Runtime, open_runtime
 from appliance.settings import Settings
 
-#: The system every other one is compared with.
+#: The system every other one is compared with: vector search over the embedded context alone.
 BASELINE = "vector-only"
+VECTOR = "vector"
+#: Every candidate source, fused: the appliance's default pipeline.
+FUSED = "fused"
 TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
 #: One held-back item per user: did it make the top 10, and how high.
 HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
@@ -77,6 +80,18 @@ class Task:
         return any(q.context for q in self.queries)
 
 
+class Progress(Protocol):
+    """Follows an evaluation."""
+
+    def total(self, queries: int) -> None:
+        """Hear how many queries will be answered in all."""
+        ...
+
+    def advance(self, queries: int) -> None:
+        """Hear that this many more queries were answered."""
+        ...
+
+
 class System(Protocol):
     """Something that ranks items for a query."""
 
@@ -90,14 +105,22 @@ class System(Protocol):
 
 
 class Pipeline:
-    """The appliance's own recommendation pipeline: retrieval alone, or with a re-ranker."""
+    """The appliance's own pipeline: some or all of its sources, fused, re-ranked or not."""
 
-    def __init__(self, recommender: RecommendationService, name: str = BASELINE) -> None:
+    def __init__(
+        self,
+        recommender: RecommendationService,
+        name: str,
+        *,
+        sources: frozenset[str] | None = None,
+        rerank: bool = False,
+    ) -> None:
         self.name = name
         self._recommender = recommender
-        self._rerank = name != BASELINE
+        self._sources = sources
+        self._rerank = rerank
         # A re-ranker judges items against the request; without one it has nothing to add.
-        self.needs_context = self._rerank
+        self.needs_context = rerank
         self.rerank_outcomes: Counter[str] = Counter()
         """What became of the re-rank stage on each query of the current task."""
 
@@ -105,11 +128,29 @@ class Pipeline:
         """Ask the recommendation service, leaving out what the user has already seen."""
         result = await self._recommender.recommend(
             RecommendationQuery(
-                user_id=query.user_id, context=query.context, top_k=k, rerank=self._rerank
+                user_id=query.user_id,
+                context=query.context,
+                top_k=k,
+                rerank=self._rerank,
+                sources=self._sources,
             )
         )
         self.rerank_outcomes[result.rerank_status] += 1
         return [r.item.item_id for r in result.recommendations]
+
+
+def pipelines(recommender: RecommendationService) -> list[Pipeline]:
+    """Vector search alone (the baseline), every other source alone, and all of them fused."""
+    names = recommender.source_names
+    alone = [
+        Pipeline(
+            recommender,
+            BASELINE if name == VECTOR else f"{name} only",
+            sources=frozenset({name}),
+        )
+        for name in names
+    ]
+    return alone if len(names) == 1 else [*alone, Pipeline(recommender, FUSED)]
 
 
 class MostPopular:
@@ -255,19 +296,21 @@ async def replay_liked(runtime: Runtime, queries: Sequence[Query]) -> int:
 async def evaluate(
     tasks: Sequence[Task],
     systems: Sequence[System],
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Answer every query of every task with every system and score the answers.
 
     Args:
         tasks: The tasks; their users' histories must already be replayed.
         systems: What to compare.
-        progress: Called with 1 after each answered query.
+        progress: Told how many queries there are, then of each answered one.
 
     Returns:
         One result per task and system.
 
     """
+    if progress is not None:
+        progress.total(query_count(tasks, systems))
     results = []
     for task in tasks:
         for system in systems:
@@ -285,7 +328,7 @@ async def evaluate(
                         _METRICS[metric](ranked, query.relevant, k)
                     )
                 if progress is not None:
-                    progress(1)
+                    progress.advance(1)
             if isinstance(system, Pipeline) and system.needs_context:
                 result.rerank_outcomes = dict(system.rerank_outcomes)
             results.append(result)
@@ -299,7 +342,7 @@ async def run(
     tasks: Sequence[Task],
     *,
     rerankers: Sequence[str] = (),
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> Report:
     """Build an appliance from a catalog file and a history, then evaluate it.
 
@@ -312,10 +355,11 @@ async def run(
         rerankers: Re-ranker kinds to compare (``llamacpp``, ``openai``), each on the pipeline's
             candidates, on the tasks whose queries have words; built and limited by
             ``settings.reranker``.
-        progress: Called with 1 after each answered query.
+        progress: Told how many queries there are, then of each answered one.
 
     Returns:
-        Most-popular, the pipeline's retrieval alone, and retrieval + each re-ranker.
+        Most-popular, each candidate source alone, all of them fused, and fused + each
+        re-ranker.
 
     """
     async with AsyncExitStack() as stack:
@@ -332,20 +376,30 @@ async def run(
         await replay(runtime, history)
         for task in tasks:
             await replay_liked(runtime, task.queries)
+        default = pipelines(runtime.recommender)[-1].name
         systems: list[System] = [
             MostPopular(runtime, history),
-            Pipeline(runtime.recommender),
+            *pipelines(runtime.recommender),
             *(
-                Pipeline(runtime.recommender.with_rerank(stage), f"{BASELINE} + {stage.backend}")
+                Pipeline(
+                    runtime.recommender.with_rerank(stage),
+                    f"{default} + {stage.backend}",
+                    rerank=True,
+                )
                 for stage in stages
             ),
         ]
         return await evaluate(tasks, systems, progress)
 
 
-def query_count(tasks: Sequence[Task], rerankers: int) -> int:
-    """How many queries ``run`` answers: every task twice, and the worded ones per re-ranker."""
-    return sum(len(t.queries) * (2 + (rerankers if t.has_context else 0)) for t in tasks)
+def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:
+    """How many queries ``evaluate`` answers: every task's by every system that applies."""
+    return sum(
+        len(t.queries)
+        for t in tasks
+        for s in systems
+        if t.has_context or not s.needs_context
+    )
 
 
 def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:

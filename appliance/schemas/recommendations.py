@@ -45,6 +45,8 @@ class RecommendationRequest(Request):
     """Leave out items the user has already given feedback on."""
     rerank: bool | None = None
     """Run the re-rank stage (default: when a re-ranker is configured and there is a context)."""
+    sources: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=16)] | None = None
+    """Candidate sources to ask, by name (default: all of them); GET /health lists them."""
 
 
 class RecommendedItem(Response):
@@ -57,6 +59,9 @@ class RecommendedItem(Response):
     metadata: dict[str, Any]
     sources: dict[str, float] = {}
     """Each candidate source that proposed the item, with its own score."""
+    via: dict[str, str] = {}
+    """For each source that found the item through another item (one the user liked, one named
+    in the context), that item's id."""
 
 
 class RecommendationResponse(Response):

@@ -8,6 +8,8 @@ class Health(Response):
 
     status: str
     components: dict[str, str]
+    sources: list[str] = []
+    """The candidate sources a recommendation request may name."""
 
 
 class EncoderStatsOut(Response):

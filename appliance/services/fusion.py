@@ -37,6 +37,8 @@ def reciprocal_rank_fusion(
                 candidate = candidates[hit.item_id] = Candidate(hit.item_id, hit.score)
                 fused[hit.item_id] = 0.0
             candidate.sources[source] = hit.score
+            if hit.via is not None:
+                candidate.via[source] = hit.via
             candidate.score = max(candidate.score, hit.score)
             fused[hit.item_id] += weight / (RRF_K + rank)
     order = sorted(candidates, key=lambda i: -fused[i])

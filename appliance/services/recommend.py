@@ -16,7 +16,7 @@ import numpy as np
 from appliance.backends.indexes.protocol import Vector
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.domain import FieldCondition, Item, Selection
-from appliance.errors import ConflictError
+from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.encoding import EncoderQueue
 from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.preferences import preference_direction
@@ -44,6 +44,8 @@ class RecommendationQuery:
     exclude_seen: bool = True
     rerank: bool | None = None
     """Run the re-rank stage; ``None`` runs it when a re-ranker is configured."""
+    sources: frozenset[str] | None = None
+    """The candidate sources to ask, by name; ``None`` asks every one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +55,8 @@ class Recommendation:
     item: Item
     score: float
     sources: dict[str, float]
+    via: dict[str, str] = field(default_factory=dict)
+    """Per source that found the item through another item, that item's id."""
 
 
 @dataclass(slots=True)
@@ -87,6 +91,11 @@ class RecommendationService:
         self._rerank = rerank
         self._settings = settings
 
+    @property
+    def source_names(self) -> list[str]:
+        """The candidate sources a query may name, in the order they are asked."""
+        return [s.name for s in self._sources]
+
     def with_rerank(self, rerank: RerankStage) -> RecommendationService:
         """Return the same pipeline with another re-rank stage (to compare re-rankers)."""
         return RecommendationService(
@@ -100,6 +109,7 @@ class RecommendationService:
             ConflictError: The catalog is empty.
 
         """
+        sources = self._chosen_sources(query.sources)
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
@@ -121,9 +131,9 @@ class RecommendationService:
             selection=Selection(conditions=query.conditions, exclude=frozenset(seen)),
             limit=math.ceil(query.top_k * self._settings.candidate_factor),
         )
-        ranked = await asyncio.gather(*(s.candidates(plan) for s in self._sources))
+        ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
         candidates = reciprocal_rank_fusion(
-            {s.name: hits for s, hits in zip(self._sources, ranked, strict=True) if hits}
+            {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}
         )
         timings["retrieve"] = _ms_since(mark)
 
@@ -148,7 +158,7 @@ class RecommendationService:
             request_id=uuid.uuid4().hex,
             user_id=query.user_id,
             recommendations=[
-                Recommendation(items[c.item_id].item, c.score, c.sources)
+                Recommendation(items[c.item_id].item, c.score, c.sources, c.via)
                 for c in candidates[: query.top_k]
             ],
             strategy=strategy,
@@ -157,6 +167,21 @@ class RecommendationService:
             timestamp=datetime.now(UTC),
             timings_ms=timings,
         )
+
+    def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
+        if names is None:
+            return self._sources
+        unknown = names - set(self.source_names)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown candidate source(s) {', '.join(sorted(unknown))}; "
+                f"choose among {', '.join(self.source_names)}"
+            )
+        if not names:
+            raise InvalidInputError(
+                f"sources is empty; name at least one of {', '.join(self.source_names)}"
+            )
+        return [s for s in self._sources if s.name in names]
 
     async def _seen(self, query: RecommendationQuery) -> set[str]:
         if not query.exclude_seen:

@@ -155,3 +155,20 @@ def test_cold_start_user_gets_popular_items(
     # Popularity respects filters: the popular sport item, then the newest sport item.
     filtered = recommend(client, user_id="first-visit", top_k=2, filters={"category": "sport"})
     assert ids(filtered) == ["sf-2", "sf-6"]
+
+
+def test_a_request_can_name_its_candidate_sources(catalog_client: TestClient[Any]) -> None:
+    names = catalog_client.get("/health").json()["sources"]
+    assert "vector" in names
+
+    answer = recommend(catalog_client, user_id="u", context="time travel", sources=["vector"])
+    assert all(set(r["sources"]) == {"vector"} for r in answer["recommendations"])
+
+    for sources, fix in ((["vector", "tarot"], "tarot"), ([], "at least one")):
+        response = catalog_client.post(
+            "/recommendations", json={"user_id": "u", "context": "x", "sources": sources}
+        )
+        assert response.status_code == 400, response.text
+        detail = response.json()["detail"]
+        assert fix in detail
+        assert all(name in detail for name in names)

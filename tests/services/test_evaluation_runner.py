@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
-from appliance.evaluation.runner import BASELINE, Task, query_count, run
+from appliance.evaluation.runner import BASELINE, FUSED, Task, run
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -57,6 +57,20 @@ def history() -> list[Interaction]:
     return tents + kettles
 
 
+class Recorder:
+    """Keeps what an evaluation reports of its progress."""
+
+    def __init__(self) -> None:
+        self.totals: list[int] = []
+        self.answered: list[int] = []
+
+    def total(self, queries: int) -> None:
+        self.totals.append(queries)
+
+    def advance(self, queries: int) -> None:
+        self.answered.append(queries)
+
+
 @pytest.mark.anyio
 async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "items.jsonl")
@@ -69,13 +83,15 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
         Task("topics", topical, (("NDCG", 10), ("P", 5), ("R", 10))),
         Task("holdout", holdout, (("HR", 10), ("NDCG", 10))),
     ]
-    answered: list[int] = []
+    progress = Recorder()
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
-    report = await run(settings, catalog, train, tasks, progress=answered.append)
+    report = await run(settings, catalog, train, tasks, progress=progress)
 
-    assert len(answered) == query_count(tasks, rerankers=0) == 2 * (len(topical) + len(holdout))
+    systems = ("most-popular", BASELINE, "popularity only", FUSED)
+    assert progress.totals == [len(systems) * (len(topical) + len(holdout))]
+    assert sum(progress.answered) == progress.totals[0]
     by = {(r.task, r.system): r for r in report.results}
-    assert set(by) == {(t, s) for t in ("topics", "holdout") for s in ("most-popular", BASELINE)}
+    assert set(by) == {(t, s) for t in ("topics", "holdout") for s in systems}
     for result in report.results:
         for values in result.scores.values():
             assert len(values) == len(next(t for t in tasks if t.name == result.task).queries)
@@ -95,7 +111,7 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     table = report.to_markdown().splitlines()
     assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | ms/query p50 / p95 |"
     assert table[2].startswith("| topics | most-popular | ")
-    assert len(table) == 2 + 4
+    assert len(table) == 2 + 2 * len(systems)
 
 
 @pytest.mark.anyio
@@ -110,25 +126,21 @@ async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> Non
     settings = make_settings(
         tmp_path / "data", embedder={"kind": "hashing"}, reranker={"budget_ms": 60_000}
     )
-    answered: list[int] = []
+    progress = Recorder()
 
-    report = await run(
-        settings, catalog, train, tasks, rerankers=("llamacpp",), progress=answered.append
-    )
+    report = await run(settings, catalog, train, tasks, rerankers=("llamacpp",), progress=progress)
 
-    reranked = f"{BASELINE} + llamacpp"
+    reranked = f"{FUSED} + llamacpp"
     by = {(r.task, r.system): r for r in report.results}
+    plain = ("most-popular", BASELINE, "popularity only", FUSED)
     # A re-ranker needs words to judge against: it is left out of the hold-out task.
     assert set(by) == {
-        ("topics", "most-popular"),
-        ("topics", BASELINE),
+        *((t, s) for t in ("topics", "holdout") for s in plain),
         ("topics", reranked),
-        ("holdout", "most-popular"),
-        ("holdout", BASELINE),
     }
-    assert len(answered) == query_count(tasks, rerankers=1) == 3 * len(topical) + 2 * len(holdout)
+    assert progress.totals == [(len(plain) + 1) * len(topical) + len(plain) * len(holdout)]
     assert by["topics", reranked].rerank_outcomes == {"ran": len(topical)}
-    assert by["topics", BASELINE].rerank_outcomes == {}
+    assert by["topics", FUSED].rerank_outcomes == {}
     assert report.difference(by["topics", reranked], "NDCG@10") is not None
 
 

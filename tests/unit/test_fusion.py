@@ -115,3 +115,16 @@ def test_every_item_appears_once() -> None:
         }
     )
     assert sorted(_ids(fused)) == ["a", "b", "c", "d"]
+
+
+def test_the_item_a_hit_came_through_is_kept_per_source() -> None:
+    fused = reciprocal_rank_fusion(
+        {
+            "vector": _hits(("a", 0.9)),
+            "similar": [Hit("a", 0.5, via="liked-1"), Hit("b", 0.4, via="liked-2")],
+        }
+    )
+    assert {c.item_id: c.via for c in fused} == {
+        "a": {"similar": "liked-1"},
+        "b": {"similar": "liked-2"},
+    }
