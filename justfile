@@ -61,3 +61,7 @@ image:
 # Run the image: port 8000, named volume appliance-data at /data, example API keys unless set
 run-image *args:
     scripts/image.sh run {{args}}
+
+# Soak: mixed traffic against `appliance serve` for SECONDS (default 600); prints rates, latency and RSS
+soak seconds="600": (install "dev,llamacpp")
+    SOAK_SECONDS={{seconds}} .venv/bin/python -m pytest tests/e2e/test_soak.py -q -s
