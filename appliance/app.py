@@ -23,6 +23,7 @@ from litestar.types import Middleware
 
 from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
+from appliance.api.bodies import StrictBodies
 from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
@@ -179,6 +180,8 @@ def create_app(
         },
         guards=[require_key],
         middleware=middleware,
+        # Request bodies are decoded strictly: no "5" for an integer.
+        plugins=[StrictBodies()],
         request_max_body_size=server.max_body_bytes,
         state=State({"error_log": ErrorLog(), "keyring": keyring, "server_settings": server}),
         lifespan=[lifespan],
