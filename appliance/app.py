@@ -28,6 +28,7 @@ from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
 from appliance.api.metrics import MetricsController, prometheus_config
+from appliance.api.openapi import ErrorAnswers, WireSchemas
 from appliance.api.recommendations import RecommendationController
 from appliance.api.system import SystemController
 from appliance.api.users import UserController
@@ -180,8 +181,8 @@ def create_app(
         },
         guards=[require_key],
         middleware=middleware,
-        # Request bodies are decoded strictly: no "5" for an integer.
-        plugins=[StrictBodies()],
+        # Bodies decoded strictly; the published schema is msgspec's and declares every error.
+        plugins=[StrictBodies(), WireSchemas(), ErrorAnswers()],
         request_max_body_size=server.max_body_bytes,
         state=State({"error_log": ErrorLog(), "keyring": keyring, "server_settings": server}),
         lifespan=[lifespan],
