@@ -17,7 +17,7 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.exceptions.responses import create_exception_response
+from litestar.exceptions.responses import ExceptionResponseContent
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Middleware
 
@@ -62,6 +62,18 @@ def _error_response(
     )
 
 
+def _json_error(request: Request[object, object, State], exc: HTTPException) -> Response[object]:
+    # Litestar would answer in the route's media type: its errors on GET /metrics would be
+    # JSON declared as text/plain. An error is an ErrorBody, in JSON, on every route.
+    return ExceptionResponseContent(
+        status_code=exc.status_code,
+        detail=exc.detail,
+        media_type=MediaType.JSON,
+        headers=exc.headers,
+        extra=exc.extra,
+    ).to_response(request)
+
+
 def _http_error_response(
     request: Request[object, object, State], exc: HTTPException
 ) -> Response[object]:
@@ -86,7 +98,7 @@ def _http_error_response(
         detail, headers = too_many_requests(server, dict(exc.headers or {}))
         exc = TooManyRequestsException(detail=detail, headers=headers)
     _error_log(request).add(request, exc.status_code, detail)
-    return create_exception_response(request, exc)
+    return _json_error(request, exc)
 
 
 def _unexpected_error_response(
@@ -98,7 +110,7 @@ def _unexpected_error_response(
     _error_log(request).add(
         request, 500, f"Internal Server Error ({type(exc).__name__}: {exc})"[:_MAX_LOGGED_MESSAGE]
     )
-    return create_exception_response(request, InternalServerException())
+    return _json_error(request, InternalServerException())
 
 
 def _runtime(state: State) -> Runtime:
