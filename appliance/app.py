@@ -17,16 +17,18 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
-from litestar.exceptions.responses import create_exception_response
+from litestar.exceptions.responses import ExceptionResponseContent
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Middleware
 
 from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
+from appliance.api.bodies import StrictBodies
 from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
 from appliance.api.metrics import MetricsController, prometheus_config
+from appliance.api.openapi import ErrorAnswers, WireSchemas
 from appliance.api.recommendations import RecommendationController
 from appliance.api.system import SystemController
 from appliance.api.users import UserController
@@ -60,6 +62,18 @@ def _error_response(
     )
 
 
+def _json_error(request: Request[object, object, State], exc: HTTPException) -> Response[object]:
+    # Litestar would answer in the route's media type: its errors on GET /metrics would be
+    # JSON declared as text/plain. An error is an ErrorBody, in JSON, on every route.
+    return ExceptionResponseContent(
+        status_code=exc.status_code,
+        detail=exc.detail,
+        media_type=MediaType.JSON,
+        headers=exc.headers,
+        extra=exc.extra,
+    ).to_response(request)
+
+
 def _http_error_response(
     request: Request[object, object, State], exc: HTTPException
 ) -> Response[object]:
@@ -84,7 +98,7 @@ def _http_error_response(
         detail, headers = too_many_requests(server, dict(exc.headers or {}))
         exc = TooManyRequestsException(detail=detail, headers=headers)
     _error_log(request).add(request, exc.status_code, detail)
-    return create_exception_response(request, exc)
+    return _json_error(request, exc)
 
 
 def _unexpected_error_response(
@@ -96,7 +110,7 @@ def _unexpected_error_response(
     _error_log(request).add(
         request, 500, f"Internal Server Error ({type(exc).__name__}: {exc})"[:_MAX_LOGGED_MESSAGE]
     )
-    return create_exception_response(request, InternalServerException())
+    return _json_error(request, InternalServerException())
 
 
 def _runtime(state: State) -> Runtime:
@@ -179,6 +193,8 @@ def create_app(
         },
         guards=[require_key],
         middleware=middleware,
+        # Bodies decoded strictly; the published schema is msgspec's and declares every error.
+        plugins=[StrictBodies(), WireSchemas(), ErrorAnswers()],
         request_max_body_size=server.max_body_bytes,
         state=State({"error_log": ErrorLog(), "keyring": keyring, "server_settings": server}),
         lifespan=[lifespan],

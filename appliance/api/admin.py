@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from litestar import Controller, Request, get, put
@@ -9,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from appliance.api.limits import UNTIMED
+from appliance.api.openapi import error_responses
 from appliance.schemas.admin import (
     EffectiveConfig,
     ErrorRecord,
@@ -77,7 +79,12 @@ class AdminController(Controller):
         """Return the kind of the re-ranker that requests use now."""
         return RerankerState(kind=runtime.rerank.backend)
 
-    @put("/reranker", summary="Switch the re-ranker", opt={UNTIMED: True})
+    @put(
+        "/reranker",
+        summary="Switch the re-ranker",
+        opt={UNTIMED: True},
+        responses=error_responses(HTTPStatus.CONFLICT),
+    )
     async def switch_reranker(
         self, data: JSONBody[RerankerChange], runtime: NamedDependency[Runtime]
     ) -> RerankerState:

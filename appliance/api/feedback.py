@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated
 
 from litestar import Controller, get, post
@@ -7,6 +8,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, Parameter
 
 from appliance.api.auth import CLIENT_ACCESS
+from appliance.api.openapi import error_responses
 from appliance.api.paging import PageLimit
 from appliance.backends.stores.duckdb_store import StoredEvent
 from appliance.schemas.admin import FeedbackEventOut, FeedbackTail
@@ -38,7 +40,12 @@ class FeedbackController(Controller):
     path = "/feedback"
     tags = ["feedback"]
 
-    @post(status_code=200, summary="Record what a user did with an item", opt=CLIENT_ACCESS)
+    @post(
+        status_code=200,
+        summary="Record what a user did with an item",
+        opt=CLIENT_ACCESS,
+        responses=error_responses(HTTPStatus.NOT_FOUND),
+    )
     async def record(
         self, data: JSONBody[FeedbackRequest], runtime: NamedDependency[Runtime]
     ) -> FeedbackResponse:

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
+from appliance.api.openapi import error_responses
 from appliance.api.paging import PageCursor, PageLimit
 from appliance.domain import Item
 from appliance.schemas.items import (
@@ -67,12 +69,17 @@ class ItemController(Controller):
         items, next_cursor = await runtime.catalog.page(cursor, limit, q or None)
         return ItemPage(items=[_out(i) for i in items], next_cursor=next_cursor)
 
-    @get("/{item_id:str}", summary="Get an item")
+    @get("/{item_id:str}", summary="Get an item", responses=error_responses(HTTPStatus.NOT_FOUND))
     async def get_item(self, item_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ItemOut:
         """Return one item."""
         return _out(await runtime.catalog.get(item_id))
 
-    @delete("/{item_id:str}", summary="Delete an item", status_code=204)
+    @delete(
+        "/{item_id:str}",
+        summary="Delete an item",
+        status_code=204,
+        responses=error_responses(HTTPStatus.NOT_FOUND),
+    )
     async def delete_item(self, item_id: FromPath[str], runtime: NamedDependency[Runtime]) -> None:
         """Remove an item from the catalog and the index; feedback about it is kept."""
         await runtime.catalog.delete(item_id)

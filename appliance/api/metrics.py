@@ -26,6 +26,9 @@ from prometheus_client.core import (
 from appliance.services.reranking import RerankStatus
 from appliance.services.runtime import Runtime
 
+#: Prometheus' text format; Litestar adds the charset parameter itself to a text/* media type.
+MEDIA_TYPE = CONTENT_TYPE_LATEST.removesuffix("; charset=utf-8")
+
 #: A route handler whose ``opt`` holds this key is left out of the request metrics.
 NOT_MEASURED = "not_measured"
 
@@ -102,9 +105,9 @@ class MetricsController(PrometheusController):
     @get(
         opt={NOT_MEASURED: True},
         summary="Prometheus metrics",
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=MEDIA_TYPE,
     )
     async def get(self, runtime: NamedDependency[Runtime]) -> Response[bytes]:
         """Request counts and latency histograms by route template, and the appliance's counts."""
         text = await anyio.to_thread.run_sync(_render, ApplianceCollector(runtime))
-        return Response(text, media_type=CONTENT_TYPE_LATEST)
+        return Response(text, media_type=MEDIA_TYPE)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import re
+from http import HTTPStatus
 
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
 
 from appliance.api.auth import CLIENT_ACCESS
+from appliance.api.openapi import error_responses
 from appliance.domain import FIELD_PATH, FieldCondition, Range
 from appliance.errors import InvalidInputError
 from appliance.schemas.recommendations import (
@@ -26,7 +28,12 @@ class RecommendationController(Controller):
     path = "/recommendations"
     tags = ["recommendations"]
 
-    @post(status_code=200, summary="Recommend items for a user", opt=CLIENT_ACCESS)
+    @post(
+        status_code=200,
+        summary="Recommend items for a user",
+        opt=CLIENT_ACCESS,
+        responses=error_responses(HTTPStatus.CONFLICT),
+    )
     async def recommend(
         self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
     ) -> RecommendationResponse:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from http import HTTPStatus
+
 import anyio.to_thread
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
@@ -7,6 +9,7 @@ from litestar.params import Parameter
 
 from appliance.api.auth import PUBLIC_ACCESS
 from appliance.api.limits import NOT_RATE_LIMITED, UNTIMED
+from appliance.api.openapi import error_responses
 from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
 from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime
@@ -80,6 +83,7 @@ class SystemController(Controller):
         status_code=200,
         summary="Recompute preference vectors",
         opt={UNTIMED: True},
+        responses=error_responses(HTTPStatus.NOT_FOUND),
     )
     async def rebuild_users(
         self,

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Annotated
 
 from litestar import Controller, delete, get
@@ -7,6 +8,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, Parameter
 
 from appliance.api.feedback import event_out
+from appliance.api.openapi import error_responses
 from appliance.api.paging import PageCursor, PageLimit
 from appliance.schemas.admin import UserFeedbackPage, UserPage, UserSummary
 from appliance.schemas.base import MAX_ID_LENGTH
@@ -48,7 +50,11 @@ class UserController(Controller):
             next_cursor=next_cursor,
         )
 
-    @get("/{user_id:str}/feedback", summary="A user's feedback history")
+    @get(
+        "/{user_id:str}/feedback",
+        summary="A user's feedback history",
+        responses=error_responses(HTTPStatus.NOT_FOUND),
+    )
     async def history(
         self,
         user_id: FromPath[str],
@@ -64,7 +70,11 @@ class UserController(Controller):
             user_id=user_id, events=[event_out(e) for e in events], next_cursor=next_cursor
         )
 
-    @get("/{user_id:str}", summary="Get a user's profile")
+    @get(
+        "/{user_id:str}",
+        summary="Get a user's profile",
+        responses=error_responses(HTTPStatus.NOT_FOUND),
+    )
     async def profile(
         self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
     ) -> UserProfileOut:
@@ -78,7 +88,12 @@ class UserController(Controller):
             vector_updated_at=p.vector_updated_at,
         )
 
-    @delete("/{user_id:str}", summary="Delete a user and all their data", status_code=200)
+    @delete(
+        "/{user_id:str}",
+        summary="Delete a user and all their data",
+        status_code=200,
+        responses=error_responses(HTTPStatus.NOT_FOUND),
+    )
     async def delete_user(
         self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
     ) -> UserDeleted:

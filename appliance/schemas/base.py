@@ -29,9 +29,21 @@ class Response(msgspec.Struct, omit_defaults=True, kw_only=True):
     """Base of response bodies."""
 
 
+class InvalidValue(Response):
+    """One value of the request that failed validation."""
+
+    message: str
+    key: str = ""
+    """Where: the field's path in the body (``items[0].title``), or the parameter's name."""
+    source: str = ""
+    """body, query, path, header or cookie."""
+
+
 class ErrorBody(Response):
     """Every 4xx and 5xx answer."""
 
     status_code: int
     detail: str
     """What went wrong and what to change."""
+    extra: list[InvalidValue] | None = None
+    """With a 400 for values that do not match the schema: each of them."""

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from litestar import get
 from litestar.testing import TestClient
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
@@ -38,7 +39,8 @@ def scrape(client: TestClient[Any]) -> list[Sample]:
     """GET /metrics, parsed by Prometheus' own parser; every sample of every family."""
     response = client.get("/metrics")
     assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
+    # Prometheus' own media type, its charset parameter once.
+    assert response.headers["content-type"] == CONTENT_TYPE_LATEST
     return [s for f in text_string_to_metric_families(response.text) for s in f.samples]
 
 

@@ -132,6 +132,8 @@ def test_a_client_key_is_403_on_admin_routes(keyed: TestClient[Any]) -> None:
         for send in (bearer, api_key):
             response = keyed.request(method, path, headers=send(CLIENT_KEY), json={})
             assert response.status_code == 403, (method, path, response.text)
+            # JSON on every route, also on GET /metrics, whose own answer is text.
+            assert response.headers["content-type"] == "application/json", (method, path)
             assert response.json()["status_code"] == 403
             assert "needs an admin key (auth.admin_keys)" in response.json()["detail"]
     assert keyed.get("/items/tt-1", headers=bearer(ADMIN_KEY)).status_code == 200

@@ -85,6 +85,17 @@ CASES = [
         name="top-k-word"),
     bad("POST", REC, {"user_id": "u", "top_k": 2.5}, 400, "Expected `int`",
         name="top-k-fraction"),
+    # Values of the wrong JSON type are refused, not converted: the schema says integer.
+    bad("POST", REC, {"user_id": "u", "top_k": "5"}, 400, "Expected `int`, got `str`",
+        name="top-k-numeric-string"),
+    bad("POST", REC, {"user_id": "u", "rerank": 0}, 400, "Expected `bool | null`, got `int`",
+        name="rerank-number"),
+    bad("POST", REC, {"user_id": "u", "exclude_seen": "false"}, 400,
+        "Expected `bool`, got `str`", name="exclude-seen-string"),
+    bad("POST", FEEDBACK, like(interaction_type="rating", rating="4"), 400,
+        "Expected `float | null`, got `str`", name="rating-numeric-string"),
+    bad("PUT", "/admin/reranker", {"kind": 1}, 400, "Expected `str`, got `int`",
+        name="reranker-kind-number"),
     # user_id.
     bad("POST", REC, {"context": "space"}, 400,
         "missing required field `user_id`", name="user-id-missing"),

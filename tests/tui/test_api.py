@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from appliance.schemas.recommendations import RecommendationRequest
-from tests.tui.conftest import free_port
+from tests.conftest import free_port
 from tui.api import ApiError, ApplianceApi, UnreachableError
 
 pytestmark = pytest.mark.anyio

@@ -17,7 +17,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, ProgressBar, Select, Static, Tree
 from textual.widgets.tree import TreeNode
 
-from tests.tui.conftest import Served, free_port
+from tests.conftest import Served, free_port
 from tui.app import DashboardApp, make_app
 from tui.screens.overview import OverviewPane
 from tui.screens.users import UserScreen
