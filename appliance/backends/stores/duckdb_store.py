@@ -24,8 +24,15 @@ _EVENTS_WITH_TITLES = """
            p.event_time, p.request_id, p.received_at, i.title
     FROM page AS p LEFT JOIN items AS i ON i.item_id = p.item_id
 """
-#: The tables an export carries, each with the key it is written in order of.
+#: The tables an export carries, each with the key its rows are written in order of.
 EXPORTED_TABLES: dict[str, str] = {"items": "seq", "feedback": "event_id", "users": "user_id"}
+
+
+def export_file(table: str) -> str:
+    """Return the name of the file that ``export_tables`` writes a table to."""
+    return f"{table}.parquet"
+
+
 #: Errors DuckDB raises when a file does not fit a table (its columns, types or keys).
 _UNFIT_ROWS = (
     duckdb.BinderException,
@@ -590,7 +597,7 @@ class DuckDBStore:
             files: dict[str, Path] = {}
             rows: dict[str, int] = {}
             for table, key in EXPORTED_TABLES.items():
-                files[table] = folder / f"{table}.parquet"
+                files[table] = folder / export_file(table)
                 result = reader.execute(
                     f"COPY (SELECT * FROM {table} ORDER BY {key}) TO ? "  # noqa: S608 - constants
                     "(FORMAT parquet, COMPRESSION zstd)",
@@ -617,6 +624,21 @@ class DuckDBStore:
             last_event_id=max(int(sequence[0][0]) if sequence else 0, int(newest[0][0])),
         )
 
+    def ensure_empty(self) -> None:
+        """Check that the store holds nothing, as a restore needs.
+
+        Raises:
+            ConflictError: The store holds items, users or feedback events.
+
+        """
+        held = self.counts()
+        if held.items or held.users or held.feedback_events:
+            raise ConflictError(
+                f"the appliance is not empty ({held.items} items, {held.users} users, "
+                f"{held.feedback_events} feedback events); restore into an appliance on a fresh "
+                "data directory"
+            )
+
     def import_tables(
         self, files: Mapping[str, Path], last_event_id: int, then: Callable[[], None]
     ) -> Counts:
@@ -641,13 +663,7 @@ class DuckDBStore:
 
         """
         with self._transaction():
-            held = self.counts()
-            if held.items or held.users or held.feedback_events:
-                raise ConflictError(
-                    f"the appliance is not empty ({held.items} items, {held.users} users, "
-                    f"{held.feedback_events} feedback events); restore into an appliance on a "
-                    "fresh data directory"
-                )
+            self.ensure_empty()
             for table in EXPORTED_TABLES:
                 try:
                     self._rows(
