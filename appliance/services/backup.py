@@ -221,12 +221,13 @@ class BackupService:
                     )
                     current.update({r["item_id"]: encoded[n] for n, r in enumerate(stale)})
                     embedded += len(stale)
+                matrix = np.stack([current[r["item_id"]] for r in rows]).astype(np.float32)
                 table = pa.table(
                     {
                         "item_id": [r["item_id"] for r in rows],
                         "content_hash": [r["content_hash"] for r in rows],
-                        "vector": pa.array(
-                            [current[r["item_id"]] for r in rows], type=schema.field("vector").type
+                        "vector": pa.FixedSizeListArray.from_arrays(
+                            pa.array(matrix.ravel()), self._embedder.dimension
                         ),
                     },
                     schema=schema,
@@ -284,6 +285,10 @@ class BackupService:
         if reembed:
             embedded = (await self._catalog.reconcile()).embedded
             await self._feedback.rebuild()
+        else:
+            # Outside the store's transaction: building the search graphs of a large catalog
+            # takes a while, and the data are complete and searchable without them.
+            await anyio.to_thread.run_sync(self._index.optimize)
         log.info(
             "restored a backup of %s: %d items, %d users, %d feedback events",
             manifest.created_at.isoformat(),
@@ -364,7 +369,6 @@ class _IndexLoader:
                 self._index.upsert(_entries(item_batch.to_pylist(), vector_rows))
         except pa.ArrowException as e:
             raise InvalidInputError(f"the backup's Parquet files cannot be read: {e}") from e
-        self._index.optimize()
 
 
 def _ensure_empty_index(index: VectorIndex) -> None:
