@@ -6,19 +6,24 @@ through its HTTP API; only when none does may a command open the stores itself.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
+from appliance import archive
+from appliance.api import backup as api_backup
 from appliance.api import items as api_items
 from appliance.api import system as api_system
 from appliance.client import ApplianceClient
 from appliance.datadir import running_server
 from appliance.errors import ConfigError, InvalidInputError
+from appliance.schemas.admin import RestoreResult
 from appliance.schemas.items import ItemsUpsertRequest, ItemsUpsertResponse
 from appliance.schemas.system import ReindexResult
 from appliance.schemas.users import RebuildResult
@@ -40,6 +45,14 @@ class AdminTarget(Protocol):
 
     def rebuild_users(self, user_id: str | None = None) -> RebuildResult:
         """Recompute preference vectors from the stored feedback."""
+        ...
+
+    def backup(self, target: Path) -> None:
+        """Write a backup archive of the appliance to the file ``target``."""
+        ...
+
+    def restore(self, source: Path, *, reembed: bool = False) -> RestoreResult:
+        """Load a backup archive into the appliance, which must be empty."""
         ...
 
 
@@ -66,10 +79,28 @@ class LocalAdmin:
         """Replay feedback in this process."""
         return self._portal.call(api_system.rebuild_users, self._runtime, user_id)
 
+    def backup(self, target: Path) -> None:
+        """Write a backup archive in this process and move it to ``target``."""
+        made = self._portal.call(self._runtime.backup.create)
+        try:
+            archive.move(made.path, target)
+        finally:
+            made.discard()
+
+    def restore(self, source: Path, *, reembed: bool = False) -> RestoreResult:
+        """Restore an archive in this process."""
+        return self._portal.call(
+            functools.partial(api_backup.restore_archive, self._runtime, source, reembed=reembed)
+        )
+
 
 @contextmanager
 def admin_target(
-    settings: Settings, url: str | None = None, *, environ: Mapping[str, str] | None = None
+    settings: Settings,
+    url: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    key: str | None = None,
 ) -> Iterator[AdminTarget]:
     """Reach the appliance that owns ``settings.data_dir``.
 
@@ -78,6 +109,7 @@ def admin_target(
         url: A server to use; by default the one holding the data directory, if any.
         environ: Where ``APPLIANCE_ADMIN_KEY``, the key sent to a server, is read; defaults to
             ``os.environ``. Without it, the first admin key configured in clear is sent.
+        key: The admin key to send to a server, instead of the one ``environ`` gives.
 
     Yields:
         An HTTP client of the running server, or a runtime opened in this process.
@@ -93,7 +125,8 @@ def admin_target(
             "serve HTTP; wait for it to finish"
         )
     if target is not None:
-        key = admin_key(settings, os.environ if environ is None else environ)
+        if key is None:
+            key = admin_key(settings, os.environ if environ is None else environ)
         client = ApplianceClient(target, admin_key=key)
         try:
             yield client

@@ -23,6 +23,7 @@ from litestar.types import Middleware
 
 from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
+from appliance.api.backup import BackupController
 from appliance.api.bodies import StrictBodies
 from appliance.api.feedback import FeedbackController
 from appliance.api.items import ItemController
@@ -180,6 +181,7 @@ def create_app(
             UserController,
             SystemController,
             AdminController,
+            BackupController,
             MetricsController,
         ],
         dependencies={

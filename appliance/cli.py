@@ -250,6 +250,87 @@ def users_rebuild(
     )
 
 
+_admin_key_option = click.option(
+    "--admin-key",
+    envvar="APPLIANCE_ADMIN_KEY",
+    help="Admin key sent to the appliance (also APPLIANCE_ADMIN_KEY); never shown.",
+)
+
+
+@main.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="File to write the archive to (a tar).",
+)
+@_data_dir_option
+@_url_option
+@_admin_key_option
+@click.pass_context
+def backup(
+    ctx: click.Context,
+    output: Path,
+    data_dir: Path | None,
+    url: str | None,
+    admin_key: str | None,
+) -> None:
+    """Write a backup archive (catalog, feedback, users, item vectors) to OUTPUT, while serving."""
+    from appliance import archive  # noqa: PLC0415
+    from appliance.admin import admin_target  # noqa: PLC0415
+
+    settings = _settings(ctx, data_dir=data_dir)
+    with _errors():
+        with admin_target(settings, url, key=admin_key) as target:
+            target.backup(output)
+        manifest = archive.read(output)
+    counts = manifest.counts
+    click.echo(
+        f"backup written to {output} ({output.stat().st_size} bytes, checked): "
+        f"{counts['items']} items, {counts['users']} users, "
+        f"{counts['feedback_events']} feedback events"
+    )
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--reembed",
+    is_flag=True,
+    help="Embed every item with this appliance's model and rebuild the preferences, instead of "
+    "using the archive's vectors (for a backup made with another embedding model).",
+)
+@_data_dir_option
+@_url_option
+@_admin_key_option
+@click.pass_context
+def restore(
+    ctx: click.Context,
+    file: Path,
+    reembed: bool,
+    data_dir: Path | None,
+    url: str | None,
+    admin_key: str | None,
+) -> None:
+    """Restore the backup archive FILE into an empty appliance (running, or a new data dir)."""
+    from appliance import archive  # noqa: PLC0415
+    from appliance.admin import admin_target  # noqa: PLC0415
+
+    settings = _settings(ctx, data_dir=data_dir)
+    with _errors():
+        # A damaged file is reported before anything is sent or opened.
+        archive.read(file)
+        with admin_target(settings, url, key=admin_key) as target:
+            result = target.restore(file, reembed=reembed)
+    embedded = f", {result.embedded} items embedded" if reembed else ""
+    click.echo(
+        f"restored the backup of {result.backup_created_at:%Y-%m-%d %H:%M:%S} UTC: "
+        f"{result.items} items, {result.users} users, {result.feedback_events} feedback "
+        f"events{embedded}"
+    )
+
+
 @main.group()
 def models() -> None:
     """Model files in the models folder."""

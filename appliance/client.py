@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
+from appliance import archive
 from appliance.errors import ApplianceError
 from appliance.schemas.admin import (
     EffectiveConfig,
     FeedbackTail,
     RecentErrors,
     RerankerState,
+    RestoreResult,
     UserFeedbackPage,
     UserPage,
 )
@@ -60,20 +63,16 @@ class ApplianceClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise ApplianceError(
-                f"cannot reach the appliance at {self.base_url} (if it was just started, it may "
-                f"still be loading its models and catalog): {e}"
-            ) from e
+            raise self._unreachable(e) from e
         if response.is_error:
-            try:
-                body = msgspec.json.decode(response.content)
-                detail = body.get("detail", response.text) if isinstance(body, dict) else body
-            except msgspec.DecodeError:
-                detail = response.text
-            error = ApplianceError(f"{method} {path} failed ({response.status_code}): {detail}")
-            error.status_code = response.status_code
-            raise error
+            raise _failure(method, path, response)
         return response
+
+    def _unreachable(self, error: httpx.HTTPError) -> ApplianceError:
+        return ApplianceError(
+            f"cannot reach the appliance at {self.base_url} (if it was just started, it may "
+            f"still be loading its models and catalog): {error}"
+        )
 
     def _call(self, method: str, path: str, kind: type[T], **kwargs: Any) -> T:
         return msgspec.json.decode(self._send(method, path, **kwargs).content, type=kind)
@@ -163,9 +162,57 @@ class ApplianceClient:
             timeout=None,
         )
 
+    def backup(self, target: Path) -> None:
+        """GET /admin/backup into the file ``target``, replaced only once the whole archive is in.
+
+        Raises:
+            ApplianceError: The appliance refused or could not be reached; ``target`` is then
+                left as it was.
+
+        """
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            with self._http.stream("GET", "/admin/backup", timeout=None) as response:
+                if response.is_error:
+                    response.read()
+                    raise _failure("GET", "/admin/backup", response)
+                with partial.open("wb") as sink:
+                    for chunk in response.iter_bytes():
+                        sink.write(chunk)
+            partial.replace(target)
+        except httpx.HTTPError as e:
+            raise self._unreachable(e) from e
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def restore(self, source: Path, *, reembed: bool = False) -> RestoreResult:
+        """POST /admin/restore with the archive ``source``, streamed from the file."""
+        with source.open("rb") as body:
+            return self._call(
+                "POST",
+                "/admin/restore",
+                RestoreResult,
+                content=body,
+                params={"reembed": "true"} if reembed else None,
+                headers={"content-type": archive.MEDIA_TYPE},
+                timeout=None,
+            )
+
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
+
+
+def _failure(method: str, path: str, response: httpx.Response) -> ApplianceError:
+    """Return the error an error answer stands for, with the appliance's own message."""
+    try:
+        body = msgspec.json.decode(response.content)
+        detail = body.get("detail", response.text) if isinstance(body, dict) else body
+    except msgspec.DecodeError:
+        detail = response.text
+    error = ApplianceError(f"{method} {path} failed ({response.status_code}): {detail}")
+    error.status_code = response.status_code
+    return error
 
 
 def _params(**values: str | int | None) -> dict[str, str | int]:

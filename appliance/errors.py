@@ -35,6 +35,12 @@ class ConflictError(ApplianceError):
     status_code = 409
 
 
+class TooLargeError(ApplianceError):
+    """The request body is larger than a configured limit allows."""
+
+    status_code = 413
+
+
 class NotReadyError(ApplianceError):
     """A component the request needs is not loaded yet."""
 

@@ -47,6 +47,9 @@ class ServerSettings(_Section, frozen=True):
     """TCP port of the HTTP API."""
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     """Largest request body accepted; a larger one is refused with 413 before it is read."""
+    max_restore_bytes: PositiveInt = 4 * 1024 * 1024 * 1024
+    """Largest backup archive POST /admin/restore accepts, instead of max_body_bytes (the archive
+    is streamed to the data directory, never held in memory)."""
     request_timeout_seconds: Annotated[float, Meta(ge=0.0)] = 60.0
     """A request not answered within this gets 503 (its work still completes); 0 turns it off.
     /admin/reindex, /admin/users/rebuild and PUT /admin/reranker are exempt."""

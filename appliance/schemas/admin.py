@@ -103,3 +103,16 @@ class RerankerState(Response):
     """The re-ranker in use."""
 
     kind: str
+
+
+class RestoreResult(Response):
+    """A backup archive loaded into the appliance."""
+
+    items: int
+    users: int
+    feedback_events: int
+    backup_created_at: datetime
+    """When the backup was taken."""
+    embedded: int = 0
+    """Items embedded again with this appliance's model (restores with reembed only); 0 when the
+    archive's vectors were loaded as they are."""

@@ -11,6 +11,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
+from appliance.archive import EmbedderIdentity
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.indexes.protocol import VectorIndex
 from appliance.backends.registry import (
@@ -31,6 +32,7 @@ from appliance.errors import (
     InvalidInputError,
     NotReadyError,
 )
+from appliance.services.backup import BackupService
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
@@ -40,6 +42,9 @@ from appliance.services.sources import PopularitySource, VectorSource
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: The data directory's folder for backup archives being written or read.
+SCRATCH_DIR = "scratch"
 
 
 class RerankerSwitch:
@@ -152,6 +157,7 @@ class Runtime:
     feedback: FeedbackService
     recommender: RecommendationService
     popularity: PopularitySource
+    backup: BackupService
 
 
 @asynccontextmanager
@@ -212,6 +218,7 @@ async def open_runtime(
             half_life_days=settings.recommend.popularity_half_life_days,
             refresh_seconds=settings.recommend.popularity_refresh_seconds,
         )
+        feedback = FeedbackService(store, index, settings.feedback)
         runtime = Runtime(
             settings=settings,
             store=store,
@@ -221,11 +228,21 @@ async def open_runtime(
             reranker_switch=reranker_switch,
             encoder=encoder,
             catalog=catalog,
-            feedback=FeedbackService(store, index, settings.feedback),
+            feedback=feedback,
             recommender=RecommendationService(
                 store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
             ),
             popularity=popularity,
+            backup=BackupService(
+                store=store,
+                index=index,
+                embedder=EmbedderIdentity(name=embedder.name, dimension=embedder.dimension),
+                encoder=encoder,
+                catalog=catalog,
+                feedback=feedback,
+                popularity=popularity,
+                scratch=settings.data_dir / SCRATCH_DIR,
+            ),
         )
         summary = await catalog.reconcile()
         log.info(

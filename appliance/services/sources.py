@@ -105,6 +105,10 @@ class PopularitySource:
             hits.extend(Hit(i, 0.0) for i in newest)
         return hits
 
+    def forget(self) -> None:
+        """Drop the cached ranking, e.g. after the feedback was replaced by a restore."""
+        self._computed_at = float("-inf")
+
     async def _current_ranking(self) -> dict[str, float]:
         if time.monotonic() - self._computed_at > self._refresh_seconds:
             rows = await anyio.to_thread.run_sync(

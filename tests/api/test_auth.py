@@ -37,6 +37,7 @@ ADMIN_ONLY = [
     ("GET", "/admin/reranker"),
     ("POST", "/admin/reindex"),
     ("POST", "/admin/users/rebuild"),
+    ("GET", "/admin/backup"),
 ]
 #: Admin routes that change things: only checked to be closed to client keys.
 ADMIN_WRITES = [
@@ -44,6 +45,7 @@ ADMIN_WRITES = [
     ("DELETE", "/items/tt-1"),
     ("DELETE", "/users/u1"),
     ("PUT", "/admin/reranker"),
+    ("POST", "/admin/restore"),
 ]
 
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from appliance.backends.stores.duckdb_store import Counts, DuckDBStore
 from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
+from appliance.errors import ConflictError, InvalidInputError
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -399,3 +401,93 @@ def test_another_process_cannot_open_an_open_database(store: DuckDBStore, db_pat
     assert result.returncode == 3, result.stderr
     assert "Another appliance process may own this data directory" in result.stdout
     assert store.schema_version() == len(MIGRATIONS)
+
+
+# -- export and import ----------------------------------------------------------------------
+
+
+def _filled(store: DuckDBStore) -> None:
+    store.put_items(_items(5))
+    store.record_feedback(_event("alice", "item-001"), _state("alice"))
+    store.record_feedback(_event("bob", "item-002"), _state("bob"))
+    store.record_feedback(_event("alice", "item-003"), _state("alice", 2))
+    store.delete_user("bob")
+    store.put_items([Item("item-000", "Title 0", "Text 0 revised", {"n": 0})])
+
+
+@pytest.fixture
+def other(tmp_path: Path) -> Iterator[DuckDBStore]:
+    opened = DuckDBStore(tmp_path / "other" / "appliance.duckdb")
+    yield opened
+    opened.close()
+
+
+def test_an_export_imports_into_an_identical_store(
+    store: DuckDBStore, other: DuckDBStore, tmp_path: Path
+) -> None:
+    _filled(store)
+
+    exported = store.export_tables(tmp_path / "export")
+
+    assert exported.schema_version == len(MIGRATIONS)
+    assert exported.rows == {"items": 5, "feedback": 2, "users": 1}
+    assert exported.last_event_id == 3
+    ran: list[Counts] = []
+    counts = other.import_tables(
+        exported.files, exported.last_event_id, lambda: ran.append(other.counts())
+    )
+    # ``then`` ran inside the transaction, with the rows already in.
+    assert ran == [counts] == [Counts(items=5, users=1, feedback_events=2)]
+    assert other.list_items(None, 10) == store.list_items(None, 10)
+    assert other.user_events("alice") == store.user_events("alice")
+    assert other.feedback_after(None, 10) == store.feedback_after(None, 10)
+    restored, original = other.preference("alice"), store.preference("alice")
+    assert restored is not None
+    assert original is not None
+    np.testing.assert_array_equal(restored.vector_sum, original.vector_sum)
+    assert replace(restored, vector_sum=None) == replace(original, vector_sum=None)
+    # New items and events continue the sequences of the exported store.
+    assert other.put_items(_items(1, start=9))[0].seq == store.put_items(_items(1, start=9))[0].seq
+    other.record_feedback(_event("carol", "item-004"), _state("carol"))
+    assert other.feedback_after(None, 1)[0].event_id == 4
+
+
+def test_an_import_whose_then_fails_stores_nothing(
+    store: DuckDBStore, other: DuckDBStore, tmp_path: Path
+) -> None:
+    _filled(store)
+    exported = store.export_tables(tmp_path / "export")
+
+    def fail() -> None:
+        raise RuntimeError("the index refused")
+
+    with pytest.raises(RuntimeError, match="the index refused"):
+        other.import_tables(exported.files, exported.last_event_id, fail)
+
+    assert other.counts() == Counts(items=0, users=0, feedback_events=0)
+    other.import_tables(exported.files, exported.last_event_id, lambda: None)
+    assert other.counts() == Counts(items=5, users=1, feedback_events=2)
+
+
+def test_an_import_into_a_store_with_data_is_refused(store: DuckDBStore, tmp_path: Path) -> None:
+    _filled(store)
+    exported = store.export_tables(tmp_path / "export")
+
+    with pytest.raises(ConflictError, match=r"not empty \(5 items, 1 users, 2 feedback events\)"):
+        store.import_tables(exported.files, exported.last_event_id, lambda: None)
+
+    assert store.counts() == Counts(items=5, users=1, feedback_events=2)
+
+
+def test_an_import_of_rows_that_do_not_fit_is_refused(
+    store: DuckDBStore, other: DuckDBStore, tmp_path: Path
+) -> None:
+    _filled(store)
+    exported = store.export_tables(tmp_path / "export")
+    # The users file in the place of the items file: other columns.
+    files = {**exported.files, "items": exported.files["users"]}
+
+    with pytest.raises(InvalidInputError, match="the items file does not fit"):
+        other.import_tables(files, exported.last_event_id, lambda: None)
+
+    assert other.counts() == Counts(items=0, users=0, feedback_events=0)

@@ -340,6 +340,22 @@ def test_vectors_returns_the_stored_unit_vectors(index: VectorIndex) -> None:
     assert index.vectors([]) == {}
 
 
+def test_hashed_vectors_pair_each_vector_with_the_hash_it_was_written_with(
+    index: VectorIndex,
+) -> None:
+    vectors = _unit_vectors(10)
+    index.upsert(_entries(vectors[:5]))
+    replaced = IndexEntry("item-2", vectors[9], content_hash="hash-new", seq=3)
+    index.upsert([replaced])
+    found = index.hashed_vectors(["item-1", "item-2", "missing"])
+    assert found.keys() == {"item-1", "item-2"}
+    assert found["item-1"][1] == "hash-1"
+    np.testing.assert_allclose(found["item-1"][0], vectors[1], atol=1e-6)
+    assert found["item-2"][1] == "hash-new"
+    np.testing.assert_allclose(found["item-2"][0], vectors[9], atol=1e-6)
+    assert index.hashed_vectors([]) == {}
+
+
 def test_fingerprints_return_every_content_hash(filled: tuple[VectorIndex, Matrix]) -> None:
     index, _ = filled
     assert index.fingerprints() == {f"item-{i}": f"hash-{i}" for i in range(3000)}

@@ -58,6 +58,14 @@ class VectorIndex(Protocol):
         """Return the stored vectors of the given items that exist."""
         ...
 
+    def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
+        """Return the given items' vectors, each with the content hash it was computed from.
+
+        Each pair is read in one go, so a concurrent write can never pair one version's vector
+        with another version's hash.
+        """
+        ...
+
     def fingerprints(self) -> dict[str, str]:
         """Return every item id with the content hash its vector was computed from."""
         ...

@@ -144,17 +144,25 @@ class QdrantEdgeIndex:
 
     def vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
         """Return the stored vectors of the items that exist."""
+        return {k: vector for k, (vector, _) in self.hashed_vectors(item_ids).items()}
+
+    def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
+        """Return the stored vectors of the items that exist, with their content hashes."""
         if not item_ids:
             return {}
+        # One retrieve reads each point's vector and payload together.
         records = self._shard.retrieve(
-            [point_id(i) for i in item_ids], with_payload=["item_id"], with_vector=True
+            [point_id(i) for i in item_ids], with_payload=["item_id", "hash"], with_vector=True
         )
-        out: dict[str, Vector] = {}
+        out: dict[str, tuple[Vector, str]] = {}
         for record in records:
             vector: Any = record.vector
             if record.payload and vector is not None:
                 raw = vector[""] if isinstance(vector, dict) else vector
-                out[record.payload["item_id"]] = np.asarray(raw, dtype=np.float32)
+                out[record.payload["item_id"]] = (
+                    np.asarray(raw, dtype=np.float32),
+                    record.payload.get("hash", ""),
+                )
         return out
 
     def fingerprints(self) -> dict[str, str]:

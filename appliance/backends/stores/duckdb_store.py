@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
-from appliance.errors import ConfigError
+from appliance.errors import BackendError, ConfigError, ConflictError, InvalidInputError
 
 _ITEM_COLUMNS = "item_id, title, text, metadata"
 #: Completes a query over a CTE ``page`` of feedback rows: each event with its item's title.
@@ -24,6 +24,23 @@ _EVENTS_WITH_TITLES = """
            p.event_time, p.request_id, p.received_at, i.title
     FROM page AS p LEFT JOIN items AS i ON i.item_id = p.item_id
 """
+#: The tables an export carries, each with the key its rows are written in order of.
+EXPORTED_TABLES: dict[str, str] = {"items": "seq", "feedback": "event_id", "users": "user_id"}
+
+
+def export_file(table: str) -> str:
+    """Return the name of the file that ``export_tables`` writes a table to."""
+    return f"{table}.parquet"
+
+
+#: Errors DuckDB raises when a file does not fit a table (its columns, types or keys).
+_UNFIT_ROWS = (
+    duckdb.BinderException,
+    duckdb.ConstraintException,
+    duckdb.ConversionException,
+    duckdb.InvalidInputException,
+    duckdb.IOException,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +80,19 @@ class Counts:
     items: int
     users: int
     feedback_events: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoreExport:
+    """What ``export_tables`` wrote: one Parquet file per table, all from one snapshot."""
+
+    schema_version: int
+    files: dict[str, Path]
+    """Each table's file, by table name (``EXPORTED_TABLES``)."""
+    rows: dict[str, int]
+    """Each table's row count, by table name."""
+    last_event_id: int
+    """The largest feedback event id handed out so far (events since deleted included)."""
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -545,6 +575,112 @@ class DuckDBStore:
             )
         assert row is not None  # noqa: S101 - an aggregate always returns a row
         return Counts(int(row[0]), int(row[1]), int(row[2]))
+
+    # -- export and import --------------------------------------------------------------------
+
+    def export_tables(self, folder: Path) -> StoreExport:
+        """Write every table to a Parquet file in ``folder``, all from one snapshot.
+
+        The export reads through a second connection in a transaction of its own, so it sees
+        the tables as they were when it began while other calls go on writing (they never wait
+        for it). Rows are written in key order (``EXPORTED_TABLES``).
+
+        Raises:
+            BackendError: A file could not be written (e.g. the disk is full).
+
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            reader = self._db.cursor()
+        try:
+            reader.execute("BEGIN TRANSACTION")
+            files: dict[str, Path] = {}
+            rows: dict[str, int] = {}
+            for table, key in EXPORTED_TABLES.items():
+                files[table] = folder / export_file(table)
+                result = reader.execute(
+                    f"COPY (SELECT * FROM {table} ORDER BY {key}) TO ? "  # noqa: S608 - constants
+                    "(FORMAT parquet, COMPRESSION zstd)",
+                    [str(files[table])],
+                ).fetchall()
+                rows[table] = int(result[0][0])
+            version = reader.execute("SELECT max(version) FROM schema_migrations").fetchall()
+            # A sequence is not transactional: this may be past the snapshot's events, which
+            # only leaves a gap in the ids handed out after a restore.
+            sequence = reader.execute(
+                "SELECT coalesce(last_value, 0) FROM duckdb_sequences() "
+                "WHERE sequence_name = 'feedback_event_id'"
+            ).fetchall()
+            newest = reader.execute("SELECT coalesce(max(event_id), 0) FROM feedback").fetchall()
+            reader.execute("COMMIT")
+        except duckdb.Error as e:
+            raise BackendError(f"cannot export the database to {folder}: {e}") from e
+        finally:
+            reader.close()
+        return StoreExport(
+            schema_version=int(version[0][0] or 0),
+            files=files,
+            rows=rows,
+            last_event_id=max(int(sequence[0][0]) if sequence else 0, int(newest[0][0])),
+        )
+
+    def ensure_empty(self) -> None:
+        """Check that the store holds nothing, as a restore needs.
+
+        Raises:
+            ConflictError: The store holds items, users or feedback events.
+
+        """
+        held = self.counts()
+        if held.items or held.users or held.feedback_events:
+            raise ConflictError(
+                f"the appliance is not empty ({held.items} items, {held.users} users, "
+                f"{held.feedback_events} feedback events); restore into an appliance on a fresh "
+                "data directory"
+            )
+
+    def import_tables(
+        self, files: Mapping[str, Path], last_event_id: int, then: Callable[[], None]
+    ) -> Counts:
+        """Fill an empty store from files that ``export_tables`` wrote, in one transaction.
+
+        Columns are matched by name, so files exported by an older schema load as long as the
+        columns they lack have defaults. ``then`` runs inside the transaction once the rows are
+        in, before the commit: if it raises, nothing is stored. Other calls wait meanwhile.
+
+        Args:
+            files: The Parquet file of every table in ``EXPORTED_TABLES``, by table name.
+            last_event_id: The largest feedback event id the exporting store had handed out;
+                new events get larger ids.
+            then: What must succeed for the import to be kept (e.g. loading the index).
+
+        Returns:
+            The counts of the filled store.
+
+        Raises:
+            ConflictError: The store is not empty.
+            InvalidInputError: A file does not fit its table (columns, types, duplicate keys).
+
+        """
+        with self._transaction():
+            self.ensure_empty()
+            for table in EXPORTED_TABLES:
+                try:
+                    self._rows(
+                        f"INSERT INTO {table} BY NAME "  # noqa: S608 - a constant
+                        "SELECT * FROM read_parquet(?)",
+                        [str(files[table])],
+                    )
+                except _UNFIT_ROWS as e:
+                    raise InvalidInputError(
+                        f"the {table} file does not fit this appliance's {table} table: {e}"
+                    ) from e
+            row = self._first("SELECT coalesce(max(event_id), 0) FROM feedback")
+            newest = max(last_event_id, int(row[0]) if row else 0)
+            if newest:
+                self._rows("SELECT setval('feedback_event_id', ?)", [newest])
+            then()
+            return self.counts()
 
     def close(self) -> None:
         """Checkpoint and close the database file; closing twice is harmless."""
