@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ from litestar.response import File
 
 from appliance import archive
 from appliance.api.limits import UNTIMED
+from appliance.api.openapi import error_responses
 from appliance.errors import InvalidInputError, TooLargeError
 from appliance.schemas.admin import RestoreResult
 from appliance.services.backup import BackupArchive, RestoreSummary
@@ -97,6 +99,7 @@ class BackupController(Controller):
         opt={UNTIMED: True},
         # The archive is streamed to disk under server.max_restore_bytes instead.
         request_max_body_size=None,
+        responses=error_responses(HTTPStatus.CONFLICT, HTTPStatus.REQUEST_ENTITY_TOO_LARGE),
     )
     async def restore(
         self,
