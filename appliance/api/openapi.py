@@ -184,6 +184,9 @@ class WireSchemas(OpenAPISchemaPlugin):
         named = _named_types(mi.type_info(struct), {})
 
         def ref(component: str) -> Schema | Reference:
+            if component not in named:
+                # msgspec spells out the module when two types share a name: rename one.
+                raise ValueError(f"{component!r} in the schema of {struct!r} names no one type")
             return schema_creator.for_field_definition(
                 FieldDefinition.from_annotation(named[component])
             )
