@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import uvicorn
+from litestar import Litestar
 from litestar.testing import TestClient
 
 from appliance import model_files
@@ -69,16 +70,12 @@ def test_items() -> list[dict[str, Any]]:
     return [json.loads(line) for line in TEST_CATALOG.read_text().splitlines() if line]
 
 
-@pytest.fixture
-def open_client(minilm: Embedder) -> Iterator[Callable[..., TestClient[Any]]]:
-    """Start the real application on given settings (and, optionally, an already loaded
-    re-ranker); every client is closed at teardown."""
+def started_clients(app: Callable[..., Litestar]) -> Iterator[Callable[..., TestClient[Any]]]:
+    """Yield a function that starts ``app(...)`` in a test client; all are closed afterwards."""
     clients: list[TestClient[Any]] = []
 
-    def start(settings: Settings, reranker: Reranker | None = None) -> TestClient[Any]:
-        client: TestClient[Any] = TestClient(
-            create_app(settings, backends=Backends(embedder=minilm, reranker=reranker))
-        )
+    def start(*args: Any, **kwargs: Any) -> TestClient[Any]:
+        client: TestClient[Any] = TestClient(app(*args, **kwargs))
         client.__enter__()
         clients.append(client)
         return client
@@ -86,6 +83,17 @@ def open_client(minilm: Embedder) -> Iterator[Callable[..., TestClient[Any]]]:
     yield start
     for client in reversed(clients):
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def open_client(minilm: Embedder) -> Iterator[Callable[..., TestClient[Any]]]:
+    """Start the real application on given settings (and, optionally, an already loaded
+    re-ranker); every client is closed at teardown."""
+
+    def app(settings: Settings, reranker: Reranker | None = None) -> Litestar:
+        return create_app(settings, backends=Backends(embedder=minilm, reranker=reranker))
+
+    yield from started_clients(app)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from appliance.backends.registry import Backends
 from appliance.settings import Settings
 from tests.api.calls import COUNTED, counts, feedback, ids, recommend, scores, serving, upsert
 from tests.api.test_auth import ADMIN_KEY, CLIENT_KEY, bearer, keyed_settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, started_clients
 
 #: Requests answered by every way of building the query, with and without filters.
 REQUESTS: dict[str, dict[str, Any]] = {
@@ -140,17 +140,7 @@ def hashing(data_dir: Path, **overrides: Any) -> Settings:
 @pytest.fixture
 def open_plain() -> Iterator[Callable[[Settings], TestClient[Any]]]:
     """Start the application with the backends its settings name (closed at teardown)."""
-    clients: list[TestClient[Any]] = []
-
-    def start(settings: Settings) -> TestClient[Any]:
-        client: TestClient[Any] = TestClient(create_app(settings))
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield start
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
+    yield from started_clients(create_app)
 
 
 def hashing_appliance(client: TestClient[Any], items: list[dict[str, Any]]) -> TestClient[Any]:
