@@ -160,9 +160,10 @@ class CacheSettings(_Section, frozen=True):
     results: Annotated[int, Meta(ge=0)] = 10_000
     """Recommendation answers kept, keyed by the whole request; 0 turns this cache off. A user's
     feedback or deletion drops their answers, any catalog change or re-ranker switch drops all."""
-    result_ttl_seconds: Annotated[float, Meta(ge=0.0)] = 10.0
-    """Longest time an answer is reused, so that other users' feedback (popularity) shows up;
-    0 turns the result cache off."""
+    result_ttl_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
+    """Longest time an answer is reused, so that other users' feedback shows up (by default as
+    long as recommend.popularity_refresh_seconds keeps a popularity ranking); 0 turns the result
+    cache off."""
 
 
 class Settings(_Section, frozen=True):
