@@ -17,8 +17,9 @@ demo: install
 serve: install
     .venv/bin/appliance serve
 
-# Install with the test tools and the llama.cpp extra, then run the whole test suite
+# Install with the test tools (wrk too) and the llama.cpp extra, then run the whole test suite
 test: (install "dev,llamacpp")
+    scripts/install-bench-tools.sh
     .venv/bin/python -m pytest
 
 # Open the terminal dashboard of a running appliance (URL from APPLIANCE_URL, default :8000)

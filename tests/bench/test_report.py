@@ -4,6 +4,9 @@ targets and the Markdown tables, built from real wrk output."""
 from __future__ import annotations
 
 import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from bench import report, wrk
@@ -121,9 +124,7 @@ def test_targets_met() -> None:
     assert [t.met for t in found] == [True] * len(found)
     assert len(found) == 9
     ingest = next(t for t in found if t.name.startswith("ingest"))
-    assert ingest.measured == (
-        "250.0 items/s at concurrency 8, 0.83x the encoder's 300.0 texts/s"
-    )
+    assert ingest.measured == ("250.0 items/s at concurrency 8, 0.83x the encoder's 300.0 texts/s")
 
 
 def test_each_target_can_fail() -> None:
@@ -159,3 +160,25 @@ def test_memory_limit_follows_the_catalog_size() -> None:
     memory = next(t for t in report.targets(big) if t.name == "server memory")
     assert memory.met is True
     assert memory.goal == "<= 4 GB RSS at 1,000,000 items"
+
+
+REAL_REPORT = Path(__file__).parents[1] / "data" / "bench" / "report-10k.json"
+
+
+def test_markdown_of_a_real_10k_report() -> None:
+    # Written by `python -m bench.run --items 10000 --duration 5` on a busy 2-core machine.
+    full = json.loads(REAL_REPORT.read_text(encoding="utf-8"))
+
+    text = report.markdown(full)
+
+    assert text.startswith("Machine: AMD EPYC, 2 cores")
+    assert "Catalog: 10,000 synthetic items, mean 16.3 MiniLM tokens per item" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert sum(line.startswith(("| unique |", "| ingest |")) for line in rows) == 6
+    assert "| feedback | 32 | 197 |" in text
+    assert "1,029 of 997 acknowledged stored" in text
+    assert "| qdrant-client local mode | 10,000 | 84.1 | 107.5 | 11.8 | 1.000 |" in text
+    assert "| Qdrant Edge in-process (the appliance's index) | 10,000 | 4.04 |" in text
+    assert "Encoder alone (in the benchmark's process, nothing else running): 12.4 texts/s" in text
+    # The targets, evaluated again from the figures, agree with those the run wrote.
+    assert [asdict(t) for t in report.targets(full)] == full["targets"]
