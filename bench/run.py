@@ -149,7 +149,7 @@ class Workload:
         work.mkdir(parents=True, exist_ok=True)
         self.words.write_text("\n".join(catalog.VOCABULARY) + "\n", encoding="utf-8")
         pool = list(catalog.generate(INGEST_POOL, seed=catalog.SEED + 2))
-        self.pool_texts = [Item(**i).embedding_text for i in pool]  # type: ignore[arg-type]
+        self.pool_texts = [Item(**i).embedding_text for i in pool]
         with self.pool.open("w", encoding="utf-8") as out:
             for item in pool:
                 fields = {k: v for k, v in item.items() if k != "item_id"}

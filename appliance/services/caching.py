@@ -166,13 +166,13 @@ class ResultCache:
         """Return the current version: take it before computing an answer to ``put``."""
         return self._version
 
-    def get(self, key: bytes, user_id: str) -> RecommendationResult | None:
+    def get(self, key: bytes) -> RecommendationResult | None:
         """Return the kept answer for ``key`` if it is still valid."""
         entry = self._entries.get(key)
         if entry is None:
             self.stats.misses += 1
             return None
-        if entry.expires <= self._clock() or entry.version < self._valid_since(user_id):
+        if entry.expires <= self._clock() or entry.version < self._valid_since(entry.user_id):
             del self._entries[key]
             self.stats.misses += 1
             return None
@@ -233,7 +233,7 @@ class CachedRecommender:
         key = self.cache.key(query) if self.cache.enabled else None
         if key is None:
             return await self._recommender.recommend(query)
-        kept = self.cache.get(key, query.user_id)
+        kept = self.cache.get(key)
         if kept is not None:
             elapsed = round((time.perf_counter() - started) * 1000.0, 3)
             return replace(

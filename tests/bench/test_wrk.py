@@ -137,12 +137,19 @@ def recorder() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
 
 
 def send(
-    url: str, tmp_path: Path, mode: str, *, first: int = 0, connections: int = 2, **extra: Any
+    url: str,
+    tmp_path: Path,
+    mode: str,
+    *,
+    first: int = 0,
+    connections: int = 2,
+    duration_s: float = 1,
+    **extra: Any,
 ) -> wrk.WrkResult:
     words = tmp_path / "words.txt"
     words.write_text("\n".join(catalog.VOCABULARY) + "\n", encoding="utf-8")
     load = wrk.Load(mode, first, 5000, f"t-{mode}", words, **extra)
-    result, _ = wrk.run(url, load, connections=connections, duration_s=1, threads=2)
+    result, _ = wrk.run(url, load, connections=connections, duration_s=duration_s, threads=2)
     return result
 
 
@@ -167,9 +174,10 @@ def test_unique_contexts_never_repeat(recorder: Any, tmp_path: Path) -> None:
 
 def test_repeated_contexts_are_a_hundred(recorder: Any, tmp_path: Path) -> None:
     url, bodies = recorder
-    send(url, tmp_path, "repeated", connections=4)
+    send(url, tmp_path, "repeated", connections=4, duration_s=2)
 
-    assert len(bodies) > 400
+    # Enough draws that nearly all of the 100 have come up.
+    assert len(bodies) > 300
     assert {b["user_id"] for _, b in bodies} == {"guest"}
     assert 90 <= len({b["context"] for _, b in bodies}) <= 100
 

@@ -41,7 +41,7 @@ def answer(user_id: str) -> RecommendationResult:
 def kept(cache: ResultCache, query: RecommendationQuery) -> RecommendationResult | None:
     key = cache.key(query)
     assert key is not None
-    return cache.get(key, query.user_id)
+    return cache.get(key)
 
 
 def store(cache: ResultCache, query: RecommendationQuery, version: int | None = None) -> None:
