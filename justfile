@@ -17,8 +17,9 @@ demo: install
 serve: install
     .venv/bin/appliance serve
 
-# Install with the test tools and the llama.cpp extra, then run the whole test suite
+# Install with the test tools (wrk too) and the llama.cpp extra, then run the whole test suite
 test: (install "dev,llamacpp")
+    scripts/install-bench-tools.sh
     .venv/bin/python -m pytest
 
 # Open the terminal dashboard of a running appliance (URL from APPLIANCE_URL, default :8000)
@@ -38,7 +39,7 @@ lint: (install "dev,llamacpp")
 # Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build, found in TORCH_WHEELS)
 lock:
     printf 'torch==2.13.0+cpu\n' > /tmp/appliance-torch-override.txt
-    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --extra tui --python-version 3.11 \
+    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --extra tui --extra bench --python-version 3.11 \
         --find-links "${TORCH_WHEELS:-/opt/wheels}" --override /tmp/appliance-torch-override.txt \
         --no-header -o requirements.lock
 
@@ -49,6 +50,15 @@ latency url="http://127.0.0.1:8000":
 # Measure quality on ../shared/datasets (dev split): most-popular, retrieval, retrieval + each re-ranker
 eval *args: (install "llamacpp,dev")
     scripts/with-llama-server.sh .venv/bin/appliance eval --rerank llamacpp --rerank openai {{args}}
+
+# Load benchmark at 100K items (issue 4): wrk against `appliance serve`, report in bench/results
+bench *args: (install "bench,llamacpp")
+    scripts/install-bench-tools.sh
+    .venv/bin/python -m bench.run --items 100000 {{args}}
+
+# Build the benchmark's 100K-item data directory once (bench/data; `just bench` reuses it)
+bench-build: (install "bench,llamacpp")
+    .venv/bin/python -m bench.run --items 100000 --build-only
 
 # Latency of one re-rank call on 10 candidates: llama.cpp in-process, and OpenAI-compatible on loopback
 rerank-latency: (install "llamacpp,dev")

@@ -154,6 +154,21 @@ class FeedbackSettings(_Section, frozen=True):
     """Age at which an event weighs half as much in the preference vector as a new one."""
 
 
+class CacheSettings(_Section, frozen=True):
+    """Caches that answer repeated requests without the encoder or the index."""
+
+    context_vectors: Annotated[int, Meta(ge=0)] = 10_000
+    """Request contexts whose vector is kept (about 1.5 kB each), least recently used dropped
+    first; 0 turns this cache off."""
+    results: Annotated[int, Meta(ge=0)] = 10_000
+    """Recommendation answers kept, keyed by the whole request; 0 turns this cache off. A user's
+    feedback or deletion drops their answers, any catalog change or re-ranker switch drops all."""
+    result_ttl_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
+    """Longest time an answer is reused, so that other users' feedback shows up (by default as
+    long as recommend.popularity_refresh_seconds keeps a popularity ranking); 0 turns the result
+    cache off."""
+
+
 class Settings(_Section, frozen=True):
     """Everything the appliance can be configured with."""
 
@@ -168,6 +183,7 @@ class Settings(_Section, frozen=True):
     reranker: RerankerSettings = RerankerSettings()
     recommend: RecommendSettings = RecommendSettings()
     feedback: FeedbackSettings = FeedbackSettings()
+    cache: CacheSettings = CacheSettings()
 
 
 def load_settings(

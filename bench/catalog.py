@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from appliance.demo import MOVIELENS_CATALOG
+from appliance.domain import Item
 
 SEED = 20261126
 CATEGORIES = [f"category-{n:02d}" for n in range(20)]
@@ -88,6 +89,12 @@ def generate(count: int, seed: int = SEED) -> Iterator[dict[str, object]]:
         }
 
 
+def demo_texts(count: int = 2000) -> list[str]:
+    """Return the first ``count`` demo-catalog items as the embedder sees them."""
+    lines = MOVIELENS_CATALOG.read_text(encoding="utf-8").splitlines()[:count]
+    return [Item(**i).embedding_text for i in map(json.loads, lines)]
+
+
 def mean_tokens(texts: list[str]) -> float:
     """Mean MiniLM tokens per text (what the encoder's cost grows with)."""
     from transformers import AutoTokenizer  # noqa: PLC0415 - only for the report
@@ -112,11 +119,8 @@ def main() -> None:
         for item in generate(args.items):
             out.write(json.dumps(item) + "\n")
             if len(sample) < 2000:  # noqa: PLR2004 - enough for a stable mean
-                sample.append(f"{item['title']}. {item['text']}")
-    demo = [
-        f"{i['title']}. {i['text']}"
-        for i in map(json.loads, MOVIELENS_CATALOG.read_text(encoding="utf-8").splitlines())
-    ][:2000]
+                sample.append(Item(**item).embedding_text)
+    demo = demo_texts()
     print(
         f"{args.items} items written to {args.out}; mean MiniLM tokens per item "
         f"{mean_tokens(sample):.1f} (demo catalog {mean_tokens(demo):.1f})"

@@ -62,6 +62,9 @@ class ApplianceCollector:
         self._outcomes = dict(runtime.rerank.outcomes)
         self._encoder = (runtime.encoder.stats.batches, runtime.encoder.stats.texts)
         self._reranker = runtime.rerank.backend
+        self._caches = {
+            name: (c.stats.hits, c.stats.misses, len(c)) for name, c in runtime.caches().items()
+        }
 
     def collect(self) -> Iterator[Metric]:
         """Yield every metric family."""
@@ -91,6 +94,18 @@ class ApplianceCollector:
         yield InfoMetricFamily(
             "appliance_reranker", "The re-ranker in use.", value={"kind": self._reranker}
         )
+        hits = CounterMetricFamily(
+            "appliance_cache_hits", "Cache lookups answered since start-up.", labels=["cache"]
+        )
+        misses = CounterMetricFamily(
+            "appliance_cache_misses", "Cache lookups not answered since start-up.", labels=["cache"]
+        )
+        entries = GaugeMetricFamily("appliance_cache_entries", "Entries held.", labels=["cache"])
+        for name, (hit, miss, held) in self._caches.items():
+            hits.add_metric([name], hit)
+            misses.add_metric([name], miss)
+            entries.add_metric([name], held)
+        yield from (hits, misses, entries)
 
 
 def _render(collector: ApplianceCollector) -> bytes:

@@ -38,7 +38,7 @@ class RecommendationController(Controller):
         self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
     ) -> RecommendationResponse:
         """Blend context and learned preferences, retrieve, re-rank and return top_k."""
-        result = await runtime.recommender.recommend(
+        result = await runtime.cached_recommender.recommend(
             RecommendationQuery(
                 user_id=data.user_id,
                 context=data.context or "",

@@ -10,7 +10,13 @@ from litestar.params import Parameter
 from appliance.api.auth import PUBLIC_ACCESS
 from appliance.api.limits import NOT_RATE_LIMITED, UNTIMED
 from appliance.api.openapi import error_responses
-from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
+from appliance.schemas.system import (
+    CacheStatsOut,
+    EncoderStatsOut,
+    Health,
+    ReindexResult,
+    Stats,
+)
 from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime
 
@@ -66,6 +72,10 @@ class SystemController(Controller):
                 batches=e.batches, texts=e.texts, largest_batch=e.largest_batch
             ),
             rerank={str(status): n for status, n in runtime.rerank.outcomes.items()},
+            cache={
+                name: CacheStatsOut(hits=c.stats.hits, misses=c.stats.misses, entries=len(c))
+                for name, c in runtime.caches().items()
+            },
         )
 
     @post(

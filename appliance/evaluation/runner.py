@@ -395,10 +395,7 @@ async def run(
 def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:
     """How many queries ``evaluate`` answers: every task's by every system that applies."""
     return sum(
-        len(t.queries)
-        for t in tasks
-        for s in systems
-        if t.has_context or not s.needs_context
+        len(t.queries) for t in tasks for s in systems if t.has_context or not s.needs_context
     )
 
 

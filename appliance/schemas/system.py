@@ -20,6 +20,14 @@ class EncoderStatsOut(Response):
     largest_batch: int
 
 
+class CacheStatsOut(Response):
+    """One cache's lookups since start-up, and what it holds now."""
+
+    hits: int
+    misses: int
+    entries: int
+
+
 class Stats(Response):
     """Counts of what the appliance holds and has done."""
 
@@ -30,6 +38,8 @@ class Stats(Response):
     encoder: EncoderStatsOut
     rerank: dict[str, int] = {}
     """How often the re-rank stage ran, timed out, was busy, failed or was skipped (and why)."""
+    cache: dict[str, CacheStatsOut] = {}
+    """The context-vector and result caches (``context_vectors``, ``results``)."""
 
 
 class ReindexResult(Response):

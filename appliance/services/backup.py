@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +39,6 @@ from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
-from appliance.services.sources import PopularitySource
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +90,7 @@ class BackupService:
         encoder: EncoderQueue,
         catalog: CatalogService,
         feedback: FeedbackService,
-        popularity: PopularitySource,
+        on_restored: Sequence[Callable[[], None]],
         scratch: Path,
     ) -> None:
         """Serve backups from ``store`` and ``index``.
@@ -103,7 +102,8 @@ class BackupService:
             encoder: Encodes item texts when the index has no current vector for an item.
             catalog: Re-embeds a restored catalog when restoring with ``reembed``.
             feedback: Rebuilds preference vectors after a restore with ``reembed``.
-            popularity: Forgets its cached ranking after a restore.
+            on_restored: Called after a restore, so that what was derived from the empty
+                appliance (a popularity ranking, cached answers) is forgotten.
             scratch: A folder of the data directory for archives being written or read; what
                 an earlier process left there is removed.
 
@@ -114,7 +114,7 @@ class BackupService:
         self._encoder = encoder
         self._catalog = catalog
         self._feedback = feedback
-        self._popularity = popularity
+        self._on_restored = on_restored
         self._scratch = scratch
         # Only this process uses the data directory: anything here is left over from a crash.
         shutil.rmtree(scratch, ignore_errors=True)
@@ -280,7 +280,8 @@ class BackupService:
                     if loader.touched:
                         await anyio.to_thread.run_sync(self._index.clear)
                     raise
-        self._popularity.forget()
+        for forget in self._on_restored:
+            forget()
         embedded = 0
         if reembed:
             embedded = (await self._catalog.reconcile()).embedded

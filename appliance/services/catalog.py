@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +57,19 @@ class ReconcileSummary:
 class CatalogService:
     """Adds, replaces, reads and deletes items; the store is the system of record."""
 
-    def __init__(self, store: DuckDBStore, index: VectorIndex, encoder: EncoderQueue) -> None:
+    def __init__(
+        self,
+        store: DuckDBStore,
+        index: VectorIndex,
+        encoder: EncoderQueue,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
         self._store = store
         self._index = index
         self._encoder = encoder
+        # Called on the event loop after any item was written or deleted (cached answers go).
+        self._on_change = on_change
         self._optimizer: asyncio.TimerHandle | None = None
         self._optimizing: asyncio.Task[None] | None = None
 
@@ -93,8 +102,11 @@ class CatalogService:
             if i.item_id not in existing or existing[i.item_id].content_hash != i.content_hash
         ]
         vectors = await self._vectors_for(changed, to_embed)
-        stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
-        await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
+        try:
+            stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
+            await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
+        finally:
+            self._on_change()
         self._schedule_optimize()
         created = sum(1 for i in changed if i.item_id not in existing)
         return UpsertSummary(
@@ -179,7 +191,10 @@ class CatalogService:
         deleted = await anyio.to_thread.run_sync(self._store.delete_items, [item_id])
         if not deleted:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
-        await anyio.to_thread.run_sync(self._index.delete, deleted)
+        try:
+            await anyio.to_thread.run_sync(self._index.delete, deleted)
+        finally:
+            self._on_change()
 
     async def reconcile(self) -> ReconcileSummary:
         """Make the index agree with the store: embed what is missing or stale, drop orphans.
@@ -211,6 +226,7 @@ class CatalogService:
                 len(stale),
             )
         if stale or orphans:
+            self._on_change()
             await anyio.to_thread.run_sync(self._index.optimize)
         return ReconcileSummary(embedded=len(stale) - failed, removed=len(orphans), failed=failed)
 

@@ -11,12 +11,21 @@ import asyncio
 import collections
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio.to_thread
 import numpy as np
 
 from appliance.backends.embedders.protocol import Embedder, Vectors
 from appliance.errors import NotReadyError
+
+
+class Encoder(Protocol):
+    """Turns texts into vectors without blocking the event loop."""
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        """Return one unit-length row per text, in order."""
+        ...
 
 
 @dataclass(slots=True)

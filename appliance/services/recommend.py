@@ -17,7 +17,7 @@ from appliance.backends.indexes.protocol import Vector
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.domain import FieldCondition, Item, Selection
 from appliance.errors import ConflictError, InvalidInputError
-from appliance.services.encoding import EncoderQueue
+from appliance.services.encoding import Encoder
 from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
@@ -80,7 +80,7 @@ class RecommendationService:
     def __init__(
         self,
         store: DuckDBStore,
-        encoder: EncoderQueue,
+        encoder: Encoder,
         sources: Sequence[CandidateSource],
         rerank: RerankStage,
         settings: RecommendSettings,

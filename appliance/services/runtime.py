@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -33,6 +33,7 @@ from appliance.errors import (
     NotReadyError,
 )
 from appliance.services.backup import BackupService
+from appliance.services.caching import CachedRecommender, ContextVectorCache, ResultCache
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
@@ -55,11 +56,17 @@ class RerankerSwitch:
     """
 
     def __init__(
-        self, stage: RerankStage, settings: Settings, *, borrowed: Reranker | None
+        self,
+        stage: RerankStage,
+        settings: Settings,
+        *,
+        borrowed: Reranker | None,
+        on_switch: Callable[[], None] = lambda: None,
     ) -> None:
         self._stage = stage
         self._settings = settings
         self._borrowed = borrowed
+        self._on_switch = on_switch
         # Building a model takes seconds; one switch at a time, and none during shutdown.
         self._lock = anyio.Lock()
         self._closed = False
@@ -121,6 +128,7 @@ class RerankerSwitch:
                         f"the {current} re-ranker stays in use"
                     ) from e
                 previous = await self._stage.replace(built)
+                self._on_switch()
                 log.info("re-ranker switched from %s to %s", current, built.name)
                 try:
                     await self._release(previous)
@@ -156,8 +164,18 @@ class Runtime:
     catalog: CatalogService
     feedback: FeedbackService
     recommender: RecommendationService
+    cached_recommender: CachedRecommender
+    """The recommender behind the result cache: what the API answers with."""
+    context_vectors: ContextVectorCache
     popularity: PopularitySource
     backup: BackupService
+
+    def caches(self) -> dict[str, ContextVectorCache | ResultCache]:
+        """Return the caches by the name their figures are reported under."""
+        return {
+            "context_vectors": self.context_vectors,
+            "results": self.cached_recommender.cache,
+        }
 
 
 @asynccontextmanager
@@ -200,8 +218,13 @@ async def open_runtime(
         if reranker is None:
             reranker = await anyio.to_thread.run_sync(build_reranker, settings)
         rerank = RerankStage(reranker, settings.reranker)
+        results = ResultCache(
+            max_entries=settings.cache.results, ttl_seconds=settings.cache.result_ttl_seconds
+        )
         # Closes whichever re-ranker is in use by then, unless it is the caller's.
-        reranker_switch = RerankerSwitch(rerank, settings, borrowed=given.reranker)
+        reranker_switch = RerankerSwitch(
+            rerank, settings, borrowed=given.reranker, on_switch=results.everything_changed
+        )
         stack.push_async_callback(reranker_switch.close)
 
         # The first forward pass initialises torch's kernels (hundreds of ms): pay it here, not
@@ -210,7 +233,7 @@ async def open_runtime(
         encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
         await encoder.start()
         stack.push_async_callback(encoder.close)
-        catalog = CatalogService(store, index, encoder)
+        catalog = CatalogService(store, index, encoder, on_change=results.everything_changed)
         stack.push_async_callback(catalog.close)
         popularity = PopularitySource(
             store,
@@ -218,7 +241,13 @@ async def open_runtime(
             half_life_days=settings.recommend.popularity_half_life_days,
             refresh_seconds=settings.recommend.popularity_refresh_seconds,
         )
-        feedback = FeedbackService(store, index, settings.feedback)
+        feedback = FeedbackService(
+            store, index, settings.feedback, on_users_changed=results.users_changed
+        )
+        context_vectors = ContextVectorCache(encoder, max_entries=settings.cache.context_vectors)
+        recommender = RecommendationService(
+            store, context_vectors, [VectorSource(index), popularity], rerank, settings.recommend
+        )
         runtime = Runtime(
             settings=settings,
             store=store,
@@ -229,9 +258,9 @@ async def open_runtime(
             encoder=encoder,
             catalog=catalog,
             feedback=feedback,
-            recommender=RecommendationService(
-                store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
-            ),
+            recommender=recommender,
+            cached_recommender=CachedRecommender(recommender, results),
+            context_vectors=context_vectors,
             popularity=popularity,
             backup=BackupService(
                 store=store,
@@ -240,7 +269,7 @@ async def open_runtime(
                 encoder=encoder,
                 catalog=catalog,
                 feedback=feedback,
-                popularity=popularity,
+                on_restored=[popularity.forget, results.everything_changed],
                 scratch=settings.data_dir / SCRATCH_DIR,
             ),
         )

@@ -51,7 +51,9 @@ async def test_concurrent_requests_share_encoder_batches(
     minilm: Embedder, tmp_path: Path, test_items: list[dict[str, Any]]
 ) -> None:
     assert len(CONTEXTS) == len(set(CONTEXTS)) == 32
-    async with serving(make_settings(tmp_path / "data"), Backends(embedder=minilm)) as client:
+    # Without the caches, whose hits would answer the repeated requests without the encoder.
+    settings = make_settings(tmp_path / "data", cache={"context_vectors": 0, "results": 0})
+    async with serving(settings, Backends(embedder=minilm)) as client:
         # One item per request, so that no batch so far holds more than one text.
         for item in test_items:
             response = await client.post("/items", json={"items": [item]})

@@ -123,8 +123,14 @@ def test_cold_start_user_gets_popular_items(
     tmp_path: Path,
     test_items: list[dict[str, Any]],
 ) -> None:
+    # Popularity recomputed at every request, and answers not reused: other users' feedback
+    # shows at once (by default it shows within cache.result_ttl_seconds).
     client = open_client(
-        make_settings(tmp_path / "data", recommend={"popularity_refresh_seconds": 0})
+        make_settings(
+            tmp_path / "data",
+            recommend={"popularity_refresh_seconds": 0},
+            cache={"result_ttl_seconds": 0},
+        )
     )
     client.post("/items", json={"items": test_items})
     # With no feedback at all, the newest items come first.

@@ -1,0 +1,250 @@
+"""Caches in front of the encoder and of whole recommendation answers.
+
+Encoding a context costs about as much as the rest of a request, and the vector index alone
+answers about a thousand queries a second on two cores; requests that repeat (the same context,
+a known user asking again) are answered from memory instead.
+
+A cached answer is only reused while nothing it depends on may have changed: the user's own
+feedback or deletion drops that user's answers, any catalog change (or a re-ranker switch) drops
+every answer, and every answer expires after a short time so that signals computed from other
+users' feedback (popularity) still show up.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+import msgspec
+import numpy as np
+
+from appliance.backends.embedders.protocol import Vectors
+from appliance.services.encoding import Encoder
+from appliance.services.recommend import (
+    RecommendationQuery,
+    RecommendationResult,
+    RecommendationService,
+)
+from appliance.services.reranking import RerankStatus
+
+#: Users whose latest change is remembered one by one; beyond them only the oldest change that
+#: was forgotten is, which invalidates a little more than needed and never too little.
+MAX_REMEMBERED_USERS = 65_536
+
+#: Answers worth keeping: the re-rank stage did what it would do again. One that timed out, was
+#: busy or failed is a momentary degradation that must not be served for the whole TTL.
+_STABLE_RERANK = {
+    RerankStatus.RAN,
+    RerankStatus.OFF,
+    RerankStatus.NOT_CONFIGURED,
+    RerankStatus.NO_CONTEXT,
+}
+
+# One encoder for every key: "deterministic" sorts sets and mappings, so equal queries always
+# give equal bytes.
+_KEY_ENCODER = msgspec.json.Encoder(order="deterministic")
+
+
+@dataclass(slots=True)
+class CacheStats:
+    """Lookups of one cache since start-up."""
+
+    hits: int = 0
+    misses: int = 0
+
+
+class ContextVectorCache:
+    """Keeps the vectors of recently encoded texts (least recently used dropped first).
+
+    Meant for request contexts, which repeat; catalog texts go to the encoder directly.
+    """
+
+    def __init__(self, encoder: Encoder, *, max_entries: int) -> None:
+        self._encoder = encoder
+        self._max_entries = max_entries
+        self._vectors: collections.OrderedDict[str, Vectors] = collections.OrderedDict()
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._vectors)
+
+    async def encode(self, texts: Sequence[str]) -> Vectors:
+        """Return one unit-length row per text, encoding only the texts not kept.
+
+        Raises:
+            NotReadyError: The encoder is not running and a text had to be encoded.
+
+        """
+        if not texts:
+            return await self._encoder.encode(texts)
+        found: dict[str, Vectors] = {}
+        for text in texts:
+            vector = self._vectors.get(text)
+            if vector is not None:
+                self._vectors.move_to_end(text)
+                found[text] = vector
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        self.stats.hits += len(texts) - len(missing)
+        self.stats.misses += len(missing)
+        if missing:
+            encoded = await self._encoder.encode(missing)
+            for text, row in zip(missing, encoded, strict=True):
+                # A copy, so that a kept row does not hold on to the whole batch; read-only,
+                # because every later caller gets this same array.
+                vector = row.copy()
+                vector.flags.writeable = False
+                found[text] = vector
+                self._keep(text, vector)
+        return np.stack([found[t] for t in texts])
+
+    def _keep(self, text: str, vector: Vectors) -> None:
+        if self._max_entries == 0:
+            return
+        self._vectors[text] = vector
+        self._vectors.move_to_end(text)
+        while len(self._vectors) > self._max_entries:
+            self._vectors.popitem(last=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    result: RecommendationResult
+    user_id: str
+    version: int
+    """The cache's version when the answer started to be computed."""
+    expires: float
+
+
+class ResultCache:
+    """Recommendation answers keyed by the whole query, dropped when what they used changes.
+
+    Invalidation is by version: every change increments a counter, and an answer is valid only
+    if it started to be computed after the last change that concerns it. An answer computed
+    while its user's feedback was being recorded is therefore never kept, even though the
+    change arrived before the answer was finished.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int,
+        ttl_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.enabled = max_entries > 0 and ttl_seconds > 0
+        self._max_entries = max_entries
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
+        self._version = 0
+        self._everything_since = 0
+        self._forgotten_since = 0
+        self._user_since: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.stats = CacheStats()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @staticmethod
+    def key(query: RecommendationQuery) -> bytes | None:
+        """Return the cache key of a query: every field of it, or ``None`` if not cacheable.
+
+        Encoded rather than hashed, because equal-comparing values can ask for different
+        answers: a filter on ``true`` equals one on ``1`` in Python, not in the index.
+        """
+        try:
+            return _KEY_ENCODER.encode(query)
+        except TypeError:
+            # A field of a type the encoder does not know: answer it, never from the cache.
+            return None
+
+    def version(self) -> int:
+        """Return the current version: take it before computing an answer to ``put``."""
+        return self._version
+
+    def get(self, key: bytes) -> RecommendationResult | None:
+        """Return the kept answer for ``key`` if it is still valid."""
+        entry = self._entries.get(key)
+        if entry is None:
+            self.stats.misses += 1
+            return None
+        if entry.expires <= self._clock() or entry.version < self._valid_since(entry.user_id):
+            del self._entries[key]
+            self.stats.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.stats.hits += 1
+        return entry.result
+
+    def put(self, key: bytes, result: RecommendationResult, version: int) -> None:
+        """Keep an answer computed from ``version`` on, unless something changed meanwhile."""
+        if not self.enabled or version < self._valid_since(result.user_id):
+            return
+        # The caller gets ``result`` itself; the cache keeps its own list of recommendations.
+        kept = replace(result, recommendations=list(result.recommendations))
+        self._entries[key] = _Entry(kept, result.user_id, version, self._clock() + self._ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def users_changed(self, user_ids: Iterable[str]) -> None:
+        """Drop the answers of these users (their feedback or profile changed)."""
+        self._version += 1
+        for user_id in user_ids:
+            self._user_since[user_id] = self._version
+            self._user_since.move_to_end(user_id)
+        while len(self._user_since) > MAX_REMEMBERED_USERS:
+            _, since = self._user_since.popitem(last=False)
+            self._forgotten_since = max(self._forgotten_since, since)
+
+    def everything_changed(self) -> None:
+        """Drop every answer (the catalog or the re-ranker changed)."""
+        self._version += 1
+        self._everything_since = self._version
+        self._entries.clear()
+        self._user_since.clear()
+
+    def _valid_since(self, user_id: str) -> int:
+        return max(self._everything_since, self._forgotten_since, self._user_since.get(user_id, 0))
+
+
+class CachedRecommender:
+    """Answers from the result cache when it can, from the pipeline otherwise."""
+
+    def __init__(self, recommender: RecommendationService, cache: ResultCache) -> None:
+        self._recommender = recommender
+        self.cache = cache
+
+    async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
+        """Recommend as ``RecommendationService.recommend`` does, reusing a valid kept answer.
+
+        A reused answer gets a request id and timestamp of its own; its ``timings_ms`` hold
+        ``cache`` (the time to find it) and ``total``.
+
+        Raises:
+            ConflictError: The catalog is empty.
+
+        """
+        started = time.perf_counter()
+        key = self.cache.key(query) if self.cache.enabled else None
+        if key is None:
+            return await self._recommender.recommend(query)
+        kept = self.cache.get(key)
+        if kept is not None:
+            elapsed = round((time.perf_counter() - started) * 1000.0, 3)
+            return replace(
+                kept,
+                request_id=uuid.uuid4().hex,
+                timestamp=datetime.now(UTC),
+                recommendations=list(kept.recommendations),
+                timings_ms={"cache": elapsed, "total": elapsed},
+            )
+        version = self.cache.version()
+        result = await self._recommender.recommend(query)
+        if result.rerank_status in _STABLE_RERANK:
+            self.cache.put(key, result, version)
+        return result
