@@ -37,6 +37,7 @@ from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.sources import PopularitySource, VectorSource
+from appliance.services.text_sources import KeywordSource, NamedItemSource
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -223,14 +224,20 @@ async def open_runtime(
             catalog=catalog,
             feedback=FeedbackService(store, index, settings.feedback),
             recommender=RecommendationService(
-                store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
+                store,
+                encoder,
+                [VectorSource(index), KeywordSource(index), NamedItemSource(index), popularity],
+                rerank,
+                settings.recommend,
+                titles=catalog.titles,
             ),
             popularity=popularity,
         )
         summary = await catalog.reconcile()
         log.info(
-            "index reconciled with the store: %d embedded, %d removed, %d failed",
+            "index reconciled with the store: %d embedded, %d rewritten, %d removed, %d failed",
             summary.embedded,
+            summary.rewritten,
             summary.removed,
             summary.failed,
         )
