@@ -11,8 +11,8 @@ A phrase that spells a title is not always a mention of it: "it", "her" or "up" 
 requests. A match counts only with evidence, all of it language-neutral and read from the
 catalog and the request itself:
 
-- a parenthesised remark follows it, as in "Heat (1995)" (the remark also picks among items of
-  the same title: the ones whose words include it);
+- a parenthesised remark follows it whose words are the item's, as in "Heat (1995)" for an
+  item whose text says 1995 (the remark also picks among items of the same title);
 - or the request capitalises it where the title does, beyond a sentence's first word and
   counting only words longer than an article, and its words are rare in the catalog;
 - or, in any case, it is three words or more, two of them longer than an article, and rarer
@@ -239,7 +239,10 @@ class TitleDictionary:
             else:
                 del self._entries[key]
         # A bound on form lengths left too large by a removal only costs a few extra probes.
-        self._item_frequency.subtract(self._vocabulary_of.pop(item_id))
+        for word in self._vocabulary_of.pop(item_id):
+            self._item_frequency[word] -= 1
+            if self._item_frequency[word] <= 0:
+                del self._item_frequency[word]
 
     def find(self, text: str) -> list[Mention]:
         """Return the mentions of catalog items in ``text``, in order of appearance.
@@ -278,18 +281,19 @@ class TitleDictionary:
             nearest = min(e.form for e in entries)
             chosen = [e for e in entries if e.form == nearest]
             remark = _REMARK.match(text, span[-1].end)
-            if remark is not None:
-                chosen = self._matching_remark(chosen, remark.group(1))
+            confirmed = self._confirmed_by(chosen, remark.group(1)) if remark else []
+            if confirmed:
+                chosen = confirmed
             if len(chosen) > MAX_ITEMS_PER_FORM:
                 continue
-            if remark is not None or self._has_evidence(span, chosen):
+            if confirmed or self._has_evidence(span, chosen):
                 return length, tuple(e.item_id for e in chosen)
         return None
 
-    def _matching_remark(self, entries: list[_Entry], remark: str) -> list[_Entry]:
+    def _confirmed_by(self, entries: list[_Entry], remark: str) -> list[_Entry]:
+        """Return the entries whose item has every word of ``remark`` ("1995") among its own."""
         wanted = _vocabulary(remark)
-        matching = [e for e in entries if wanted.issubset(self._vocabulary_of[e.item_id])]
-        return matching or entries
+        return [e for e in entries if wanted <= set(self._vocabulary_of[e.item_id])]
 
     def _has_evidence(self, span: list[_Word], entries: list[_Entry]) -> bool:
         one_in_n = math.log(len(self._forms_of) + 1)

@@ -14,15 +14,15 @@ MOVIES = [
     ("m-matrix", "Matrix, The", "A science fiction film about hackers."),
     ("m-alien", "Alien", "A science fiction horror film in space."),
     ("m-billy", "Billy Madison", "A comedy film about a man back in school."),
-    ("m-seven", "Seven (a.k.a. Se7en)", "A crime thriller about a killer."),
+    ("m-seven", "Seven (a.k.a. Se7en)", "A crime thriller from 1995 about a killer."),
     ("m-leon", "Léon: The Professional (1994)", "A hitman takes in a girl."),
     ("m-time60", "The Time Machine", "A science fiction film from 1960."),
     ("m-time02", "The Time Machine", "A science fiction film from 2002."),
-    ("m-it", "It", "A horror film about a clown."),
+    ("m-it", "It", "A horror film from 2017 about a clown."),
     ("m-her", "Her", "A romance film about a voice."),
-    ("m-up", "Up", "An animated film about a flying house."),
+    ("m-up", "Up", "An animated film from 2009 about a flying house."),
     ("m-romance", "Romance", "A romance film."),
-    ("m-amelie", "Amélie", "A romance comedy film set in Paris."),
+    ("m-amelie", "Amélie", "A romance comedy film from 2001, set in Paris."),
     ("m-shes", "She's All That", "A romance comedy film at school."),
     ("m-lotr2", "Lord of the Rings: The Two Towers, The", "A fantasy film."),
     ("m-lotr1", "Lord of the Rings: The Fellowship of the Ring, The", "A fantasy film."),
@@ -102,8 +102,9 @@ def test_ignores_everyday_words_that_are_also_titles(titles: TitleDictionary, te
     assert named(titles, text) == []
 
 
-def test_short_common_titles_need_a_remark(titles: TitleDictionary) -> None:
+def test_short_common_titles_need_a_remark_that_fits_the_item(titles: TitleDictionary) -> None:
     assert named(titles, "I loved It (2017) and Up (2009)") == [("m-it",), ("m-up",)]
+    assert named(titles, "I liked it (a lot) and Up (1980)") == []
 
 
 def test_follows_updates_renames_and_removals(titles: TitleDictionary) -> None:
