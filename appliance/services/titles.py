@@ -126,7 +126,7 @@ def _words(text: str) -> list[_Word]:
 
 
 def _vocabulary(text: str) -> set[str]:
-    return {fold(w) for w in _WORD.findall(text)}
+    return set(_WORD.findall(fold(text)))
 
 
 def title_forms(title: str) -> list[tuple[int, str]]:
@@ -170,10 +170,12 @@ class _Prepared:
 def _prepare(item_id: str, title: str, text: str) -> _Prepared:
     forms: dict[str, _Entry] = {}
     for form, form_text in title_forms(title):
-        words = _words(form_text)
-        key = " ".join(w.folded for w in words)
+        # Offsets and sentence starts matter in a request only; a title needs less.
+        words = [(fold(w), w[0].isupper()) for w in _WORD.findall(form_text)]
+        key = " ".join(folded for folded, _ in words if folded)
         if key and key not in forms:
-            forms[key] = _Entry(item_id, form, tuple(w.capitalised for w in words))
+            capitals = tuple(capital for folded, capital in words if folded)
+            forms[key] = _Entry(item_id, form, capitals)
     vocabulary = tuple(sorted(_vocabulary(title) | _vocabulary(text)))
     return _Prepared(item_id, list(forms.items()), vocabulary)
 
