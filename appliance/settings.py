@@ -96,6 +96,10 @@ class IndexSettings(_Section, frozen=True):
     """HNSW build-time beam width."""
     hnsw_ef: PositiveInt = 128
     """HNSW query-time beam width: higher is more accurate and slower."""
+    text_language: str = "english"
+    """Language of the item texts for keyword (BM25) search: its stop words are ignored and
+    words are reduced to their stem (english, french, german, ...); none keeps every word as
+    written, for any language or a mix."""
 
 
 class RerankerSettings(_Section, frozen=True):

@@ -62,6 +62,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         hnsw_m=settings.index.hnsw_m,
         hnsw_ef_construct=settings.index.hnsw_ef_construct,
         hnsw_ef=settings.index.hnsw_ef,
+        text_language=settings.index.text_language,
     )
 
 

@@ -100,7 +100,8 @@ class BackupService:
             index: The vector index derived from it.
             embedder: The model that computes this appliance's vectors.
             encoder: Encodes item texts when the index has no current vector for an item.
-            catalog: Re-embeds a restored catalog when restoring with ``reembed``.
+            catalog: Re-embeds a restored catalog when restoring with ``reembed``, and learns
+                its titles otherwise.
             feedback: Rebuilds preference vectors after a restore with ``reembed``.
             on_restored: Called after a restore, so that what was derived from the empty
                 appliance (a popularity ranking, cached answers) is forgotten.
@@ -287,6 +288,7 @@ class BackupService:
             embedded = (await self._catalog.reconcile()).embedded
             await self._feedback.rebuild()
         else:
+            await self._catalog.reload_titles()
             # Outside the store's transaction: building the search graphs of a large catalog
             # takes a while, and the data are complete and searchable without them.
             await anyio.to_thread.run_sync(self._index.optimize)
@@ -363,7 +365,8 @@ class _IndexLoader:
         self.touched = True
         try:
             items = pq.ParquetFile(self._folder / ITEMS_FILE).iter_batches(
-                batch_size=_PAGE, columns=["item_id", "content_hash", "seq", "metadata"]
+                batch_size=_PAGE,
+                columns=["item_id", "title", "text", "content_hash", "seq", "metadata"],
             )
             vectors = pq.ParquetFile(self._folder / VECTORS_FILE).iter_batches(batch_size=_PAGE)
             for item_batch, vector_rows in _aligned(items, vectors):
@@ -415,6 +418,7 @@ def _entries(items: list[dict[str, Any]], vectors: pa.Table) -> list[IndexEntry]
                 content_hash=item["content_hash"],
                 seq=int(item["seq"]),
                 metadata=msgspec.json.decode(item["metadata"]),
+                text=Item(item["item_id"], item["title"], item["text"]).embedding_text,
             )
         )
     return entries

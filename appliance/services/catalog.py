@@ -17,6 +17,7 @@ from appliance.domain import Item
 from appliance.errors import ApplianceError, InvalidInputError, NotFoundError
 from appliance.ingest_files import batches, read_items
 from appliance.services.encoding import EncoderQueue
+from appliance.services.titles import TitleDictionary
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,30 @@ class ReconcileSummary:
     removed: int
     failed: int = 0
     """Items the index refused; they stay in the store and are retried at the next start."""
+    rewritten: int = 0
+    """Items written again with their stored vectors, to bring their entries up to date."""
 
 
 class CatalogService:
-    """Adds, replaces, reads and deletes items; the store is the system of record."""
+    """Adds, replaces, reads and deletes items; the store is the system of record.
+
+    The index and the dictionary of titles are derived from it and follow every change.
+    """
 
     def __init__(
         self,
         store: DuckDBStore,
         index: VectorIndex,
         encoder: EncoderQueue,
+        titles: TitleDictionary | None = None,
         *,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._index = index
         self._encoder = encoder
+        self.titles = titles if titles is not None else TitleDictionary()
+        """The titles of the catalog's items, for finding them named in a request."""
         # Called on the event loop after any item was written or deleted (cached answers go).
         self._on_change = on_change
         self._optimizer: asyncio.TimerHandle | None = None
@@ -105,6 +114,9 @@ class CatalogService:
         try:
             stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
             await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
+            await anyio.to_thread.run_sync(
+                self.titles.update, [(i.item_id, i.title, i.text) for i in changed]
+            )
         finally:
             self._on_change()
         self._schedule_optimize()
@@ -193,21 +205,33 @@ class CatalogService:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         try:
             await anyio.to_thread.run_sync(self._index.delete, deleted)
+            self.titles.remove(deleted)
         finally:
             self._on_change()
 
     async def reconcile(self) -> ReconcileSummary:
-        """Make the index agree with the store: embed what is missing or stale, drop orphans.
+        """Make the index and the dictionary of titles agree with the store.
 
-        Runs at start-up, so a crash between a store write and the index write loses nothing.
+        The index embeds what is missing or stale, drops orphans and rewrites outdated entries
+        with their stored vectors; the dictionary of titles is rebuilt. Runs at start-up, so a
+        crash between a store write and the index write loses nothing, and an index written by
+        an older version gains what this one keeps (keyword vectors) before the appliance
+        serves.
         """
+        await self.reload_titles()
         wanted = await anyio.to_thread.run_sync(self._store.content_hashes)
         present = await anyio.to_thread.run_sync(self._index.fingerprints)
         orphans = [i for i in present if i not in wanted]
-        failed = 0
         stale = [i for i, h in wanted.items() if present.get(i) != h]
         if orphans:
             await anyio.to_thread.run_sync(self._index.delete, orphans)
+        stale_ids = set(stale)
+        outdated = [
+            i
+            for i in await anyio.to_thread.run_sync(self._index.outdated)
+            if i in wanted and i not in stale_ids
+        ]
+        rewritten, failed = await self._rewrite(outdated)
         for start in range(0, len(stale), _RECONCILE_BATCH):
             ids = stale[start : start + _RECONCILE_BATCH]
             found = await anyio.to_thread.run_sync(self._store.get_items, ids)
@@ -225,10 +249,42 @@ class CatalogService:
                 min(start + _RECONCILE_BATCH, len(stale)),
                 len(stale),
             )
-        if stale or orphans:
+        if stale or orphans or rewritten:
             self._on_change()
             await anyio.to_thread.run_sync(self._index.optimize)
-        return ReconcileSummary(embedded=len(stale) - failed, removed=len(orphans), failed=failed)
+        return ReconcileSummary(
+            embedded=len(stale) - failed, removed=len(orphans), failed=failed, rewritten=rewritten
+        )
+
+    async def reload_titles(self) -> None:
+        """Rebuild the dictionary of titles from the store (at start-up, after a restore)."""
+        texts = await anyio.to_thread.run_sync(self._store.item_texts)
+        self.titles.replace(await anyio.to_thread.run_sync(TitleDictionary, texts))
+        # Answers kept from before may have missed (or named) items the dictionary now knows.
+        self._on_change()
+
+    async def _rewrite(self, item_ids: Sequence[str]) -> tuple[int, int]:
+        """Write items to the index again with the vectors it holds.
+
+        Returns:
+            How many were rewritten, and how many the index refused.
+
+        """
+        rewritten = failed = 0
+        for start in range(0, len(item_ids), _RECONCILE_BATCH):
+            ids = item_ids[start : start + _RECONCILE_BATCH]
+            found = await anyio.to_thread.run_sync(self._store.get_items, ids)
+            vectors = await anyio.to_thread.run_sync(self._index.vectors, ids)
+            entries = _entries(list(found.values()), vectors)
+            try:
+                await anyio.to_thread.run_sync(self._index.upsert, entries)
+            except ApplianceError as e:
+                log.exception("index reconcile: %d items not rewritten: %s", len(ids), e.message)
+                failed += len(entries)
+                continue
+            rewritten += len(entries)
+            log.info("index: %d of %d entries brought up to date", rewritten, len(item_ids))
+        return rewritten, failed
 
     async def reindex(self) -> ReconcileSummary:
         """Rebuild the index from the store, re-embedding every item."""
@@ -262,6 +318,7 @@ def _entries(stored: Sequence[StoredItem], vectors: dict[str, Vector]) -> list[I
             content_hash=s.content_hash,
             seq=s.seq,
             metadata=s.item.metadata,
+            text=s.item.embedding_text,
         )
         for s in stored
         if s.item.item_id in vectors

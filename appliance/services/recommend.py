@@ -22,7 +22,11 @@ from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
 from appliance.services.sources import CandidateSource, Plan
+from appliance.services.titles import TitleDictionary
 from appliance.settings import RecommendSettings
+
+#: At most this many named items are taken from one request, in order of mention.
+MAX_NAMED = 8
 
 # Stages that never started do not get a timing.
 _SKIPPED = {
@@ -84,12 +88,15 @@ class RecommendationService:
         sources: Sequence[CandidateSource],
         rerank: RerankStage,
         settings: RecommendSettings,
+        *,
+        titles: TitleDictionary | None = None,
     ) -> None:
         self._store = store
         self._encoder = encoder
         self._sources = list(sources)
         self._rerank = rerank
         self._settings = settings
+        self._titles = titles if titles is not None else TitleDictionary()
 
     @property
     def source_names(self) -> list[str]:
@@ -99,7 +106,7 @@ class RecommendationService:
     def with_rerank(self, rerank: RerankStage) -> RecommendationService:
         """Return the same pipeline with another re-rank stage (to compare re-rankers)."""
         return RecommendationService(
-            self._store, self._encoder, self._sources, rerank, self._settings
+            self._store, self._encoder, self._sources, rerank, self._settings, titles=self._titles
         )
 
     async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
@@ -113,10 +120,11 @@ class RecommendationService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
-        state, seen, context_vector = await asyncio.gather(
+        state, seen, context_vector, named = await asyncio.gather(
             anyio.to_thread.run_sync(self._store.preference, query.user_id),
             self._seen(query),
             self._encode(context),
+            self._named(context),
         )
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
@@ -128,8 +136,10 @@ class RecommendationService:
             user_id=query.user_id,
             context=context,
             query_vector=vector,
-            selection=Selection(conditions=query.conditions, exclude=frozenset(seen)),
+            # Items the request names are known to the user: positive examples, not answers.
+            selection=Selection(conditions=query.conditions, exclude=frozenset(seen) | set(named)),
             limit=math.ceil(query.top_k * self._settings.candidate_factor),
+            named=named,
         )
         ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
         candidates = reciprocal_rank_fusion(
@@ -187,6 +197,13 @@ class RecommendationService:
         if not query.exclude_seen:
             return set()
         return await anyio.to_thread.run_sync(self._store.seen_item_ids, query.user_id)
+
+    async def _named(self, context: str) -> tuple[str, ...]:
+        if not context:
+            return ()
+        mentions = await anyio.to_thread.run_sync(self._titles.find, context)
+        named = dict.fromkeys(i for m in mentions for i in m.item_ids)
+        return tuple(named)[:MAX_NAMED]
 
     async def _encode(self, context: str) -> Vector | None:
         if not context:

@@ -40,6 +40,7 @@ from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.sources import PopularitySource, VectorSource
+from appliance.services.text_sources import KeywordSource, NamedItemSource
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -246,7 +247,12 @@ async def open_runtime(
         )
         context_vectors = ContextVectorCache(encoder, max_entries=settings.cache.context_vectors)
         recommender = RecommendationService(
-            store, context_vectors, [VectorSource(index), popularity], rerank, settings.recommend
+            store,
+            context_vectors,
+            [VectorSource(index), KeywordSource(index), NamedItemSource(index), popularity],
+            rerank,
+            settings.recommend,
+            titles=catalog.titles,
         )
         runtime = Runtime(
             settings=settings,
@@ -275,8 +281,9 @@ async def open_runtime(
         )
         summary = await catalog.reconcile()
         log.info(
-            "index reconciled with the store: %d embedded, %d removed, %d failed",
+            "index reconciled with the store: %d embedded, %d rewritten, %d removed, %d failed",
             summary.embedded,
+            summary.rewritten,
             summary.removed,
             summary.failed,
         )

@@ -27,6 +27,8 @@ class Plan:
     query_vector: Vector | None
     selection: Selection
     limit: int
+    named: tuple[str, ...] = ()
+    """Catalog items the context names, in order of mention: positive examples."""
 
 
 class CandidateSource(Protocol):

@@ -371,8 +371,10 @@ def test_the_runtime_closes_each_reranker_it_built_once(
     with TestClient(app) as client:
         upsert(client, test_items)
         switch(client, "counting")
-        retrieved = ids(recommend(client, user_id="u", context=CONTEXT, top_k=10, rerank=False))
-        answer = recommend(client, user_id="u", context=CONTEXT)
+        # One source: its 10 candidates for a top 5 are exactly the top 10 without re-ranking.
+        one = {"user_id": "u", "context": CONTEXT, "sources": ["vector"]}
+        retrieved = ids(recommend(client, **one, top_k=10, rerank=False))
+        answer = recommend(client, **one)
         # The counting re-ranker reverses the candidates.
         assert answer["rerank_status"] == "ran"
         assert set(ids(answer)) <= set(retrieved)

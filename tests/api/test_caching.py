@@ -158,7 +158,8 @@ def test_a_new_item_drops_every_kept_answer(catalog_client: TestClient[Any]) -> 
         [
             {
                 "item_id": "tt-new",
-                "title": "Travelling Through Time",
+                # A title the context does not name (a named item is never recommended).
+                "title": "Across the Years",
                 "text": "A story about travelling through time.",
             }
         ],

@@ -234,7 +234,9 @@ def test_deleted_item_can_be_added_again(
     }
     counts = stats(catalog_client)
     assert (counts["items"], counts["index_points"]) == (36, 36)
-    answer = recommend(catalog_client, user_id="u", context="time travel", top_k=6)
+    answer = recommend(
+        catalog_client, user_id="u", context="time travel", top_k=6, sources=["vector"]
+    )
     assert set(ids(answer)) == TIME_TRAVEL
 
 
@@ -263,7 +265,9 @@ def test_reindex_survives_an_item_the_index_refused(catalog_client: TestClient[A
     counts = stats(catalog_client)
     assert counts["index_points"] == counts["items"]
     assert response.status_code == 200, response.text
-    answer = recommend(catalog_client, user_id="u", context="time travel", top_k=6)
+    answer = recommend(
+        catalog_client, user_id="u", context="time travel", top_k=6, sources=["vector"]
+    )
     assert set(ids(answer)) == TIME_TRAVEL
 
 

@@ -50,10 +50,11 @@ def test_reorders_exactly_the_retrieved_candidates(
     reranking: Callable[..., TestClient[Any]],
 ) -> None:
     client = reranking(budget_ms=30_000)
-    # With top_k 5 the stage sees the 10 fused candidates, which rerank=false lists in order.
-    retrieved = ids(recommend(client, user_id="u", context=CONTEXT, top_k=10, rerank=False))
+    # With top_k 5 the stage sees one source's 10 candidates, which rerank=false lists in order.
+    one = {"user_id": "u", "context": CONTEXT, "sources": ["vector"]}
+    retrieved = ids(recommend(client, **one, top_k=10, rerank=False))
 
-    answer = recommend(client, user_id="u", context=CONTEXT, top_k=5)
+    answer = recommend(client, **one, top_k=5)
 
     assert answer["reranked"] is True
     assert answer["rerank_status"] == "ran"

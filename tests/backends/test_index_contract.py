@@ -446,3 +446,73 @@ def test_reopening_with_another_dimension_is_a_config_error(kind: str, tmp_path:
         assert again.count() == 3
     finally:
         again.close()
+
+
+# -- keyword search -------------------------------------------------------------------------
+
+#: Short texts in the style of several catalogs; "narwhal" and "SKU-4417" occur once each.
+TEXTS = (
+    "A documentary about whales and dolphins of the Arctic sea.",
+    "The narwhal, the unicorn of the sea, filmed under the Arctic ice.",
+    "Cordless drill with two batteries, model SKU-4417, for wood and metal.",
+    "Cordless screwdriver with one battery for wood.",
+    "Tomato soup with basil and cream, ready in twenty minutes.",
+    "Roasted tomatoes and garlic on sourdough toast.",
+)
+
+
+def _texts() -> list[IndexEntry]:
+    vectors = _unit_vectors(len(TEXTS), seed=5)
+    return [
+        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {"genre": GENRES[i % 2]}, text=text)
+        for i, text in enumerate(TEXTS)
+    ]
+
+
+def test_keyword_search_finds_rare_words_first(index: VectorIndex) -> None:
+    index.upsert(_texts())
+    assert _ids(index.keyword_search("narwhal", 10, Selection())) == ["item-1"]
+    # Case, accents and punctuation aside; a rare word outweighs common ones.
+    assert _ids(index.keyword_search("sku-4417 drill", 10, Selection()))[0] == "item-2"
+    hits = index.keyword_search("arctic sea narwhal", 10, Selection())
+    assert _ids(hits)[:2] == ["item-1", "item-0"]
+    assert hits[0].score > hits[1].score > 0
+    # Only items that share a word are returned.
+    assert set(_ids(index.keyword_search("tomato", 10, Selection()))) <= {"item-4", "item-5"}
+    assert index.keyword_search("xylophone", 10, Selection()) == []
+    assert index.keyword_search("", 10, Selection()) == []
+    assert len(index.keyword_search("cordless wood", 1, Selection())) == 1
+
+
+def test_keyword_search_applies_the_selection(index: VectorIndex) -> None:
+    index.upsert(_texts())
+    everything = set(_ids(index.keyword_search("wood sea", 10, Selection())))
+    assert everything == {"item-0", "item-1", "item-2", "item-3"}
+    drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
+    assert set(_ids(index.keyword_search("wood sea", 10, drama))) == {"item-0", "item-2"}
+    excluded = Selection(exclude=frozenset({"item-1", "item-2"}))
+    assert set(_ids(index.keyword_search("wood sea", 10, excluded))) == {"item-0", "item-3"}
+    only = Selection(only=frozenset({"item-3", "item-4"}))
+    assert _ids(index.keyword_search("wood sea", 10, only)) == ["item-3"]
+    assert index.keyword_search("wood sea", 10, Selection(only=frozenset())) == []
+
+
+def test_keyword_search_follows_upserts_and_deletes(index: VectorIndex) -> None:
+    entries = _texts()
+    index.upsert(entries)
+    renamed = IndexEntry(
+        "item-1", entries[1].vector, "hash-new", 2, {"genre": "comedy"}, text="Penguins at play."
+    )
+    index.upsert([renamed])
+    assert index.keyword_search("narwhal", 10, Selection()) == []
+    assert _ids(index.keyword_search("penguins", 10, Selection())) == ["item-1"]
+    index.delete(["item-2"])
+    assert index.keyword_search("SKU-4417", 10, Selection()) == []
+    index.optimize()
+    assert _ids(index.keyword_search("penguins", 10, Selection())) == ["item-1"]
+    assert "item-2" not in _ids(index.keyword_search("cordless", 10, Selection()))
+
+
+def test_entries_written_now_are_never_outdated(index: VectorIndex) -> None:
+    index.upsert(_texts())
+    assert index.outdated() == []

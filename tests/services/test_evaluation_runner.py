@@ -87,7 +87,7 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
     report = await run(settings, catalog, train, tasks, progress=progress)
 
-    systems = ("most-popular", BASELINE, "popularity only", FUSED)
+    systems = ("most-popular", BASELINE, "keyword only", "named only", "popularity only", FUSED)
     assert progress.totals == [len(systems) * (len(topical) + len(holdout))]
     assert sum(progress.answered) == progress.totals[0]
     by = {(r.task, r.system): r for r in report.results}
@@ -132,7 +132,7 @@ async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> Non
 
     reranked = f"{FUSED} + llamacpp"
     by = {(r.task, r.system): r for r in report.results}
-    plain = ("most-popular", BASELINE, "popularity only", FUSED)
+    plain = ("most-popular", BASELINE, "keyword only", "named only", "popularity only", FUSED)
     # A re-ranker needs words to judge against: it is left out of the hold-out task.
     assert set(by) == {
         *((t, s) for t in ("topics", "holdout") for s in plain),

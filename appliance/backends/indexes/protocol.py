@@ -22,10 +22,12 @@ class IndexEntry:
     seq: int
     """Order in which items were first added; the newest-items fallback sorts on it."""
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    text: str = ""
+    """The item's words for keyword search: the text its vector was computed from."""
 
 
 class VectorIndex(Protocol):
-    """Similarity search over item vectors, derived from the catalog in the store.
+    """Similarity and keyword search over items, derived from the catalog in the store.
 
     Everything in it can be rebuilt from the store, so implementations may favour speed over
     durability of their own. Methods are synchronous and thread-safe; callers run them off the
@@ -50,6 +52,16 @@ class VectorIndex(Protocol):
         """
         ...
 
+    def keyword_search(self, text: str, limit: int, selection: Selection) -> list[Hit]:
+        """Return up to ``limit`` admitted items whose words best match ``text`` (BM25).
+
+        Words are matched as the index analyses them (case, accents and, depending on its
+        language, stop words and stems aside); rare words weigh more than common ones. Items
+        that share no word with ``text`` are never returned, so there may be fewer than
+        ``limit`` hits, or none. ``selection`` applies exactly as in ``search``.
+        """
+        ...
+
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return up to ``limit`` admitted item ids, most recently added first."""
         ...
@@ -68,6 +80,16 @@ class VectorIndex(Protocol):
 
     def fingerprints(self) -> dict[str, str]:
         """Return every item id with the content hash its vector was computed from."""
+        ...
+
+    def outdated(self) -> list[str]:
+        """Return the items whose entries predate the index's current way of writing them.
+
+        Their vectors and content hashes are current, but something derived from their text
+        is missing or was made otherwise (keyword vectors written by an older version, or with
+        another language setting). Upserting them again, with their stored vectors, brings
+        them up to date; start-up does so before the appliance serves.
+        """
         ...
 
     def count(self) -> int:

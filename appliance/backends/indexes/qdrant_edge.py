@@ -3,7 +3,7 @@ from __future__ import annotations
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,19 @@ _FIELD = re.compile(FIELD_NAME)
 # Filterable metadata lives under this payload key so that it can never shadow the
 # appliance's own payload fields.
 _META = "metadata"
+#: The dense vector is the unnamed one (as in indexes built before keyword search existed).
+_DENSE = ""
+#: The sparse BM25 vector of each item's text.
+_KEYWORDS = "keywords"
+#: Payload field naming how an entry's keyword vector was made; entries without it, or with
+#: another value, are rewritten at start-up (see ``outdated``).
+_ANALYSER = "analyser"
+#: Bump when the text analysis changes in a way that needs every keyword vector rewritten.
+_ANALYSER_VERSION = 1
+#: Without stop words or stems: every word counts as written, in any language.
+NO_LANGUAGE = "none"
+#: Languages written without spaces between words, which need a segmenting tokenizer.
+_UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 
 
 class QdrantEdgeIndex:
@@ -32,14 +45,15 @@ class QdrantEdgeIndex:
         hnsw_m: int = 16,
         hnsw_ef_construct: int = 100,
         hnsw_ef: int = 128,
+        text_language: str = "english",
     ) -> None:
         self.dimension = dimension
         self._path = path
-        self._config = qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
-            hnsw_config=qe.HnswIndexConfig(
-                m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
-            ),
+        self._bm25 = qe.Bm25(_bm25_config(text_language))
+        self._analyser = f"bm25-{_ANALYSER_VERSION}-{text_language.lower()}"
+        self._dense = qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)
+        self._hnsw = qe.HnswIndexConfig(
+            m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
         )
         self._search_params = qe.SearchParams(hnsw_ef=hnsw_ef)
         # Writes and schema changes are serialised; queries run concurrently.
@@ -54,9 +68,28 @@ class QdrantEdgeIndex:
         try:
             if self._path.exists() and any(self._path.iterdir()):
                 # Loading with the config checks that the stored vectors have our dimension.
-                shard = qe.EdgeShard.load(str(self._path), self._config)
+                # The keyword vectors are left out of it, since an index written before they
+                # existed lacks them: they are added if missing (a no-op otherwise), and the
+                # entries without them are listed by ``outdated`` until rewritten.
+                shard = qe.EdgeShard.load(
+                    str(self._path), qe.EdgeConfig(vectors=self._dense, hnsw_config=self._hnsw)
+                )
+                shard.update(
+                    qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
+                )
             else:
-                shard = qe.EdgeShard.create(str(self._path), self._config)
+                shard = qe.EdgeShard.create(
+                    str(self._path),
+                    qe.EdgeConfig(
+                        vectors=self._dense,
+                        # IDF is computed by the engine over the points it holds, so it follows
+                        # the catalog as items come and go.
+                        sparse_vectors={
+                            _KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
+                        },
+                        hnsw_config=self._hnsw,
+                    ),
+                )
                 shard.update(
                     qe.UpdateOperation.create_field_index(
                         "seq", qe.IntegerIndexParams(lookup=False, range=True)
@@ -76,11 +109,15 @@ class QdrantEdgeIndex:
         points = [
             qe.Point(
                 id=point_id(e.item_id),
-                vector=np.asarray(e.vector, dtype=np.float32).tolist(),
+                vector={
+                    _DENSE: np.asarray(e.vector, dtype=np.float32).tolist(),
+                    _KEYWORDS: self._bm25.embed_document(e.text),
+                },
                 payload={
                     "item_id": e.item_id,
                     "hash": e.content_hash,
                     "seq": e.seq,
+                    _ANALYSER: self._analyser,
                     _META: {k: _filterable(v) for k, v in e.metadata.items()},
                 },
             )
@@ -128,6 +165,23 @@ class QdrantEdgeIndex:
         )
         return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
 
+    def keyword_search(self, text: str, limit: int, selection: Selection) -> list[Hit]:
+        """Return the admitted items whose words best match ``text``, by BM25."""
+        if selection.only is not None and not selection.only:
+            return []
+        query = self._bm25.embed_query(text)
+        if not query.indices:
+            return []
+        points = self._shard.query(
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.Nearest(query, using=_KEYWORDS),
+                filter=_to_filter(selection),
+                with_payload=["item_id"],
+            )
+        )
+        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
+
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
         if selection.only is not None and not selection.only:
@@ -152,13 +206,13 @@ class QdrantEdgeIndex:
             return {}
         # One retrieve reads each point's vector and payload together.
         records = self._shard.retrieve(
-            [point_id(i) for i in item_ids], with_payload=["item_id", "hash"], with_vector=True
+            [point_id(i) for i in item_ids], with_payload=["item_id", "hash"], with_vector=[_DENSE]
         )
         out: dict[str, tuple[Vector, str]] = {}
         for record in records:
             vector: Any = record.vector
             if record.payload and vector is not None:
-                raw = vector[""] if isinstance(vector, dict) else vector
+                raw = vector[_DENSE] if isinstance(vector, dict) else vector
                 out[record.payload["item_id"]] = (
                     np.asarray(raw, dtype=np.float32),
                     record.payload.get("hash", ""),
@@ -167,19 +221,28 @@ class QdrantEdgeIndex:
 
     def fingerprints(self) -> dict[str, str]:
         """Return every item id with the content hash of its vector."""
-        out: dict[str, str] = {}
+        return {
+            payload["item_id"]: payload.get("hash", "")
+            for payload in self._payloads(["item_id", "hash"])
+        }
+
+    def outdated(self) -> list[str]:
+        """Return the items whose keyword vectors are missing or made by another analyser."""
+        return [
+            payload["item_id"]
+            for payload in self._payloads(["item_id", _ANALYSER])
+            if payload.get(_ANALYSER) != self._analyser
+        ]
+
+    def _payloads(self, fields: list[str]) -> Iterator[dict[str, Any]]:
         offset: qe.PointId | None = None
         while True:
             records, offset = self._shard.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=_SCROLL_PAGE, with_payload=["item_id", "hash"]
-                )
+                qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=fields)
             )
-            for record in records:
-                if record.payload:
-                    out[record.payload["item_id"]] = record.payload.get("hash", "")
+            yield from (record.payload for record in records if record.payload)
             if offset is None:
-                return out
+                return
 
     def count(self) -> int:
         """Return the number of items."""
@@ -203,6 +266,45 @@ class QdrantEdgeIndex:
         with self._write_lock:
             self._shard.flush()
             self._shard.close()
+
+
+def _bm25_config(language: str) -> qe.Bm25Config:
+    """Return the text analysis of keyword search.
+
+    Words are split at Unicode word boundaries, which keeps numbers and part numbers
+    ("ZQ-3537", "1995") searchable; Chinese and Japanese, written without spaces, are segmented
+    by dictionary instead. Words are lower-cased and folded to ASCII, then the stop words of
+    ``language`` are dropped and the rest stemmed. k1 and b keep BM25's usual values (1.2,
+    0.75). The average length stays at the engine's default (256 words), far above an item's
+    title and description: length normalisation is then mild, which suits catalog texts, where
+    a longer text says more about its item rather than repeating itself.
+
+    Raises:
+        ConfigError: ``language`` is neither ``none`` nor a language the engine knows.
+
+    """
+    name = language.strip().capitalize()
+    stopwords: Any = getattr(qe.Language, name, None)
+    snowball = getattr(qe.SnowballLanguage, name, None)
+    if language.strip().lower() == NO_LANGUAGE:
+        stopwords, snowball = None, None
+    elif stopwords is None and snowball is None:
+        known = sorted(
+            {n.lower() for n in dir(qe.Language) if not n.startswith("_")}
+            | {n.lower() for n in dir(qe.SnowballLanguage) if not n.startswith("_")}
+        )
+        raise ConfigError(
+            f"unknown keyword language {language!r} (index.text_language); choose "
+            f"{NO_LANGUAGE} or one of: {', '.join(known)}"
+        )
+    unspaced = name in _UNSPACED_LANGUAGES
+    return qe.Bm25Config(
+        tokenizer=qe.TokenizerType.Multilingual if unspaced else qe.TokenizerType.Word,
+        lowercase=True,
+        ascii_folding=True,
+        stopwords=stopwords if stopwords is not None else qe.StopwordsSet(custom=set()),
+        stemmer=qe.SnowballParams(snowball) if snowball is not None else qe.DisabledStemmer(),
+    )
 
 
 def _filterable(value: Any) -> Any:

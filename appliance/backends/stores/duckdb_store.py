@@ -248,6 +248,13 @@ class DuckDBStore:
             )
         return {r[0]: _stored_item(r) for r in rows}
 
+    def item_texts(self) -> list[tuple[str, str, str]]:
+        """Return every item's id, title and text."""
+        with self._lock:
+            return [
+                (r[0], r[1], r[2]) for r in self._rows("SELECT item_id, title, text FROM items")
+            ]
+
     def list_items(
         self, after: str | None, limit: int, query: str | None = None
     ) -> list[StoredItem]:

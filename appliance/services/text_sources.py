@@ -1,0 +1,65 @@
+"""Candidate sources that read the request's words: keyword search, and the items it names."""
+
+from __future__ import annotations
+
+import anyio.to_thread
+
+from appliance.backends.indexes.protocol import VectorIndex
+from appliance.domain import Hit, Selection
+from appliance.services.sources import Plan
+
+
+class KeywordSource:
+    """Items whose text shares the request's words, ranked by BM25.
+
+    Catches what an embedding blurs: a rare name, a product code, a word the model never saw.
+    """
+
+    name = "keyword"
+
+    def __init__(self, index: VectorIndex) -> None:
+        self._index = index
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Search the index's keyword vectors; nothing without a context."""
+        if not plan.context:
+            return []
+        return await anyio.to_thread.run_sync(
+            self._index.keyword_search, plan.context, plan.limit, plan.selection
+        )
+
+
+class NamedItemSource:
+    """The nearest neighbours of the catalog items the request names ("like Billy Madison").
+
+    Each hit's ``via`` is the named item it is nearest to. The named items themselves are left
+    out: the user already knows them.
+    """
+
+    name = "named"
+
+    def __init__(self, index: VectorIndex) -> None:
+        self._index = index
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Search around each named item's vector; nothing when the request names none."""
+        if not plan.named:
+            return []
+        return await anyio.to_thread.run_sync(self._neighbours, plan)
+
+    def _neighbours(self, plan: Plan) -> list[Hit]:
+        vectors = self._index.vectors(plan.named)
+        selection = Selection(
+            conditions=plan.selection.conditions,
+            exclude=plan.selection.exclude | frozenset(plan.named),
+            only=plan.selection.only,
+        )
+        best: dict[str, Hit] = {}
+        for named in plan.named:
+            if named not in vectors:  # deleted since it was recognised
+                continue
+            for hit in self._index.search(vectors[named], plan.limit, selection):
+                if hit.item_id not in best or hit.score > best[hit.item_id].score:
+                    best[hit.item_id] = Hit(hit.item_id, hit.score, via=named)
+        ranked = sorted(best.values(), key=lambda h: (-h.score, h.item_id))
+        return ranked[: plan.limit]

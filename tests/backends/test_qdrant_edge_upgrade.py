@@ -1,0 +1,131 @@
+"""An index written before keyword search existed opens, and reports what needs rewriting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import qdrant_edge as qe
+
+from appliance.backends.indexes.protocol import IndexEntry
+from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
+from appliance.domain import Selection, point_id
+from appliance.errors import ConfigError
+
+DIM = 8
+TEXTS = ("Arctic narwhal documentary.", "Cordless drill.", "Tomato soup.")
+
+
+def write_legacy_index(path: Path, entries: list[IndexEntry], dimension: int = DIM) -> None:
+    """Write ``entries`` as the index did before it kept keyword vectors.
+
+    One unnamed dense vector per point, no sparse vectors, and the payload without the
+    analyser field.
+    """
+    shard = qe.EdgeShard.create(
+        str(path),
+        qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine),
+            hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+        ),
+    )
+    shard.update(
+        qe.UpdateOperation.create_field_index(
+            "seq", qe.IntegerIndexParams(lookup=False, range=True)
+        )
+    )
+    shard.update(
+        qe.UpdateOperation.upsert_points(
+            [
+                qe.Point(
+                    id=point_id(e.item_id),
+                    vector=np.asarray(e.vector, dtype=np.float32).tolist(),
+                    payload={
+                        "item_id": e.item_id,
+                        "hash": e.content_hash,
+                        "seq": e.seq,
+                        "metadata": dict(e.metadata),
+                    },
+                )
+                for e in entries
+            ]
+        )
+    )
+    shard.flush()
+    shard.close()
+
+
+def _entries() -> list[IndexEntry]:
+    vectors = np.eye(DIM, dtype=np.float32)
+    return [
+        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {"genre": "x"}, text=text)
+        for i, text in enumerate(TEXTS)
+    ]
+
+
+def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    entries = _entries()
+    write_legacy_index(path, entries)
+
+    index = QdrantEdgeIndex(path, dimension=DIM)
+    try:
+        # The dense side is intact: reconcile keeps the vectors and re-embeds nothing.
+        assert index.fingerprints() == {e.item_id: e.content_hash for e in entries}
+        assert index.search(entries[1].vector, 1, Selection())[0].item_id == "item-1"
+        assert sorted(index.outdated()) == ["item-0", "item-1", "item-2"]
+        assert index.keyword_search("narwhal", 5, Selection()) == []
+
+        stored = index.vectors([e.item_id for e in entries])
+        index.upsert([IndexEntry(**{**_fields(e), "vector": stored[e.item_id]}) for e in entries])
+
+        assert index.outdated() == []
+        assert [h.item_id for h in index.keyword_search("narwhal", 5, Selection())] == ["item-0"]
+        assert index.search(entries[2].vector, 1, Selection())[0].item_id == "item-2"
+    finally:
+        index.close()
+    # Upgraded for good: reopening finds nothing left to do.
+    again = QdrantEdgeIndex(path, dimension=DIM)
+    try:
+        assert again.outdated() == []
+        assert [h.item_id for h in again.keyword_search("drill", 5, Selection())] == ["item-1"]
+    finally:
+        again.close()
+
+
+def test_another_text_language_makes_every_entry_outdated(tmp_path: Path) -> None:
+    path = tmp_path / "index"
+    english = QdrantEdgeIndex(path, dimension=DIM, text_language="english")
+    english.upsert(_entries())
+    assert english.outdated() == []
+    # English stems "narwhals" to the stored "narwhal".
+    assert [h.item_id for h in english.keyword_search("narwhals", 5, Selection())] == ["item-0"]
+    english.close()
+
+    plain = QdrantEdgeIndex(path, dimension=DIM, text_language="none")
+    try:
+        assert sorted(plain.outdated()) == ["item-0", "item-1", "item-2"]
+        plain.upsert(_entries())
+        assert plain.outdated() == []
+        # Without stems, words match only as written.
+        assert plain.keyword_search("narwhals", 5, Selection()) == []
+        assert [h.item_id for h in plain.keyword_search("narwhal", 5, Selection())] == ["item-0"]
+    finally:
+        plain.close()
+
+
+def test_an_unknown_text_language_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"index\.text_language.*english"):
+        QdrantEdgeIndex(tmp_path / "index", dimension=DIM, text_language="klingon")
+
+
+def _fields(entry: IndexEntry) -> dict[str, object]:
+    return {
+        "item_id": entry.item_id,
+        "vector": entry.vector,
+        "content_hash": entry.content_hash,
+        "seq": entry.seq,
+        "metadata": entry.metadata,
+        "text": entry.text,
+    }
