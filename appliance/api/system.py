@@ -7,7 +7,13 @@ from litestar.params import Parameter
 
 from appliance.api.auth import PUBLIC_ACCESS
 from appliance.api.limits import NOT_RATE_LIMITED, UNTIMED
-from appliance.schemas.system import EncoderStatsOut, Health, ReindexResult, Stats
+from appliance.schemas.system import (
+    CollaborativeStatsOut,
+    EncoderStatsOut,
+    Health,
+    ReindexResult,
+    Stats,
+)
 from appliance.schemas.users import RebuildResult
 from appliance.services.runtime import Runtime
 
@@ -50,10 +56,11 @@ class SystemController(Controller):
 
     @get("/stats", summary="Counts")
     async def stats(self, runtime: NamedDependency[Runtime]) -> Stats:
-        """Items, users, feedback events, index points, encoder batching and re-rank outcomes."""
+        """Return the counts, the encoder and re-rank figures and the collaborative model."""
         counts = await anyio.to_thread.run_sync(runtime.store.counts)
         points = await anyio.to_thread.run_sync(runtime.index.count)
         e = runtime.encoder.stats
+        c = runtime.collaborative.status()
         return Stats(
             items=counts.items,
             users=counts.users,
@@ -63,6 +70,15 @@ class SystemController(Controller):
                 batches=e.batches, texts=e.texts, largest_batch=e.largest_batch
             ),
             rerank={str(status): n for status, n in runtime.rerank.outcomes.items()},
+            collaborative=CollaborativeStatsOut(
+                items=c.items,
+                pairs=c.pairs,
+                users=c.users,
+                memory_bytes=c.memory_bytes,
+                build_seconds=round(c.build_seconds, 3),
+                built_at=c.built_at,
+                pending=c.pending,
+            ),
         )
 
     @post(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from appliance.schemas.base import Response
 
 
@@ -20,6 +22,22 @@ class EncoderStatsOut(Response):
     largest_batch: int
 
 
+class CollaborativeStatsOut(Response):
+    """The item-similarity model the collaborative source uses."""
+
+    items: int
+    """Items it relates (those with the most users, up to collaborative.max_items)."""
+    pairs: int
+    """(user, item) pairs it was learnt from."""
+    users: int
+    memory_bytes: int
+    build_seconds: float
+    """How long the last rebuild took."""
+    built_at: datetime | None = None
+    pending: bool = False
+    """Feedback or the catalog changed since; a rebuild is scheduled."""
+
+
 class Stats(Response):
     """Counts of what the appliance holds and has done."""
 
@@ -30,6 +48,7 @@ class Stats(Response):
     encoder: EncoderStatsOut
     rerank: dict[str, int] = {}
     """How often the re-rank stage ran, timed out, was busy, failed or was skipped (and why)."""
+    collaborative: CollaborativeStatsOut | None = None
 
 
 class ReindexResult(Response):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,10 +57,19 @@ class ReconcileSummary:
 class CatalogService:
     """Adds, replaces, reads and deletes items; the store is the system of record."""
 
-    def __init__(self, store: DuckDBStore, index: VectorIndex, encoder: EncoderQueue) -> None:
+    def __init__(
+        self,
+        store: DuckDBStore,
+        index: VectorIndex,
+        encoder: EncoderQueue,
+        *,
+        on_delete: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._index = index
         self._encoder = encoder
+        # Told after items leave the catalog (derived models rebuild without them then).
+        self._on_delete = on_delete or (lambda: None)
         self._optimizer: asyncio.TimerHandle | None = None
         self._optimizing: asyncio.Task[None] | None = None
 
@@ -180,6 +189,7 @@ class CatalogService:
         if not deleted:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         await anyio.to_thread.run_sync(self._index.delete, deleted)
+        self._on_delete()
 
     async def reconcile(self) -> ReconcileSummary:
         """Make the index agree with the store: embed what is missing or stale, drop orphans.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -89,10 +89,19 @@ class RebuildSummary:
 class FeedbackService:
     """Records feedback and keeps each user's preference vector current."""
 
-    def __init__(self, store: DuckDBStore, index: VectorIndex, settings: FeedbackSettings) -> None:
+    def __init__(
+        self,
+        store: DuckDBStore,
+        index: VectorIndex,
+        settings: FeedbackSettings,
+        *,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._index = index
         self._settings = settings
+        # Told after every commit that adds or removes events (derived models rebuild then).
+        self._on_change = on_change or (lambda: None)
         # A preference update is read-modify-write; one at a time keeps concurrent events of
         # the same user from overwriting each other.
         self._update_lock = asyncio.Lock()
@@ -152,6 +161,7 @@ class FeedbackService:
                     p.done.set_exception(e)
             return
         self.groups.record(len(group))
+        self._on_change()
         for p in group:
             p.done.set_result(
                 FeedbackReceipt(
@@ -198,6 +208,7 @@ class FeedbackService:
         vectors = await anyio.to_thread.run_sync(self._index.vectors, item_ids)
         async with self._update_lock:
             await self._store_locked(stored, vectors)
+        self._on_change()
         return stored
 
     async def _store_locked(
@@ -356,7 +367,9 @@ class FeedbackService:
             state = await anyio.to_thread.run_sync(self._store.preference, user_id)
             if state is None:
                 raise NotFoundError(f"user {user_id!r} has no feedback")
-            return await anyio.to_thread.run_sync(self._store.delete_user, user_id)
+            deleted = await anyio.to_thread.run_sync(self._store.delete_user, user_id)
+        self._on_change()
+        return deleted
 
     async def rebuild(self, user_id: str | None = None) -> RebuildSummary:
         """Recompute preference vectors by replaying the stored events.

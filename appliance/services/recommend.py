@@ -113,11 +113,12 @@ class RecommendationService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
-        state, seen, context_vector = await asyncio.gather(
+        state, history, context_vector = await asyncio.gather(
             anyio.to_thread.run_sync(self._store.preference, query.user_id),
-            self._seen(query),
+            anyio.to_thread.run_sync(self._store.user_history, query.user_id),
             self._encode(context),
         )
+        seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
         # Embedding the context and reading the user's state run concurrently: one stage.
@@ -128,8 +129,9 @@ class RecommendationService:
             user_id=query.user_id,
             context=context,
             query_vector=vector,
-            selection=Selection(conditions=query.conditions, exclude=frozenset(seen)),
+            selection=Selection(conditions=query.conditions, exclude=seen),
             limit=math.ceil(query.top_k * self._settings.candidate_factor),
+            history=tuple(history),
         )
         ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
         candidates = reciprocal_rank_fusion(
@@ -182,11 +184,6 @@ class RecommendationService:
                 f"sources is empty; name at least one of {', '.join(self.source_names)}"
             )
         return [s for s in self._sources if s.name in names]
-
-    async def _seen(self, query: RecommendationQuery) -> set[str]:
-        if not query.exclude_seen:
-            return set()
-        return await anyio.to_thread.run_sync(self._store.seen_item_ids, query.user_id)
 
     async def _encode(self, context: str) -> Vector | None:
         if not context:

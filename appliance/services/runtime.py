@@ -32,11 +32,17 @@ from appliance.errors import (
     NotReadyError,
 )
 from appliance.services.catalog import CatalogService
+from appliance.services.collaborative import CollaborativeModel
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
-from appliance.services.sources import PopularitySource, VectorSource
+from appliance.services.sources import (
+    CollaborativeSource,
+    HistorySource,
+    PopularitySource,
+    VectorSource,
+)
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +158,7 @@ class Runtime:
     feedback: FeedbackService
     recommender: RecommendationService
     popularity: PopularitySource
+    collaborative: CollaborativeModel
 
 
 @asynccontextmanager
@@ -204,7 +211,8 @@ async def open_runtime(
         encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
         await encoder.start()
         stack.push_async_callback(encoder.close)
-        catalog = CatalogService(store, index, encoder)
+        collaborative = CollaborativeModel(store, settings.collaborative)
+        catalog = CatalogService(store, index, encoder, on_delete=collaborative.changed)
         stack.push_async_callback(catalog.close)
         popularity = PopularitySource(
             store,
@@ -221,12 +229,27 @@ async def open_runtime(
             reranker_switch=reranker_switch,
             encoder=encoder,
             catalog=catalog,
-            feedback=FeedbackService(store, index, settings.feedback),
+            feedback=FeedbackService(
+                store, index, settings.feedback, on_change=collaborative.changed
+            ),
             recommender=RecommendationService(
-                store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
+                store,
+                encoder,
+                [
+                    VectorSource(index),
+                    CollaborativeSource(collaborative, index),
+                    HistorySource(index, examples=settings.recommend.history_examples),
+                    popularity,
+                ],
+                rerank,
+                settings.recommend,
             ),
             popularity=popularity,
+            collaborative=collaborative,
         )
+        # Builds in the background: serving starts without waiting for it.
+        await collaborative.start()
+        stack.push_async_callback(collaborative.close)
         summary = await catalog.reconcile()
         log.info(
             "index reconciled with the store: %d embedded, %d removed, %d failed",
