@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -41,6 +41,8 @@ from appliance.settings import CollaborativeSettings
 
 log = logging.getLogger(__name__)
 
+#: Weights below this fraction of their row's largest are taken for zero (float32 rounding).
+_NOISE = 1e-5
 #: Rows of a dense items x items matrix handled at once: bounds what a step allocates beside
 #: the matrix itself (sparse products, top-k indices) to this many rows.
 _BLOCK_ROWS = 256
@@ -101,17 +103,34 @@ class ItemSimilarity:
         return [(self.item_ids[j], float(scores[j])) for j in chosen.tolist()]
 
     def strongest_sources(
-        self, profile: Mapping[str, float], item_ids: Sequence[str]
+        self,
+        profile: Mapping[str, float],
+        item_ids: Sequence[str],
+        preferred: Collection[str] = (),
     ) -> dict[str, str]:
-        """Return, for each given item, the profile item whose weight contributed most to it."""
+        """Return, for each given item, the profile item whose weight contributed most to it.
+
+        Args:
+            profile: As for :meth:`neighbours`.
+            item_ids: The items to explain.
+            preferred: Profile items to name when one of them contributed anything (the ones
+                the user liked, say), even if another item contributed more.
+
+        """
         rows, amounts = self._rows(profile)
         targets = [self._position[i] for i in item_ids if i in self._position]
         if rows.size == 0 or not targets:
             return {}
         contributions = self._weights[rows][:, targets].toarray() * amounts[:, None]
-        strongest = rows[np.argmax(contributions, axis=0)]
+        strongest = np.argmax(contributions, axis=0)
+        chosen = np.array([self.item_ids[r] in preferred for r in rows.tolist()])
+        if chosen.any():
+            among = np.where(chosen[:, None], contributions, -np.inf)
+            best = np.argmax(among, axis=0)
+            found = among[best, np.arange(len(targets))] > 0.0
+            strongest = np.where(found, best, strongest)
         return {
-            self.item_ids[t]: self.item_ids[int(v)]
+            self.item_ids[t]: self.item_ids[int(rows[v])]
             for t, v in zip(targets, strongest.tolist(), strict=True)
         }
 
@@ -216,7 +235,10 @@ def strongest_per_row(dense: npt.NDArray[np.float32], keep: int) -> scipy.sparse
         chunk = dense[start : start + _BLOCK_ROWS]
         top = np.argpartition(-np.abs(chunk), keep - 1, axis=1)[:, :keep]
         picked = np.take_along_axis(chunk, top, axis=1)
-        r, c = np.nonzero(picked)
+        # Entries this small beside the row's largest are rounding noise of single precision,
+        # where exact arithmetic gives zero (items that no user shares).
+        floor = _NOISE * np.abs(picked).max(axis=1, keepdims=True)
+        r, c = np.nonzero(np.abs(picked) > floor)
         rows.append(r + start)
         cols.append(top[r, c])
         values.append(picked[r, c])

