@@ -151,10 +151,9 @@ class CollaborativeSettings(_Section, frozen=True):
     l2: PositiveFloat = 100.0
     """Regularisation of the model (EASE's lambda): higher trusts rare co-occurrences less."""
     max_items: Annotated[int, Meta(ge=2)] = 4000
-    """Items the model relates, those with the most users; building it takes memory of 4 x the
-    square of this in bytes (64 MB at 4000) and time growing with its cube."""
-    neighbours: PositiveInt = 200
-    """Strongest neighbours kept per item once the model is built."""
+    """Items the model relates, those with the most users. It holds 4 x the square of this in
+    bytes (64 MB at 4000) and about twice that more while it is rebuilt; a rebuild's time grows
+    with the cube."""
     refresh_seconds: Annotated[float, Meta(ge=0.0)] = 5.0
     """Shortest time between the starts of two rebuilds; new feedback is in the model within
     this (or the CPU-share pause, if longer) plus one build."""

@@ -20,6 +20,7 @@ from typing import Protocol
 import anyio.to_thread
 import msgspec
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse
 
 from appliance.backends.registry import build_reranker
@@ -40,7 +41,7 @@ from appliance.evaluation.metrics import (
     precision_at_k,
     recall_at_k,
 )
-from appliance.services.collaborative import ItemSimilarity, strongest_per_row
+from appliance.services.collaborative import ItemSimilarity
 from appliance.services.feedback import FeedbackInput
 from appliance.services.recommend import RecommendationQuery, RecommendationService
 from appliance.services.reranking import RerankStage
@@ -229,13 +230,24 @@ def cosine_neighbours(pairs: Iterable[tuple[str, str]], neighbours: int) -> Item
         block = (x[:, start:stop].T @ x).toarray()
         block /= norms[start:stop, None] * norms[None, :]
         block[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        blocks.append(strongest_per_row(block, neighbours))
+        blocks.append(_strongest(block, neighbours))
     return ItemSimilarity(
         list(items),
         scipy.sparse.vstack(blocks, format="csr"),
         pairs=len(rows),
         users=len(users),
         build_seconds=0.0,
+    )
+
+
+def _strongest(block: npt.NDArray[np.float32], keep: int) -> scipy.sparse.csr_matrix:
+    """Keep the ``keep`` largest positive entries of every row, as a sparse matrix."""
+    keep = max(1, min(keep, block.shape[1] - 1))
+    top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+    picked = np.take_along_axis(block, top, axis=1)
+    rows, columns = np.nonzero(picked > 0.0)
+    return scipy.sparse.csr_matrix(
+        (picked[rows, columns], (rows, top[rows, columns])), shape=block.shape
     )
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from appliance.services.collaborative import ItemSimilarity, fit, strongest_per_row
+from appliance.services.collaborative import ItemSimilarity, fit
 from appliance.settings import CollaborativeSettings
 
-SETTINGS = CollaborativeSettings(l2=1.0, neighbours=1000)
+SETTINGS = CollaborativeSettings(l2=1.0)
 
 
 def pairs_table(pairs: list[tuple[str, str]]) -> pa.Table:
@@ -117,14 +117,3 @@ def test_the_model_covers_the_most_used_items_that_two_users_share() -> None:
     assert capped.pairs == 8
     assert fit(pairs_table([("u0", "a"), ("u1", "a"), ("u0", "b")]), SETTINGS) is None
     assert fit(pairs_table([]), SETTINGS) is None
-
-
-def test_pruning_keeps_the_largest_magnitudes_of_each_row() -> None:
-    dense = np.array(
-        [[0.0, 0.5, -0.9, 0.1], [0.2, 0.0, 0.3, -0.1], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32
-    )
-    kept = strongest_per_row(dense, 2).toarray()
-    np.testing.assert_allclose(
-        kept, [[0.0, 0.5, -0.9, 0.0], [0.2, 0.0, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0]], rtol=1e-6
-    )
-    assert strongest_per_row(dense, 99).toarray() == pytest.approx(dense)
