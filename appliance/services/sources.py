@@ -21,7 +21,7 @@ POPULAR_POOL = 1000
 #: Ranked sources check this many times the items they need against the filters first, then
 #: that many times more at each further step while filters reject too many.
 _POOL_FACTOR = 4
-#: Most neighbours the collaborative source ranks for one request.
+#: Most neighbours the collaborative source ranks for one request, however narrow the filter.
 _MAX_POOL = 4096
 
 
@@ -148,8 +148,14 @@ class CollaborativeSource:
             liked = frozenset(h.item_id for h in plan.history if h.weight > 0)
         if model is None or not profile:
             return []
-        ranked = await anyio.to_thread.run_sync(model.neighbours, profile, _MAX_POOL)
-        admitted = await first_admitted(self._index, ranked, plan.selection, plan.limit)
+        pool = plan.limit * _POOL_FACTOR
+        while True:
+            ranked = await anyio.to_thread.run_sync(model.neighbours, profile, pool)
+            admitted = await first_admitted(self._index, ranked, plan.selection, plan.limit)
+            # A narrow filter can reject most neighbours: rank more while there are more.
+            if len(admitted) >= plan.limit or len(ranked) < pool or pool >= _MAX_POOL:
+                break
+            pool *= _POOL_FACTOR
         via = await anyio.to_thread.run_sync(
             model.strongest_sources, profile, [i for i, _ in admitted], liked
         )
