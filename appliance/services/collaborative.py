@@ -303,7 +303,7 @@ class CollaborativeModel:
         self._task = asyncio.create_task(self._refresh_forever(), name="collaborative-refresh")
 
     async def close(self) -> None:
-        """Stop the refresher, waiting for a build in progress to finish."""
+        """Stop the refresher; a build in progress is abandoned."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -358,8 +358,10 @@ class CollaborativeModel:
 
     async def _rebuild(self) -> None:
         interactions = await anyio.to_thread.run_sync(self._store.interactions)
+        # Abandoned on shutdown rather than waited for: the fit touches nothing but its input,
+        # and its result would be thrown away anyway.
         model = await anyio.to_thread.run_sync(
-            fit, interactions, self._settings, limiter=self._limiter
+            fit, interactions, self._settings, limiter=self._limiter, abandon_on_cancel=True
         )
         self.current = model
         self._built_at = datetime.now(UTC)
