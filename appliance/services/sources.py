@@ -195,14 +195,18 @@ async def first_admitted(
     selection: Selection,
     limit: int,
 ) -> list[tuple[str, float]]:
-    """Return the first ``limit`` of ``ranked`` that ``selection`` admits and the index holds.
+    """Return the first ``limit`` of ``ranked`` that ``selection`` admits.
 
-    The index is asked about a few times ``limit`` items at first, then about more while
-    filters reject too many, so a narrow filter still finds what is further down the list.
+    Metadata conditions are the index's to check: it is asked about a few times ``limit``
+    items at first, then about more while they reject too many, so a narrow filter still
+    finds what is further down the list. Without conditions nothing needs asking (an item
+    deleted meanwhile is left out when the recommendation service reads the items).
     """
     candidates = [pair for pair in ranked if pair[0] not in selection.exclude]
     if selection.only is not None:
         candidates = [pair for pair in candidates if pair[0] in selection.only]
+    if not selection.conditions:
+        return candidates[:limit]
     admitted: list[tuple[str, float]] = []
     start, size = 0, limit * _POOL_FACTOR
     while start < len(candidates) and len(admitted) < limit:
