@@ -436,6 +436,7 @@ def evaluate(
 ) -> None:
     """Measure recommendation quality on data with ground truth, with 95% bootstrap intervals."""
     import asyncio  # noqa: PLC0415
+    import dataclasses  # noqa: PLC0415
     import json  # noqa: PLC0415
     import tempfile  # noqa: PLC0415
 
@@ -456,7 +457,7 @@ def evaluate(
             history = list(datasets.read_ratings(dataset / "movielens-small" / "ratings_train.csv"))
             tasks = runner.dataset_tasks(dataset, split)
         if limit is not None:
-            tasks = [runner.Task(t.name, t.queries[:limit], t.metrics) for t in tasks]
+            tasks = [dataclasses.replace(t, queries=t.queries[:limit]) for t in tasks]
         with tempfile.TemporaryDirectory(prefix="appliance-eval-") as scratch:
             settings = load_settings(
                 ctx.obj.get("config"),
@@ -480,19 +481,29 @@ def evaluate(
                         progress=_ProgressBar(bar, job),
                     )
                 )
-    table = Table(title=f"Quality (95% bootstrap intervals; difference vs {runner.BASELINE})")
-    columns = ("task", "system", "metric", "mean [95% CI]", "vs vector-only", "ms p50/p95")
+    table = Table(title="Quality (95% bootstrap intervals; paired differences)")
+    columns = (
+        "task",
+        "system",
+        "metric",
+        "mean [95% CI]",
+        *(f"vs {reference}" for reference in runner.REFERENCES),
+        "ms p50/p95",
+    )
     for column in columns:
         table.add_column(column)
     for result in report.results:
         for label in result.scores:
-            diff = report.difference(result, label)
+            diffs = [report.difference(result, label, r) for r in runner.REFERENCES]
             table.add_row(
                 result.task,
                 result.system,
                 label,
                 str(result.interval(label)),
-                "" if diff is None else f"{diff.mean:+.3f} [{diff.low:+.3f}, {diff.high:+.3f}]",
+                *(
+                    "" if d is None else f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+                    for d in diffs
+                ),
                 f"{result.latency_p50_ms:.0f} / {result.latency_p95_ms:.0f}",
             )
     Console(width=150).print(table)
@@ -501,7 +512,9 @@ def evaluate(
             click.echo(f"{result.task} / {result.system}: re-rank stage {result.rerank_outcomes}")
     out.write_text(json.dumps(report.to_json(), indent=2), encoding="utf-8")
     markdown = out.with_suffix(".md")
-    markdown.write_text(report.to_markdown(), encoding="utf-8")
+    markdown.write_text(
+        f"{report.to_markdown()}\n{report.differences_to_markdown()}", encoding="utf-8"
+    )
     click.echo(f"written to {out} and {markdown}")
 
 

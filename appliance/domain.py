@@ -157,6 +157,16 @@ def interaction_weight(kind: InteractionType, rating: float | None, neutral: flo
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """A user's standing with one item: the weight and time of their latest event on it."""
+
+    item_id: str
+    weight: float
+    """The signed weight of the latest event (a later rating replaces an earlier one)."""
+    timestamp: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class FeedbackEvent:
     """One stored interaction."""
 

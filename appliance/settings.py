@@ -147,6 +147,26 @@ class RecommendSettings(_Section, frozen=True):
     """Age at which a feedback event counts half towards an item's popularity."""
     popularity_refresh_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
     """How long a computed popularity ranking is reused before it is recomputed."""
+    history_examples: PositiveInt = 10
+    """The history source recommends from the user's latest this-many liked items and as many
+    disliked ones (its query's time grows with them: 5 ms at 5, 16 ms at 20 on the demo)."""
+
+
+class CollaborativeSettings(_Section, frozen=True):
+    """Item-to-item similarity learnt from the feedback events (the collaborative source)."""
+
+    l2: PositiveFloat = 100.0
+    """Regularisation of the model (EASE's lambda): higher trusts rare co-occurrences less."""
+    max_items: Annotated[int, Meta(ge=2)] = 4000
+    """Items the model relates, those with the most users. It holds 4 x the square of this in
+    bytes (64 MB at 4000), and about as much again while it is rebuilt; a rebuild's time grows
+    with the cube (2.3 s of CPU at 4000)."""
+    refresh_seconds: Annotated[float, Meta(ge=0.0)] = 5.0
+    """Shortest time between the starts of two rebuilds; new feedback is in the model within
+    this (or the CPU-share pause, if longer) plus one build."""
+    max_cpu_share: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.25
+    """Largest share of one core that rebuilding may take: after a build of t seconds the
+    next waits at least t / share."""
 
 
 class FeedbackSettings(_Section, frozen=True):
@@ -188,6 +208,7 @@ class Settings(_Section, frozen=True):
     recommend: RecommendSettings = RecommendSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     cache: CacheSettings = CacheSettings()
+    collaborative: CollaborativeSettings = CollaborativeSettings()
 
 
 def load_settings(

@@ -12,6 +12,7 @@ from appliance.api.limits import NOT_RATE_LIMITED, UNTIMED
 from appliance.api.openapi import error_responses
 from appliance.schemas.system import (
     CacheStatsOut,
+    CollaborativeStatsOut,
     EncoderStatsOut,
     Health,
     ReindexResult,
@@ -59,10 +60,11 @@ class SystemController(Controller):
 
     @get("/stats", summary="Counts")
     async def stats(self, runtime: NamedDependency[Runtime]) -> Stats:
-        """Items, users, feedback events, index points, encoder batching and re-rank outcomes."""
+        """Return the counts, the encoder, re-rank and cache figures and the collaborative model."""
         counts = await anyio.to_thread.run_sync(runtime.store.counts)
         points = await anyio.to_thread.run_sync(runtime.index.count)
         e = runtime.encoder.stats
+        model = runtime.collaborative.status()
         return Stats(
             items=counts.items,
             users=counts.users,
@@ -76,6 +78,15 @@ class SystemController(Controller):
                 name: CacheStatsOut(hits=c.stats.hits, misses=c.stats.misses, entries=len(c))
                 for name, c in runtime.caches().items()
             },
+            collaborative=CollaborativeStatsOut(
+                items=model.items,
+                pairs=model.pairs,
+                users=model.users,
+                memory_bytes=model.memory_bytes,
+                build_seconds=round(model.build_seconds, 3),
+                built_at=model.built_at,
+                pending=model.pending,
+            ),
         )
 
     @post(

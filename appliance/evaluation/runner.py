@@ -19,6 +19,9 @@ from typing import Protocol
 
 import anyio.to_thread
 import msgspec
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
 
 from appliance.backends.registry import build_reranker
 from appliance.domain import InteractionType
@@ -38,6 +41,7 @@ from appliance.evaluation.metrics import (
     precision_at_k,
     recall_at_k,
 )
+from appliance.services.collaborative import ItemSimilarity
 from appliance.services.feedback import FeedbackInput
 from appliance.services.recommend import RecommendationQuery, RecommendationService
 from appliance.services.reranking import RerankStage
@@ -46,12 +50,18 @@ from appliance.settings import Settings
 
 #: The system every other one is compared with: vector search over the embedded context alone.
 BASELINE = "vector-only"
+#: The classic collaborative-filtering baseline, the second reference of the comparisons.
+ITEM_KNN = "item-kNN"
+#: Systems every other one is compared with, by paired differences, where they ran.
+REFERENCES = (BASELINE, ITEM_KNN)
 VECTOR = "vector"
 #: Every candidate source, fused: the appliance's default pipeline.
 FUSED = "fused"
 TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
 #: One held-back item per user: did it make the top 10, and how high.
 HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
+#: Items whose similarities item-kNN computes at once.
+_KNN_BLOCK = 512
 _METRICS: dict[str, Callable[..., float]] = {
     "NDCG": ndcg_at_k,
     "P": precision_at_k,
@@ -68,6 +78,8 @@ class Task:
     queries: list[Query]
     metrics: tuple[tuple[str, int], ...]
     """(metric, k) pairs, e.g. ("NDCG", 10)."""
+    personal: bool = False
+    """Whether the queries come from users with a history (what they rated or said they liked)."""
 
     @property
     def depth(self) -> int:
@@ -98,6 +110,8 @@ class System(Protocol):
     name: str
     needs_context: bool
     """Whether it only makes sense for queries with words (it then skips the others)."""
+    needs_history: bool
+    """Whether it only makes sense for users with a history (it then skips other tasks)."""
 
     async def rank(self, query: Query, k: int) -> list[str]:
         """Return up to ``k`` item ids, best first."""
@@ -121,6 +135,7 @@ class Pipeline:
         self._rerank = rerank
         # A re-ranker judges items against the request; without one it has nothing to add.
         self.needs_context = rerank
+        self.needs_history = False
         self.rerank_outcomes: Counter[str] = Counter()
         """What became of the re-rank stage on each query of the current task."""
 
@@ -158,6 +173,7 @@ class MostPopular:
 
     name = "most-popular"
     needs_context = False
+    needs_history = False
 
     def __init__(self, runtime: Runtime, history: Iterable[Interaction]) -> None:
         self._runtime = runtime
@@ -168,6 +184,71 @@ class MostPopular:
         """Return the most popular items the user has not interacted with."""
         seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
         return [i for i in self._ranking if i not in seen][:k]
+
+
+class ItemKNN:
+    """Item-based collaborative filtering, the classic baseline.
+
+    Cosine similarity of who interacted with what, each item's ``neighbours`` most similar
+    items kept; a user's score for an item is the sum of its similarities to the items of
+    their history, minus what they have seen.
+    """
+
+    name = ITEM_KNN
+    needs_context = False
+    needs_history = True
+
+    def __init__(
+        self, runtime: Runtime, history: Iterable[Interaction], *, neighbours: int = 100
+    ) -> None:
+        self._runtime = runtime
+        self._model = cosine_neighbours({(i.user_id, i.item_id) for i in history}, neighbours)
+
+    async def rank(self, query: Query, k: int) -> list[str]:
+        """Return the items most similar to the user's history."""
+        seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
+        ranked = self._model.neighbours(dict.fromkeys(seen, 1.0), k)
+        return [i for i, _ in ranked]
+
+
+def cosine_neighbours(pairs: Iterable[tuple[str, str]], neighbours: int) -> ItemSimilarity:
+    """Item-to-item cosine similarity of binary (user, item) interactions, top ``neighbours``."""
+    users: dict[str, int] = {}
+    items: dict[str, int] = {}
+    rows, cols = [], []
+    for user, item in pairs:
+        rows.append(users.setdefault(user, len(users)))
+        cols.append(items.setdefault(item, len(items)))
+    x = scipy.sparse.csc_matrix(
+        (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
+    )
+    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
+    blocks = []
+    # A block of rows at a time: the dense similarities of every item pair at once would not fit.
+    for start in range(0, len(items), _KNN_BLOCK):
+        stop = min(start + _KNN_BLOCK, len(items))
+        block = (x[:, start:stop].T @ x).toarray()
+        block /= norms[start:stop, None] * norms[None, :]
+        block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        blocks.append(_strongest(block, neighbours))
+    return ItemSimilarity(
+        list(items),
+        scipy.sparse.vstack(blocks, format="csr"),
+        pairs=len(rows),
+        users=len(users),
+        build_seconds=0.0,
+    )
+
+
+def _strongest(block: npt.NDArray[np.float32], keep: int) -> scipy.sparse.csr_matrix:
+    """Keep the ``keep`` largest positive entries of every row, as a sparse matrix."""
+    keep = max(1, min(keep, block.shape[1] - 1))
+    top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+    picked = np.take_along_axis(block, top, axis=1)
+    rows, columns = np.nonzero(picked > 0.0)
+    return scipy.sparse.csr_matrix(
+        (picked[rows, columns], (rows, top[rows, columns])), shape=block.shape
+    )
 
 
 @dataclass(slots=True)
@@ -205,12 +286,15 @@ class Report:
 
     results: list[Result]
 
-    def difference(self, result: Result, label: str) -> Interval | None:
-        """Paired interval of ``result`` minus the baseline on the same task and metric."""
-        if result.system == BASELINE:
+    def difference(self, result: Result, label: str, reference: str = BASELINE) -> Interval | None:
+        """Paired interval of ``result`` minus ``reference`` on the same task and metric.
+
+        ``None`` for the reference itself, or when the reference did not run on that task.
+        """
+        if result.system == reference:
             return None
         base = next(
-            (r for r in self.results if r.task == result.task and r.system == BASELINE), None
+            (r for r in self.results if r.task == result.task and r.system == reference), None
         )
         return None if base is None else paired_difference(result.scores[label], base.scores[label])
 
@@ -227,6 +311,25 @@ class Report:
             lines.append(f"| {r.task} | {r.system} | " + " | ".join(cells) + f" | {latency} |")
         return "\n".join(lines) + "\n"
 
+    def differences_to_markdown(self) -> str:
+        """Return each system's paired difference from every reference on each task.
+
+        One row per system and task, on the task's first metric (the one its queries are
+        chiefly judged by), each difference as mean [95% interval].
+        """
+        lines = [
+            "| task | system | metric | " + " | ".join(f"minus {r}" for r in REFERENCES) + " |",
+            "| --- | --- | --- | " + " | ".join("---" for _ in REFERENCES) + " |",
+        ]
+        for r in self.results:
+            label = next(iter(r.scores))
+            diffs = [self.difference(r, label, reference) for reference in REFERENCES]
+            if all(d is None for d in diffs):
+                continue
+            cells = ["" if d is None else _signed(d) for d in diffs]
+            lines.append(f"| {r.task} | {r.system} | {label} | " + " | ".join(cells) + " |")
+        return "\n".join(lines) + "\n"
+
     def to_json(self) -> dict[str, object]:
         """Return the report as plain values."""
         rows = []
@@ -234,16 +337,16 @@ class Report:
             metrics = {}
             for label in r.scores:
                 interval = r.interval(label)
-                diff = self.difference(r, label)
+                minus = {
+                    reference: {"mean": diff.mean, "ci95": [diff.low, diff.high]}
+                    for reference in REFERENCES
+                    if (diff := self.difference(r, label, reference)) is not None
+                }
                 metrics[label] = {
                     "mean": interval.mean,
                     "ci95": [interval.low, interval.high],
                     "n": interval.n,
-                    **(
-                        {}
-                        if diff is None
-                        else {"minus_baseline": {"mean": diff.mean, "ci95": [diff.low, diff.high]}}
-                    ),
+                    **({"minus": minus} if minus else {}),
                 }
             rows.append(
                 {
@@ -255,7 +358,7 @@ class Report:
                     "metrics": metrics,
                 }
             )
-        return {"baseline": BASELINE, "results": rows}
+        return {"references": list(REFERENCES), "results": rows}
 
 
 async def replay(
@@ -314,7 +417,7 @@ async def evaluate(
     results = []
     for task in tasks:
         for system in systems:
-            if system.needs_context and not task.has_context:
+            if not _applies(system, task):
                 continue
             result = Result(task.name, system.name, {f"{m}@{k}": [] for m, k in task.metrics})
             if isinstance(system, Pipeline):
@@ -376,9 +479,12 @@ async def run(
         await replay(runtime, history)
         for task in tasks:
             await replay_liked(runtime, task.queries)
+        # Models learnt from feedback must have seen the whole replay before the first query.
+        await runtime.collaborative.wait_fresh()
         default = pipelines(runtime.recommender)[-1].name
         systems: list[System] = [
             MostPopular(runtime, history),
+            ItemKNN(runtime, history),
             *pipelines(runtime.recommender),
             *(
                 Pipeline(
@@ -394,9 +500,17 @@ async def run(
 
 def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:
     """How many queries ``evaluate`` answers: every task's by every system that applies."""
-    return sum(
-        len(t.queries) for t in tasks for s in systems if t.has_context or not s.needs_context
+    return sum(len(t.queries) for t in tasks for s in systems if _applies(s, t))
+
+
+def _applies(system: System, task: Task) -> bool:
+    return (task.has_context or not system.needs_context) and (
+        task.personal or not system.needs_history
     )
+
+
+def _signed(interval: Interval) -> str:
+    return f"{interval.mean:+.3f} [{interval.low:+.3f}, {interval.high:+.3f}]"
 
 
 def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
@@ -417,15 +531,17 @@ def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
             "redial",
             read_redial_queries(folder / f"redial_queries_{split}.jsonl"),
             (("R", 10), ("R", 50), ("NDCG", 10)),
+            personal=True,
         ),
         Task(
             "leave-last-out",
             read_leave_last_out(folder / f"ml_loo_{split}_targets.csv"),
             HOLDOUT_METRICS,
+            personal=True,
         ),
     ]
 
 
 def holdout_task(queries: list[Query]) -> Task:
     """Return the task of an operator's own time-split feedback log."""
-    return Task("holdout", queries, HOLDOUT_METRICS)
+    return Task("holdout", queries, HOLDOUT_METRICS, personal=True)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 from appliance.schemas.base import Response
 
 
@@ -28,6 +30,22 @@ class CacheStatsOut(Response):
     entries: int
 
 
+class CollaborativeStatsOut(Response):
+    """The item-similarity model the collaborative source uses."""
+
+    items: int
+    """Items it relates (those with the most users, up to collaborative.max_items)."""
+    pairs: int
+    """(user, item) pairs it was learnt from."""
+    users: int
+    memory_bytes: int
+    build_seconds: float
+    """How long the last rebuild took."""
+    built_at: datetime | None = None
+    pending: bool = False
+    """Feedback or the catalog changed since; a rebuild is scheduled."""
+
+
 class Stats(Response):
     """Counts of what the appliance holds and has done."""
 
@@ -40,6 +58,7 @@ class Stats(Response):
     """How often the re-rank stage ran, timed out, was busy, failed or was skipped (and why)."""
     cache: dict[str, CacheStatsOut] = {}
     """The context-vector and result caches (``context_vectors``, ``results``)."""
+    collaborative: CollaborativeStatsOut | None = None
 
 
 class ReindexResult(Response):

@@ -71,6 +71,7 @@ class CatalogService:
         titles: TitleDictionary | None = None,
         *,
         on_change: Callable[[], None] = lambda: None,
+        on_delete: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._index = index
@@ -79,6 +80,8 @@ class CatalogService:
         """The titles of the catalog's items, for finding them named in a request."""
         # Called on the event loop after any item was written or deleted (cached answers go).
         self._on_change = on_change
+        # Told after items leave the catalog (derived models rebuild without them then).
+        self._on_delete = on_delete
         self._optimizer: asyncio.TimerHandle | None = None
         self._optimizing: asyncio.Task[None] | None = None
 
@@ -208,6 +211,7 @@ class CatalogService:
             self.titles.remove(deleted)
         finally:
             self._on_change()
+        self._on_delete()
 
     async def reconcile(self) -> ReconcileSummary:
         """Make the index and the dictionary of titles agree with the store.

@@ -101,7 +101,7 @@ class FeedbackService:
         self._index = index
         self._settings = settings
         # Told on the event loop, after the write, whose feedback or profile changed (their
-        # cached answers go).
+        # cached answers go, models learnt from everyone's feedback rebuild).
         self._on_users_changed = on_users_changed
         # A preference update is read-modify-write; one at a time keeps concurrent events of
         # the same user from overwriting each other.

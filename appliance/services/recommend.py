@@ -120,12 +120,13 @@ class RecommendationService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
-        state, seen, context_vector, named = await asyncio.gather(
+        state, history, context_vector, named = await asyncio.gather(
             anyio.to_thread.run_sync(self._store.preference, query.user_id),
-            self._seen(query),
+            anyio.to_thread.run_sync(self._store.user_history, query.user_id),
             self._encode(context),
             self._named(context),
         )
+        seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
         # Embedding the context and reading the user's state run concurrently: one stage.
@@ -137,8 +138,9 @@ class RecommendationService:
             context=context,
             query_vector=vector,
             # Items the request names are known to the user: positive examples, not answers.
-            selection=Selection(conditions=query.conditions, exclude=frozenset(seen) | set(named)),
+            selection=Selection(conditions=query.conditions, exclude=seen | set(named)),
             limit=math.ceil(query.top_k * self._settings.candidate_factor),
+            history=tuple(history),
             named=named,
         )
         ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
@@ -192,11 +194,6 @@ class RecommendationService:
                 f"sources is empty; name at least one of {', '.join(self.source_names)}"
             )
         return [s for s in self._sources if s.name in names]
-
-    async def _seen(self, query: RecommendationQuery) -> set[str]:
-        if not query.exclude_seen:
-            return set()
-        return await anyio.to_thread.run_sync(self._store.seen_item_ids, query.user_id)
 
     async def _named(self, context: str) -> tuple[str, ...]:
         if not context:

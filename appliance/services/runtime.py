@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -35,11 +35,17 @@ from appliance.errors import (
 from appliance.services.backup import BackupService
 from appliance.services.caching import CachedRecommender, ContextVectorCache, ResultCache
 from appliance.services.catalog import CatalogService
+from appliance.services.collaborative import CollaborativeModel
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
-from appliance.services.sources import PopularitySource, VectorSource
+from appliance.services.sources import (
+    CollaborativeSource,
+    HistorySource,
+    PopularitySource,
+    VectorSource,
+)
 from appliance.services.text_sources import KeywordSource, NamedItemSource
 from appliance.settings import Settings
 
@@ -169,6 +175,7 @@ class Runtime:
     """The recommender behind the result cache: what the API answers with."""
     context_vectors: ContextVectorCache
     popularity: PopularitySource
+    collaborative: CollaborativeModel
     backup: BackupService
 
     def caches(self) -> dict[str, ContextVectorCache | ResultCache]:
@@ -234,7 +241,14 @@ async def open_runtime(
         encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
         await encoder.start()
         stack.push_async_callback(encoder.close)
-        catalog = CatalogService(store, index, encoder, on_change=results.everything_changed)
+        collaborative = CollaborativeModel(store, settings.collaborative)
+        catalog = CatalogService(
+            store,
+            index,
+            encoder,
+            on_change=results.everything_changed,
+            on_delete=collaborative.changed,
+        )
         stack.push_async_callback(catalog.close)
         popularity = PopularitySource(
             store,
@@ -242,14 +256,24 @@ async def open_runtime(
             half_life_days=settings.recommend.popularity_half_life_days,
             refresh_seconds=settings.recommend.popularity_refresh_seconds,
         )
-        feedback = FeedbackService(
-            store, index, settings.feedback, on_users_changed=results.users_changed
-        )
+
+        def users_changed(user_ids: Collection[str]) -> None:
+            results.users_changed(user_ids)
+            collaborative.changed()
+
+        feedback = FeedbackService(store, index, settings.feedback, on_users_changed=users_changed)
         context_vectors = ContextVectorCache(encoder, max_entries=settings.cache.context_vectors)
         recommender = RecommendationService(
             store,
             context_vectors,
-            [VectorSource(index), KeywordSource(index), NamedItemSource(index), popularity],
+            [
+                VectorSource(index),
+                KeywordSource(index),
+                NamedItemSource(index),
+                CollaborativeSource(collaborative, index),
+                HistorySource(index, examples=settings.recommend.history_examples),
+                popularity,
+            ],
             rerank,
             settings.recommend,
             titles=catalog.titles,
@@ -268,6 +292,7 @@ async def open_runtime(
             cached_recommender=CachedRecommender(recommender, results),
             context_vectors=context_vectors,
             popularity=popularity,
+            collaborative=collaborative,
             backup=BackupService(
                 store=store,
                 index=index,
@@ -275,10 +300,13 @@ async def open_runtime(
                 encoder=encoder,
                 catalog=catalog,
                 feedback=feedback,
-                on_restored=[popularity.forget, results.everything_changed],
+                on_restored=[popularity.forget, collaborative.changed, results.everything_changed],
                 scratch=settings.data_dir / SCRATCH_DIR,
             ),
         )
+        # Builds in the background: serving starts without waiting for it.
+        await collaborative.start()
+        stack.push_async_callback(collaborative.close)
         summary = await catalog.reconcile()
         log.info(
             "index reconciled with the store: %d embedded, %d rewritten, %d removed, %d failed",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -11,11 +12,17 @@ import anyio.to_thread
 
 from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore
-from appliance.domain import Hit, Selection
+from appliance.domain import HistoryEntry, Hit, Selection
+from appliance.services.collaborative import CollaborativeModel
 
 #: How many of the most popular items are kept ranked; cold-start requests beyond them (or
 #: filtered away from them) fall back to the newest items.
 POPULAR_POOL = 1000
+#: Ranked sources check this many times the items they need against the filters first, then
+#: that many times more at each further step while filters reject too many.
+_POOL_FACTOR = 4
+#: Most neighbours the collaborative source ranks for one request, however narrow the filter.
+_MAX_POOL = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,8 +34,11 @@ class Plan:
     query_vector: Vector | None
     selection: Selection
     limit: int
+    history: tuple[HistoryEntry, ...] = ()
+    """The user's standing with each item they gave feedback on."""
     named: tuple[str, ...] = ()
-    """Catalog items the context names, in order of mention: positive examples."""
+    """Catalog items the context names ("something like ..."), in order of mention: positive
+    examples."""
 
 
 class CandidateSource(Protocol):
@@ -59,10 +69,11 @@ class VectorSource:
 
 
 class PopularitySource:
-    """Items with the most recency-weighted positive feedback, then the newest items.
+    """Items with the most recency-weighted positive feedback: a prior for every request.
 
-    Answers only cold-start requests (no context, no preferences), for which it is the one
-    signal there is.
+    It answers every request, so fusion can lean on what is popular now when the other sources
+    disagree. A cold-start request (no context, no preferences) has no other signal, so its
+    answer is topped up with the newest items when too few items have feedback.
     """
 
     name = "popularity"
@@ -79,25 +90,18 @@ class PopularitySource:
         self._index = index
         self._half_life_days = half_life_days
         self._refresh_seconds = refresh_seconds
-        self._ranking: dict[str, float] = {}
+        self._ranking: list[tuple[str, float]] = []
         self._computed_at = float("-inf")
 
     async def candidates(self, plan: Plan) -> list[Hit]:
-        """Return popular admitted items, topped up with the newest ones."""
-        if plan.query_vector is not None:
-            return []
+        """Return popular admitted items (topped up with the newest ones at cold start)."""
         ranking = await self._current_ranking()
         hits: list[Hit] = []
         if ranking:
-            admitted = await anyio.to_thread.run_sync(
-                self._index.newest,
-                len(ranking),
-                replace(plan.selection, only=frozenset(ranking)),
-            )
-            top = max(ranking.values())
-            ordered = sorted(admitted, key=lambda i: (-ranking[i], i))[: plan.limit]
-            hits = [Hit(i, ranking[i] / top) for i in ordered]
-        if len(hits) < plan.limit:
+            top = ranking[0][1]
+            admitted = await first_admitted(self._index, ranking, plan.selection, plan.limit)
+            hits = [Hit(i, score / top) for i, score in admitted]
+        if len(hits) < plan.limit and plan.query_vector is None:
             taken = frozenset(h.item_id for h in hits)
             newest = await anyio.to_thread.run_sync(
                 self._index.newest,
@@ -111,11 +115,115 @@ class PopularitySource:
         """Drop the cached ranking, e.g. after the feedback was replaced by a restore."""
         self._computed_at = float("-inf")
 
-    async def _current_ranking(self) -> dict[str, float]:
+    async def _current_ranking(self) -> list[tuple[str, float]]:
+        """Return (item id, score) pairs, most popular first."""
         if time.monotonic() - self._computed_at > self._refresh_seconds:
-            rows = await anyio.to_thread.run_sync(
+            self._ranking = await anyio.to_thread.run_sync(
                 self._store.popularity, datetime.now(UTC), self._half_life_days, POPULAR_POOL
             )
-            self._ranking = dict(rows)
             self._computed_at = time.monotonic()
         return self._ranking
+
+
+class CollaborativeSource:
+    """Items that go with the user's history, or with the items the request names.
+
+    Learnt from everyone's feedback: people who engaged with those items engaged with these.
+    Every item of the history counts, whatever the user thought of it: the model is learnt
+    from who engaged with what, and having watched, read or bought something says what else
+    one will (measured on the leave-last-out task: HR@10 0.124 from the whole history against
+    0.112 from the liked items alone). Each hit's ``via`` is the liked item that contributed
+    most to it, or the history item that did when no liked item contributed.
+    """
+
+    name = "collaborative"
+
+    def __init__(self, model: CollaborativeModel, index: VectorIndex) -> None:
+        self._model = model
+        self._index = index
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Return the model's strongest admitted neighbours of the plan's items."""
+        model = self._model.current
+        # Items the request names say what is wanted now; otherwise the history does.
+        if plan.named:
+            profile, liked = dict.fromkeys(plan.named, 1.0), frozenset(plan.named)
+        else:
+            profile = dict.fromkeys((h.item_id for h in plan.history), 1.0)
+            liked = frozenset(h.item_id for h in plan.history if h.weight > 0)
+        if model is None or not profile:
+            return []
+        pool = plan.limit * _POOL_FACTOR
+        while True:
+            ranked = await anyio.to_thread.run_sync(model.neighbours, profile, pool)
+            admitted = await first_admitted(self._index, ranked, plan.selection, plan.limit)
+            # A narrow filter can reject most neighbours: rank more while there are more.
+            if len(admitted) >= plan.limit or len(ranked) < pool or pool >= _MAX_POOL:
+                break
+            pool *= _POOL_FACTOR
+        via = await anyio.to_thread.run_sync(
+            model.strongest_sources, profile, [i for i, _ in admitted], liked
+        )
+        return [Hit(i, score, via.get(i)) for i, score in admitted]
+
+
+class HistorySource:
+    """Items near any of the user's recently liked items and away from the disliked ones.
+
+    Complements the vector source, which searches near the average of the user's taste
+    (blended with the context): an item close to one liked item scores here even when the
+    average lies elsewhere, and an item closer to a disliked item than to every liked one
+    scores below all others. Each hit's ``via`` is the liked item it is closest to.
+    """
+
+    name = "history"
+
+    def __init__(self, index: VectorIndex, *, examples: int) -> None:
+        self._index = index
+        self._examples = examples
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Return items recommended from the user's latest likes and dislikes."""
+        latest = sorted(plan.history, key=lambda h: h.timestamp, reverse=True)
+        liked = [h.item_id for h in latest if h.weight > 0][: self._examples]
+        disliked = [h.item_id for h in latest if h.weight < 0][: self._examples]
+        if not liked:
+            return []
+        return await anyio.to_thread.run_sync(
+            self._index.recommend, liked, disliked, plan.limit, plan.selection
+        )
+
+
+async def first_admitted(
+    index: VectorIndex,
+    ranked: Sequence[tuple[str, float]],
+    selection: Selection,
+    limit: int,
+) -> list[tuple[str, float]]:
+    """Return the first ``limit`` of ``ranked`` that ``selection`` admits.
+
+    Metadata conditions are the index's to check: it is asked about a few times ``limit``
+    items at first, then about more while they reject too many, so a narrow filter still
+    finds what is further down the list. Without conditions nothing needs asking (an item
+    deleted meanwhile is left out when the recommendation service reads the items).
+    """
+    candidates = [pair for pair in ranked if pair[0] not in selection.exclude]
+    if selection.only is not None:
+        candidates = [pair for pair in candidates if pair[0] in selection.only]
+    if not selection.conditions:
+        return candidates[:limit]
+    admitted: list[tuple[str, float]] = []
+    start, size = 0, limit * _POOL_FACTOR
+    while start < len(candidates) and len(admitted) < limit:
+        chunk = candidates[start : start + size]
+        found = set(
+            await anyio.to_thread.run_sync(
+                index.newest,
+                len(chunk),
+                replace(selection, only=frozenset(i for i, _ in chunk)),
+            )
+        )
+        admitted.extend(pair for pair in chunk if pair[0] in found)
+        start += size
+        size *= _POOL_FACTOR
+    return admitted[:limit]

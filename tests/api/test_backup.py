@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
 from appliance.settings import Settings
-from tests.api.calls import COUNTED, counts, feedback, ids, recommend, serving, upsert
+from tests.api.calls import COUNTED, counts, feedback, ids, recommend, serving, stats, upsert
 from tests.api.test_auth import ADMIN_KEY, CLIENT_KEY, bearer, keyed_settings
 from tests.conftest import make_settings, started_clients
 
@@ -44,6 +45,7 @@ REQUESTS: dict[str, dict[str, Any]] = {
     "seen-kept": {"user_id": "carol", "top_k": 8, "exclude_seen": False},
     "popularity": {"user_id": "first-visit", "top_k": 10},
     "named": {"user_id": "visitor", "context": "Something like Paradox Station", "top_k": 8},
+    "bought": {"user_id": "q1", "top_k": 5},
 }
 #: Sources whose scores come from statistics of the index rather than from the data: BM25's
 #: document frequencies still count replaced and deleted entries until the engine vacuums them,
@@ -67,8 +69,11 @@ def populate(client: TestClient[Any], items: list[dict[str, Any]]) -> None:
     feedback(client, "carol", "ro-2", interaction_type="watched")
     feedback(client, "carol", "tt-1", interaction_type="dislike")
     feedback(client, "carol", "gd-1", interaction_type="skip")
+    # Items that the same users bought: the collaborative model has something to relate.
     for user in ("p1", "p2", "p3"):
-        feedback(client, user, "ro-4", interaction_type="purchase")
+        for item in ("ro-4", "ck-3"):
+            feedback(client, user, item, interaction_type="purchase")
+    feedback(client, "q1", "ro-4", interaction_type="purchase")
     feedback(client, "gone", "tt-2", interaction_type="like")
     assert client.delete("/users/gone").status_code == 200
     # The text changes (re-embedded), the metadata alone changes, then an item leaves the
@@ -79,7 +84,12 @@ def populate(client: TestClient[Any], items: list[dict[str, Any]]) -> None:
     assert client.delete("/items/sf-2").status_code == 204
 
 
-def answers(client: TestClient[Any] | Any) -> dict[str, dict[str, Any]]:
+def answers(client: TestClient[Any]) -> dict[str, dict[str, Any]]:
+    """Every request's answer, once the collaborative model has learnt all the feedback."""
+    deadline = time.monotonic() + 60.0
+    while stats(client)["collaborative"].get("pending", False):
+        assert time.monotonic() < deadline, "the collaborative model was never rebuilt"
+        time.sleep(0.05)
     return {name: recommend(client, **body) for name, body in REQUESTS.items()}
 
 
@@ -202,13 +212,15 @@ def test_a_restored_appliance_answers_exactly_as_the_original(
     assert response.status_code == 200, response.text
     restored = response.json()
     assert restored.pop("backup_created_at")
-    assert restored == {"items": 35, "users": 6, "feedback_events": 13}
+    assert restored == {"items": 35, "users": 7, "feedback_events": 17}
     # The catalog was not embedded again, only the sample of 8 items that checks the model.
     assert fresh.get("/stats").json()["encoder"]["texts"] == 8
     assert counts(fresh) == counts_before == {**restored, "index_points": 35}
     assert history(fresh) == shown_before
     assert_same_answers(answers(fresh), before)
-    # The restored index has the items' words, and the appliance their titles.
+    # The restored index has the items' words, the appliance their titles, and the
+    # collaborative model what the restored users bought together.
+    assert any("collaborative" in r["sources"] for r in before["bought"]["recommendations"])
     assert any("keyword" in r["sources"] for r in before["context"]["recommendations"])
     assert {r["via"].get("named") for r in before["named"]["recommendations"]} >= {"tt-2"}
     assert {a["strategy"] for a in before.values()} == {
@@ -223,12 +235,31 @@ def test_a_restored_appliance_answers_exactly_as_the_original(
     assert fresh.get("/feedback").json()["last_event_id"] == last + 1
 
 
+#: The sources that read only the request, the items' vectors and the user's own feedback; the
+#: others follow what the writers change during the backup (popularity and the collaborative
+#: model learn from everyone's feedback, BM25 statistics count every edited entry).
+OWN_SOURCES = ["vector", "history"]
 #: Requests whose answers nothing written during the backup can change.
 SETTLED: dict[str, dict[str, Any]] = {
-    "preference": {"user_id": "settled-0", "top_k": 5},
-    "context+preference": {"user_id": "settled-1", "context": "a love story", "top_k": 5},
-    "filtered": {"user_id": "settled-2", "top_k": 5, "filters": {"year": {"gte": 2000}}},
-    "context": {"user_id": "visitor", "context": "a journey through time", "top_k": 5},
+    "preference": {"user_id": "settled-0", "top_k": 5, "sources": OWN_SOURCES},
+    "context+preference": {
+        "user_id": "settled-1",
+        "context": "a love story",
+        "top_k": 5,
+        "sources": OWN_SOURCES,
+    },
+    "filtered": {
+        "user_id": "settled-2",
+        "top_k": 5,
+        "filters": {"year": {"gte": 2000}},
+        "sources": OWN_SOURCES,
+    },
+    "context": {
+        "user_id": "visitor",
+        "context": "a journey through time",
+        "top_k": 5,
+        "sources": OWN_SOURCES,
+    },
 }
 
 

@@ -87,8 +87,9 @@ def test_historical_timestamps_are_accepted_and_weigh_less(catalog_client: TestC
             # The weight is the event's own; its age applies inside the preference vector.
             assert receipt["weight"] == 1.0
 
+    # The preference vector is what ages; the vector source searches with it.
     for user, recent, old in (("cook", "ck-", "sp-"), ("astro", "sp-", "ck-")):
-        answer = ids(recommend(catalog_client, user_id=user, top_k=4))
+        answer = ids(recommend(catalog_client, user_id=user, top_k=4, sources=["vector"]))
         assert sum(i.startswith(recent) for i in answer) >= 2, (user, answer)
         assert not any(i.startswith(old) for i in answer), (user, answer)
 

@@ -98,7 +98,8 @@ def test_delete_user_forgets_everything_about_them(catalog_client: TestClient[An
     assert client.get("/users/dave").status_code == 404
     assert client.delete("/users/dave").status_code == 404
     # Their seen items are no longer excluded, and their taste no longer steers the query (of
-    # the vector source: the keyword source adds items that share the context's words).
+    # the vector source: the keyword source would add items that share the context's words,
+    # and the popularity prior the item "other" liked).
     shown = recommend(
         client,
         user_id="dave",

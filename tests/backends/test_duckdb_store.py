@@ -345,6 +345,52 @@ def test_popularity_ignores_deleted_items(store: DuckDBStore) -> None:
     assert store.seen_item_ids("u1") == {"item-000", "item-001", "never-in-catalog"}
 
 
+def test_user_history_keeps_the_latest_event_of_each_item(store: DuckDBStore) -> None:
+    store.put_items(_items(3))
+    store.record_feedback(_event("alice", "item-000", weight=1.0), _state("alice"))
+    # A later dislike of the same item replaces the like, even though it happened earlier.
+    store.record_feedback(
+        _event("alice", "item-000", InteractionType.DISLIKE, weight=-1.0, at=NOW - timedelta(1)),
+        _state("alice"),
+    )
+    store.record_feedback(_event("alice", "item-001", weight=0.25), _state("alice"))
+    store.record_feedback(_event("alice", "never-in-catalog", weight=0.5), _state("alice"))
+    store.record_feedback(_event("bob", "item-002"), _state("bob"))
+    history = {h.item_id: h for h in store.user_history("alice")}
+    assert set(history) == {"item-000", "item-001", "never-in-catalog"}
+    assert history["item-000"].weight == -1.0
+    assert history["item-000"].timestamp == NOW
+    assert history["item-001"].weight == 0.25
+    assert store.user_history("nobody") == []
+
+
+def test_interactions_are_the_pairs_of_catalog_items(store: DuckDBStore) -> None:
+    store.put_items(_items(3))
+    store.record_feedback(_event("alice", "item-000", at=NOW - timedelta(days=2)), _state("alice"))
+    store.record_feedback(
+        _event("alice", "item-000", InteractionType.SKIP, weight=-0.5), _state("alice")
+    )
+    store.record_feedback(_event("alice", "item-001"), _state("alice"))
+    store.record_feedback(_event("bob", "item-001", weight=0.6), _state("bob"))
+    store.record_feedback(_event("bob", "never-in-catalog"), _state("bob"))
+    store.record_feedback(_event("carol", "item-002"), _state("carol"))
+    store.delete_items(["item-002"])
+    rows = sorted(
+        zip(
+            *(
+                store.interactions()[c].to_pylist()
+                for c in ("user_id", "item_id", "weight", "event_time")
+            ),
+            strict=True,
+        )
+    )
+    assert rows == [
+        ("alice", "item-000", -0.5, NOW.timestamp()),
+        ("alice", "item-001", 1.0, NOW.timestamp()),
+        ("bob", "item-001", 0.6, NOW.timestamp()),
+    ]
+
+
 def test_counts(store: DuckDBStore) -> None:
     assert store.counts() == Counts(items=0, users=0, feedback_events=0)
     store.put_items(_items(4))

@@ -313,6 +313,44 @@ def test_only_restricts_to_the_given_ids(index: VectorIndex) -> None:
     assert sorted(_ids(index.search(vectors[0], 10, both))) == ["item-29", "item-3"]
 
 
+def test_recommend_ranks_by_the_nearest_example(index: VectorIndex) -> None:
+    vectors = _unit_vectors(60)
+    index.upsert(_entries(vectors))
+    examples = frozenset({"item-0", "item-1", "item-2"})
+    hits = index.recommend(["item-0", "item-1"], ["item-2"], 57, Selection(exclude=examples))
+    assert len(hits) == 57
+    nearest_liked = {
+        f"item-{j}": max(vectors[j] @ vectors[0], vectors[j] @ vectors[1]) for j in range(3, 60)
+    }
+    nearest_disliked = {f"item-{j}": vectors[j] @ vectors[2] for j in range(3, 60)}
+    closer_to_liked = [i for i in nearest_liked if nearest_liked[i] > nearest_disliked[i]]
+    # Items nearer a liked example come first, by that similarity; the others after them,
+    # those least like the disliked example first.
+    expected = [
+        *sorted(closer_to_liked, key=lambda i: -nearest_liked[i]),
+        *sorted(set(nearest_liked) - set(closer_to_liked), key=lambda i: nearest_disliked[i]),
+    ]
+    assert _ids(hits) == expected
+    assert all((h.score > 0) == (h.item_id in closer_to_liked) for h in hits)
+    for hit in hits:
+        j = int(hit.item_id[5:])
+        assert hit.via == (
+            "item-0" if vectors[j] @ vectors[0] >= vectors[j] @ vectors[1] else "item-1"
+        )
+
+
+def test_recommend_respects_the_selection_and_needs_a_liked_example(index: VectorIndex) -> None:
+    vectors = _unit_vectors(40)
+    index.upsert(_entries(vectors))
+    drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
+    hits = index.recommend(["item-1", "missing"], [], 5, drama)
+    assert _ids(hits) == _exact(vectors, vectors[1], range(0, 40, 5), 5)
+    assert {h.via for h in hits} == {"item-1"}
+    assert index.recommend(["missing"], ["item-2"], 5, Selection()) == []
+    assert index.recommend([], ["item-2"], 5, Selection()) == []
+    assert index.recommend(["item-1"], [], 5, Selection(only=frozenset())) == []
+
+
 def test_newest_orders_by_descending_seq(index: VectorIndex) -> None:
     vectors = _unit_vectors(30)
     entries = _entries(vectors)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
-from appliance.evaluation.runner import BASELINE, FUSED, Task, run
+from appliance.evaluation.runner import BASELINE, FUSED, ITEM_KNN, Task, run
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -21,6 +21,16 @@ TOPICS = {
     "tent": "camping tent outdoor hiking shelter",
     "drill": "workshop drill power tool screws",
 }
+
+
+#: The pipelines of one candidate source each, besides vector search (the baseline).
+SOURCES_ALONE = (
+    "keyword only",
+    "named only",
+    "collaborative only",
+    "history only",
+    "popularity only",
+)
 
 
 @pytest.fixture
@@ -81,17 +91,21 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     ]
     tasks = [
         Task("topics", topical, (("NDCG", 10), ("P", 5), ("R", 10))),
-        Task("holdout", holdout, (("HR", 10), ("NDCG", 10))),
+        Task("holdout", holdout, (("HR", 10), ("NDCG", 10)), personal=True),
     ]
     progress = Recorder()
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
     report = await run(settings, catalog, train, tasks, progress=progress)
 
-    systems = ("most-popular", BASELINE, "keyword only", "named only", "popularity only", FUSED)
-    assert progress.totals == [len(systems) * (len(topical) + len(holdout))]
+    systems = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED)
+    # Item-kNN needs a history to start from: it answers the hold-out task only.
+    assert progress.totals == [len(systems) * (len(topical) + len(holdout)) + len(holdout)]
     assert sum(progress.answered) == progress.totals[0]
     by = {(r.task, r.system): r for r in report.results}
-    assert set(by) == {(t, s) for t in ("topics", "holdout") for s in systems}
+    assert set(by) == {
+        *((t, s) for t in ("topics", "holdout") for s in systems),
+        ("holdout", ITEM_KNN),
+    }
     for result in report.results:
         for values in result.scores.values():
             assert len(values) == len(next(t for t in tasks if t.name == result.task).queries)
@@ -104,14 +118,35 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     difference = report.difference(by["topics", "most-popular"], "P@5")
     assert difference is not None
     assert difference.high < 0
+    # Each camper's held-out tent was rated by the other campers along with their own tents.
+    assert by["holdout", ITEM_KNN].interval("HR@10").mean == 1.0
+    assert by["holdout", "collaborative only"].interval("HR@10").mean == 1.0
+    versus_knn = report.difference(by["holdout", "most-popular"], "HR@10", ITEM_KNN)
+    assert versus_knn is not None
+    assert versus_knn.mean == pytest.approx(
+        by["holdout", "most-popular"].interval("HR@10").mean - 1
+    )
+    assert report.difference(by["topics", "most-popular"], "P@5", ITEM_KNN) is None
     exported = report.to_json()
     rows = {(r["task"], r["system"]): r for r in exported["results"]}  # type: ignore[index,union-attr]
-    assert "minus_baseline" in rows["topics", "most-popular"]["metrics"]["P@5"]
-    assert "minus_baseline" not in rows["topics", BASELINE]["metrics"]["P@5"]
+    assert set(rows["topics", "most-popular"]["metrics"]["P@5"]["minus"]) == {BASELINE}
+    assert set(rows["holdout", "most-popular"]["metrics"]["HR@10"]["minus"]) == {
+        BASELINE,
+        ITEM_KNN,
+    }
+    assert set(rows["holdout", ITEM_KNN]["metrics"]["HR@10"]["minus"]) == {BASELINE}
+    assert "minus" not in rows["topics", BASELINE]["metrics"]["P@5"]
     table = report.to_markdown().splitlines()
     assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | ms/query p50 / p95 |"
     assert table[2].startswith("| topics | most-popular | ")
-    assert len(table) == 2 + 2 * len(systems)
+    assert len(table) == 2 + 2 * len(systems) + 1
+    differences = report.differences_to_markdown().splitlines()
+    assert differences[0] == "| task | system | metric | minus vector-only | minus item-kNN |"
+    knn_row = next(line for line in differences if line.startswith("| holdout | most-popular |"))
+    assert knn_row.count("[") == 2
+    # A row per system and task, but for vector-only on the task where it is the only reference.
+    assert len(differences) == 2 + len(report.results) - 1
+    assert not any(line.startswith(f"| topics | {BASELINE} |") for line in differences)
 
 
 @pytest.mark.anyio
@@ -132,7 +167,7 @@ async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> Non
 
     reranked = f"{FUSED} + llamacpp"
     by = {(r.task, r.system): r for r in report.results}
-    plain = ("most-popular", BASELINE, "keyword only", "named only", "popularity only", FUSED)
+    plain = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED)
     # A re-ranker needs words to judge against: it is left out of the hold-out task.
     assert set(by) == {
         *((t, s) for t in ("topics", "holdout") for s in plain),
@@ -205,5 +240,5 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     assert "holdout" in result.stdout
     report = json.loads(out.read_text())
     assert {r["task"] for r in report["results"]} == {"holdout"}
-    assert report["baseline"] == BASELINE
+    assert report["references"] == [BASELINE, ITEM_KNN]
     assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")

@@ -62,6 +62,22 @@ class VectorIndex(Protocol):
         """
         ...
 
+    def recommend(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str],
+        limit: int,
+        selection: Selection,
+    ) -> list[Hit]:
+        """Return up to ``limit`` items by their best similarity to the examples, best first.
+
+        An item scores by its similarity to the nearest positive example, unless it is nearer
+        to a negative one, which ranks it below every item that is not. Each hit's ``via`` is
+        the positive example it is nearest to. Examples the index does not hold are ignored;
+        without a positive example there is nothing to recommend.
+        """
+        ...
+
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return up to ``limit`` admitted item ids, most recently added first."""
         ...

@@ -182,6 +182,45 @@ class QdrantEdgeIndex:
         )
         return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
 
+    def recommend(
+        self,
+        positive: Sequence[str],
+        negative: Sequence[str],
+        limit: int,
+        selection: Selection,
+    ) -> list[Hit]:
+        """Qdrant's recommend query with the best-score strategy, on the examples' vectors."""
+        examples = self.vectors([*positive, *negative])
+        liked = [i for i in positive if i in examples]
+        if not liked or (selection.only is not None and not selection.only):
+            return []
+        points = self._shard.query(
+            qe.QueryRequest(
+                limit=limit,
+                query=qe.Query.RecommendBestScore(
+                    qe.RecommendQuery(
+                        positives=[examples[i].tolist() for i in liked],
+                        negatives=[examples[i].tolist() for i in negative if i in examples],
+                    )
+                ),
+                filter=_to_filter(selection),
+                with_payload=["item_id"],
+                with_vector=[_DENSE],
+                params=self._search_params,
+            )
+        )
+        # The nearest positive example, by cosine (the index keeps vectors normalised).
+        matrix = np.stack([examples[i] for i in liked])
+        hits: list[Hit] = []
+        for p in points:
+            vector: Any = p.vector
+            if not p.payload or vector is None:
+                continue
+            raw = vector[_DENSE] if isinstance(vector, dict) else vector
+            nearest = int(np.argmax(matrix @ np.asarray(raw, dtype=np.float32)))
+            hits.append(Hit(p.payload["item_id"], float(p.score), liked[nearest]))
+        return hits
+
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
         if selection.only is not None and not selection.only:

@@ -14,7 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from appliance.backends.stores.migrations import MIGRATIONS
-from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
+from appliance.domain import (
+    FeedbackEvent,
+    HistoryEntry,
+    InteractionType,
+    Item,
+    PreferenceState,
+)
 from appliance.errors import BackendError, ConfigError, ConflictError, InvalidInputError
 
 _ITEM_COLUMNS = "item_id, title, text, metadata"
@@ -514,6 +520,36 @@ class DuckDBStore:
         with self._lock:
             rows = self._rows("SELECT DISTINCT item_id FROM feedback WHERE user_id = ?", [user_id])
         return {r[0] for r in rows}
+
+    def user_history(self, user_id: str) -> list[HistoryEntry]:
+        """Return each item a user has given feedback on, with their latest event's weight.
+
+        Items that have left the catalog are included: they still count as seen.
+        """
+        with self._lock:
+            rows = self._rows(
+                "SELECT item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
+                "WHERE user_id = ? GROUP BY item_id",
+                [user_id],
+            )
+        return [HistoryEntry(r[0], float(r[1]), r[2].replace(tzinfo=UTC)) for r in rows]
+
+    def interactions(self) -> pa.Table:
+        """Return every (user, item) pair with feedback, for learning how items go together.
+
+        One row per pair whose item is in the catalog: ``user_id``, ``item_id``, ``weight`` (of
+        the pair's latest event) and ``event_time`` (of that latest event, epoch seconds).
+        """
+        with self._lock:
+            table: pa.Table = self._db.sql(
+                """
+                SELECT f.user_id, f.item_id, arg_max(f.weight, f.event_id) AS weight,
+                       epoch(max(f.event_time)) AS event_time
+                FROM feedback AS f SEMI JOIN items AS i USING (item_id)
+                GROUP BY f.user_id, f.item_id
+                """
+            ).to_arrow_table()
+        return table
 
     def user_events(self, user_id: str) -> list[FeedbackEvent]:
         """Return a user's events in the order they were received."""

@@ -1,0 +1,108 @@
+"""The live collaborative model in the real runtime (Qdrant Edge, DuckDB, the deterministic
+hashing embedder): rebuilt after changes, never sooner than its pause allows, and used for the
+items a request names."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from appliance.domain import InteractionType, Item, Selection
+from appliance.services.feedback import FeedbackInput
+from appliance.services.runtime import Runtime, open_runtime
+from appliance.services.sources import CollaborativeSource, Plan
+from tests.conftest import make_settings
+
+REFRESH_SECONDS = 0.5
+ITEMS = [
+    Item(f"{kind}-{n}", f"{kind.title()} {n}", f"A {kind}.")
+    for kind in ("pen", "ink", "cup")
+    for n in range(4)
+]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    settings = make_settings(
+        tmp_path / "data",
+        embedder={"kind": "hashing"},
+        collaborative={"refresh_seconds": REFRESH_SECONDS, "max_cpu_share": 1.0},
+    )
+    async with open_runtime(settings) as opened:
+        await opened.catalog.upsert(ITEMS)
+        yield opened
+
+
+def likes(*pairs: tuple[str, str]) -> list[FeedbackInput]:
+    return [FeedbackInput(u, i, InteractionType.LIKE) for u, i in pairs]
+
+
+def plan(runtime: Runtime, user_id: str, *, named: tuple[str, ...] = ()) -> Plan:
+    """What the recommendation service hands the sources for a request without words."""
+    history = tuple(runtime.store.user_history(user_id))
+    return Plan(
+        user_id=user_id,
+        context="",
+        query_vector=None,
+        selection=Selection(exclude=frozenset(h.item_id for h in history)),
+        limit=5,
+        history=history,
+        named=named,
+    )
+
+
+@pytest.mark.anyio
+async def test_changes_are_rebuilt_in_the_background_after_the_pause(runtime: Runtime) -> None:
+    model = runtime.collaborative
+    first = await model.wait_fresh()
+    assert first is None  # no feedback yet: nothing to relate
+    await runtime.feedback.import_events(
+        likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
+    )
+    assert model.status().pending
+    started = time.monotonic()
+    built = await model.wait_fresh()
+    assert built is not None
+    assert sorted(built.item_ids) == ["ink-0", "pen-0"]
+    status = model.status()
+    assert not status.pending
+    assert status.items == 2
+    assert status.pairs == 6
+    assert status.built_at is not None
+    assert status.built_at <= datetime.now(UTC)
+
+    # A second change right after a build waits for the pause: never sooner, however idle.
+    await runtime.feedback.import_events(likes(("writer-0", "cup-0"), ("writer-1", "cup-0")))
+    rebuilt = await model.wait_fresh()
+    assert rebuilt is not None
+    assert "cup-0" in rebuilt.item_ids
+    assert time.monotonic() - started >= REFRESH_SECONDS
+
+
+@pytest.mark.anyio
+async def test_items_named_in_a_request_lead_the_collaborative_source(runtime: Runtime) -> None:
+    await runtime.feedback.import_events(
+        likes(
+            *((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")),
+            *((f"drinker-{n}", i) for n in range(3) for i in ("cup-0", "cup-1")),
+            ("asker", "cup-0"),
+        )
+    )
+    await runtime.collaborative.wait_fresh()
+    source = CollaborativeSource(runtime.collaborative, runtime.index)
+
+    from_history = await source.candidates(plan(runtime, "asker"))
+    assert [(h.item_id, h.via) for h in from_history] == [("cup-1", "cup-0")]
+    # The request names a pen: its neighbours, found through it, whatever the history says.
+    named = await source.candidates(plan(runtime, "asker", named=("pen-0",)))
+    assert [(h.item_id, h.via) for h in named] == [("ink-0", "pen-0")]
+    assert await source.candidates(plan(runtime, "nobody")) == []
