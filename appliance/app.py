@@ -24,6 +24,7 @@ from litestar.types import Middleware
 from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
 from appliance.api.feedback import FeedbackController
+from appliance.api.fusion import FusionController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
 from appliance.api.metrics import MetricsController, prometheus_config
@@ -167,6 +168,7 @@ def create_app(
             SystemController,
             AdminController,
             MetricsController,
+            FusionController,
         ],
         dependencies={
             "runtime": Provide(_runtime, sync_to_thread=False),

@@ -82,6 +82,7 @@ class UserController(Controller):
     async def delete_user(
         self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
     ) -> UserDeleted:
-        """Delete the user's profile and every feedback event they sent."""
+        """Delete the user's profile, every feedback event they sent and their impressions."""
         deleted = await runtime.feedback.delete_user(user_id)
+        await runtime.impressions.forget_user(user_id)
         return UserDeleted(user_id=user_id, deleted_events=deleted)

@@ -23,6 +23,7 @@ from appliance.backends.registry import (
 )
 from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.backends.stores.impressions import ImpressionStore
 from appliance.datadir import DataDirLock
 from appliance.errors import (
     ApplianceError,
@@ -34,6 +35,8 @@ from appliance.errors import (
 from appliance.services.catalog import CatalogService
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
+from appliance.services.impressions import ImpressionLog
+from appliance.services.learning import FusionLearner
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.sources import PopularitySource, VectorSource
@@ -152,6 +155,8 @@ class Runtime:
     feedback: FeedbackService
     recommender: RecommendationService
     popularity: PopularitySource
+    impressions: ImpressionLog
+    fusion: FusionLearner
 
 
 @asynccontextmanager
@@ -212,6 +217,14 @@ async def open_runtime(
             half_life_days=settings.recommend.popularity_half_life_days,
             refresh_seconds=settings.recommend.popularity_refresh_seconds,
         )
+        impression_store = ImpressionStore(store.connection())
+        stack.callback(impression_store.close)
+        impressions = ImpressionLog(impression_store, settings.fusion)
+        await impressions.start()
+        stack.push_async_callback(impressions.close)
+        fusion = FusionLearner(impressions, settings.fusion)
+        await fusion.start()
+        stack.push_async_callback(fusion.close)
         runtime = Runtime(
             settings=settings,
             store=store,
@@ -223,9 +236,18 @@ async def open_runtime(
             catalog=catalog,
             feedback=FeedbackService(store, index, settings.feedback),
             recommender=RecommendationService(
-                store, encoder, [VectorSource(index), popularity], rerank, settings.recommend
+                store,
+                encoder,
+                [VectorSource(index), popularity],
+                rerank,
+                settings.recommend,
+                index=index,
+                impressions=impressions,
+                learner=fusion,
             ),
             popularity=popularity,
+            impressions=impressions,
+            fusion=fusion,
         )
         summary = await catalog.reconcile()
         log.info(

@@ -27,6 +27,8 @@ class Plan:
     query_vector: Vector | None
     selection: Selection
     limit: int
+    named: frozenset[str] = frozenset()
+    """The sources the request named explicitly (empty when it left the choice to defaults)."""
 
 
 class CandidateSource(Protocol):
@@ -59,8 +61,8 @@ class VectorSource:
 class PopularitySource:
     """Items with the most recency-weighted positive feedback, then the newest items.
 
-    Answers only cold-start requests (no context, no preferences), for which it is the one
-    signal there is.
+    Answers cold-start requests (no context, no preferences), for which it is the one signal
+    there is, and requests that name it among their sources.
     """
 
     name = "popularity"
@@ -82,7 +84,7 @@ class PopularitySource:
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Return popular admitted items, topped up with the newest ones."""
-        if plan.query_vector is not None:
+        if plan.query_vector is not None and self.name not in plan.named:
             return []
         ranking = await self._current_ranking()
         hits: list[Hit] = []
