@@ -6,11 +6,13 @@ from litestar.params import FromPath
 
 from appliance.errors import NotFoundError
 from appliance.schemas.fusion import (
+    FusionKindOut,
     FusionOut,
     ImpressionCandidateOut,
     ImpressionLogOut,
     ImpressionOut,
 )
+from appliance.services.learning import RequestKind
 from appliance.services.runtime import Runtime
 
 
@@ -19,12 +21,8 @@ async def fusion_out(runtime: Runtime) -> FusionOut:
     state = runtime.fusion.state
     log = runtime.impressions
     stats = log.stats
-    fit = state.fit
-    default, _ = runtime.fusion.choose(None)
     return FusionOut(
-        default=default,
-        status=state.status,
-        detail=state.detail,
+        kinds={kind: _kind_out(runtime, kind) for kind in RequestKind},
         min_labelled_impressions=runtime.settings.fusion.min_labelled_impressions,
         sources=runtime.recommender.source_names,
         impressions=ImpressionLogOut(
@@ -40,6 +38,20 @@ async def fusion_out(runtime: Runtime) -> FusionOut:
             failed=stats.failed,
             pruned=stats.pruned,
         ),
+        trained_at=state.trained_at,
+        trainings=state.trainings,
+        error=state.error,
+    )
+
+
+def _kind_out(runtime: Runtime, kind: RequestKind) -> FusionKindOut:
+    state = runtime.fusion.state.kinds[kind]
+    fit = state.fit
+    default, _ = runtime.fusion.choose(None, has_context=kind is RequestKind.CONTEXT)
+    return FusionKindOut(
+        default=default,
+        status=state.status,
+        detail=state.detail,
         weights=state.weights or {},
         learned_weights={} if fit is None else fit.weights,
         temperature=None if fit is None else round(fit.temperature, 6),
@@ -47,8 +59,6 @@ async def fusion_out(runtime: Runtime) -> FusionOut:
         pairs=0 if fit is None else fit.pairs,
         validation_learned=None if fit is None else fit.validation_learned,
         validation_rrf=None if fit is None else fit.validation_rrf,
-        trained_at=state.trained_at,
-        trainings=state.trainings,
     )
 
 

@@ -30,19 +30,15 @@ class ImpressionLogOut(Response):
     """Impressions deleted by the retention limits."""
 
 
-class FusionOut(Response):
-    """How requests are fused, and what the learning found."""
+class FusionKindOut(Response):
+    """The fusion of one kind of request (with a context, or without)."""
 
     default: str
-    """The fusion a request gets when it does not choose: learned once learned, else rrf."""
+    """The fusion such a request gets when it does not choose: learned once learned, else rrf."""
     status: str
-    """The latest training's outcome: untrained, too-little-data, not-better, trained, failed."""
+    """The latest training's outcome: untrained, too-little-data, not-better or trained."""
     detail: str
     """Why, in words."""
-    min_labelled_impressions: int
-    sources: list[str]
-    """The candidate sources of this appliance."""
-    impressions: ImpressionLogOut
     weights: dict[str, float] = {}
     """The per-source weights of learned fusion, when in use (a source absent here weighs 1)."""
     learned_weights: dict[str, float] = {}
@@ -56,8 +52,21 @@ class FusionOut(Response):
     """Share of the newest impressions' pairs the weights learned without them order right."""
     validation_rrf: float | None = None
     """The same share for plain RRF."""
+
+
+class FusionOut(Response):
+    """How requests are fused, and what the learning found."""
+
+    kinds: dict[str, FusionKindOut]
+    """Per kind of request: context (the request has words) and no-context."""
+    min_labelled_impressions: int
+    sources: list[str]
+    """The candidate sources of this appliance."""
+    impressions: ImpressionLogOut
     trained_at: datetime | None = None
     trainings: int = 0
+    error: str = ""
+    """Why the latest training failed, if it did (what was in use before stays)."""
 
 
 class ImpressionCandidateOut(Response):

@@ -1,8 +1,9 @@
 """The learned fusion: weights learned in the background from the appliance's own impressions.
 
-Until enough impressions have been answered by feedback, and whenever the learned weights do
-worse than plain reciprocal-rank fusion on the newest impressions, requests are fused by plain
-RRF. A failed training keeps whatever was in use before.
+Each kind of request (with a context, or without) has weights of its own. Until enough of its
+impressions have been answered by feedback, and whenever the learned weights do worse than plain
+reciprocal-rank fusion on the newest impressions, requests of that kind are fused by plain RRF.
+A failed training keeps whatever was in use before.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 import anyio
 import anyio.to_thread
 
+from appliance.backends.stores.impressions import TrainingSet
 from appliance.services.fusion import FitResult, fit_weights
 from appliance.services.impressions import ImpressionLog
 from appliance.settings import FusionSettings
@@ -43,25 +45,51 @@ class TrainingStatus(enum.StrEnum):
     """The weights ordered held-out impressions worse than plain RRF."""
     TRAINED = "trained"
     """The learned weights are in use."""
-    FAILED = "failed"
-    """Training raised an error (see the server log); what was in use before stays."""
+
+
+class RequestKind(enum.StrEnum):
+    """Requests whose sources are fused with weights of their own.
+
+    Which sources are worth most depends on what a request carries: the words of a context are
+    best matched by some, a user's history alone by others. The weights learned from one kind
+    never move the other's.
+    """
+
+    CONTEXT = "context"
+    """The request had words (a context), with or without the user's history."""
+    NO_CONTEXT = "no-context"
+    """The request had none: the user's history, or nothing (cold start)."""
+
+    @classmethod
+    def of(cls, *, has_context: bool) -> RequestKind:
+        """Return the kind of a request with or without a context."""
+        return cls.CONTEXT if has_context else cls.NO_CONTEXT
 
 
 @dataclass(frozen=True, slots=True)
-class FusionState:
-    """The learned fusion as it stands."""
+class KindState:
+    """The learned fusion of one kind of request."""
 
     status: TrainingStatus = TrainingStatus.UNTRAINED
     weights: dict[str, float] | None = None
     """The weights requests use for learned fusion; ``None`` while plain RRF stands in."""
     fit: FitResult | None = None
     """The latest training's findings, used or not."""
+    detail: str = "not trained yet; plain RRF"
+    """Why the weights are (not) in use, in words."""
+
+
+@dataclass(frozen=True, slots=True)
+class FusionState:
+    """The learned fusion as it stands."""
+
+    kinds: dict[RequestKind, KindState] = field(
+        default_factory=lambda: {kind: KindState() for kind in RequestKind}
+    )
     trained_at: datetime | None = None
     trainings: int = 0
-    detail: str = ""
-    """Why the weights are (not) in use, in words."""
-    sources: list[str] = field(default_factory=list)
-    """The sources named in the impressions looked at."""
+    error: str = ""
+    """Why the latest training failed, if it did (what was in use before stays)."""
 
 
 class FusionLearner:
@@ -74,14 +102,17 @@ class FusionLearner:
         self._training = asyncio.Lock()
         self._worker: asyncio.Task[None] | None = None
 
-    def choose(self, requested: FusionMode | None) -> tuple[FusionMode, dict[str, float] | None]:
+    def choose(
+        self, requested: FusionMode | None, *, has_context: bool
+    ) -> tuple[FusionMode, dict[str, float] | None]:
         """Return the fusion a request gets, and its weights (``None`` for plain RRF).
 
-        Learned fusion is the default once weights are learned; until then, and when a request
-        asks for plain RRF, every source weighs 1. A request that asks for learned fusion before
-        there is any gets plain RRF too: the response's ``fusion`` says which ran.
+        Learned fusion is the default once weights are learned for the request's kind; until
+        then, and when a request asks for plain RRF, every source weighs 1. A request that asks
+        for learned fusion before there is any gets plain RRF too: the response's ``fusion``
+        says which ran.
         """
-        weights = self.state.weights
+        weights = self.state.kinds[RequestKind.of(has_context=has_context)].weights
         if requested is FusionMode.RRF or weights is None:
             return FusionMode.RRF, None
         return FusionMode.LEARNED, weights
@@ -99,7 +130,7 @@ class FusionLearner:
             self._worker = None
 
     async def train(self) -> FusionState:
-        """Learn the weights from the stored impressions now, and use them if they qualify.
+        """Learn each kind's weights from the stored impressions now; use those that qualify.
 
         Returns:
             The new state.
@@ -109,56 +140,54 @@ class FusionLearner:
             trainings = self.state.trainings + 1
             try:
                 data = await self._impressions.training_set()
-                fit = await anyio.to_thread.run_sync(
-                    lambda: fit_weights(data, prior_strength=self._settings.prior_strength)
-                )
+                fits = await anyio.to_thread.run_sync(self._fit, data)
             except Exception as e:
                 log.exception("learning the fusion weights failed")
                 self.state = replace(
-                    self.state,
-                    status=TrainingStatus.FAILED,
-                    trainings=trainings,
-                    detail=f"training failed ({type(e).__name__}: {e}); "
-                    + ("the previous weights stay" if self.state.weights else "plain RRF stays"),
+                    self.state, trainings=trainings, error=f"{type(e).__name__}: {e}"
                 )
                 return self.state
-            self.state = self._judge(fit, trainings, list(data.sources))
-            log.info("fusion learning: %s (%s)", self.state.status, self.state.detail)
+            self.state = FusionState(
+                kinds={kind: self._judge(fit) for kind, fit in fits.items()},
+                trained_at=datetime.now(UTC),
+                trainings=trainings,
+            )
+            for kind, state in self.state.kinds.items():
+                log.info("fusion learning, %s requests: %s (%s)", kind, state.status, state.detail)
             return self.state
 
-    def _judge(self, fit: FitResult | None, trainings: int, sources: list[str]) -> FusionState:
+    def _fit(self, data: TrainingSet) -> dict[RequestKind, FitResult | None]:
+        return {
+            kind: fit_weights(
+                data.where(data.has_context == (kind is RequestKind.CONTEXT)),
+                prior_strength=self._settings.prior_strength,
+            )
+            for kind in RequestKind
+        }
+
+    def _judge(self, fit: FitResult | None) -> KindState:
         """Decide whether the weights just learned replace plain RRF."""
         needed = self._settings.min_labelled_impressions
-        now = datetime.now(UTC)
         teaching = 0 if fit is None else fit.impressions
         if fit is None or teaching < needed:
-            return FusionState(
+            return KindState(
                 status=TrainingStatus.TOO_LITTLE_DATA,
                 fit=fit,
-                trained_at=now,
-                trainings=trainings,
-                sources=sources,
                 detail=f"{teaching} of the {needed} impressions needed can teach the fusion "
                 "(a liked and a passed-over candidate, from at least two sources); plain RRF",
             )
         learned, plain = fit.validation_learned, fit.validation_rrf
         if learned is None or plain is None or learned < plain:
-            return FusionState(
+            return KindState(
                 status=TrainingStatus.NOT_BETTER,
                 fit=fit,
-                trained_at=now,
-                trainings=trainings,
-                sources=sources,
                 detail=f"on the newest impressions the learned weights ordered {learned:.3f} of "
                 f"the pairs right against {plain:.3f} for plain RRF; plain RRF",
             )
-        return FusionState(
+        return KindState(
             status=TrainingStatus.TRAINED,
             weights=fit.weights,
             fit=fit,
-            trained_at=now,
-            trainings=trainings,
-            sources=sources,
             detail=f"learned from {teaching} impressions ({fit.pairs} pairs); on the newest "
             f"ones {learned:.3f} of the pairs ordered right against {plain:.3f} for plain RRF",
         )

@@ -168,7 +168,9 @@ class RecommendationService:
         )
         ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
         fusion, weights = (
-            (FusionMode.RRF, None) if self._learner is None else self._learner.choose(query.fusion)
+            (FusionMode.RRF, None)
+            if self._learner is None
+            else self._learner.choose(query.fusion, has_context=bool(context))
         )
         candidates = reciprocal_rank_fusion(
             {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
@@ -219,7 +221,9 @@ class RecommendationService:
             diversity=query.diversity,
         )
         if self._impressions is not None:
-            self._impressions.record(_impression(result, candidates, query.top_k))
+            self._impressions.record(
+                _impression(result, candidates, query.top_k, has_context=bool(context))
+            )
         return result
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
@@ -273,7 +277,11 @@ class RecommendationService:
 
 
 def _impression(
-    result: RecommendationResult, candidates: Sequence[Candidate], top_k: int
+    result: RecommendationResult,
+    candidates: Sequence[Candidate],
+    top_k: int,
+    *,
+    has_context: bool,
 ) -> Impression:
     """Describe a response for the log: every fused candidate, shown or not, in final order."""
     return Impression(
@@ -281,6 +289,7 @@ def _impression(
         user_id=result.user_id,
         created_at=result.timestamp,
         strategy=result.strategy,
+        has_context=has_context,
         fusion=result.fusion,
         top_k=top_k,
         candidates=tuple(

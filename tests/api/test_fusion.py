@@ -243,9 +243,11 @@ def test_learned_weights_follow_what_users_pick(
     assert "fusion_weights" not in before
 
     answered = favour(shop, favoured, impressions=20)
-    state = train(shop)
+    trained = train(shop)
 
     assert answered >= 12
+    assert trained["trainings"] == 1
+    state = trained["kinds"]["context"]
     assert state["status"] == "trained", state["detail"]
     assert state["default"] == "learned"
     assert state["teaching_impressions"] == answered
@@ -253,6 +255,12 @@ def test_learned_weights_follow_what_users_pick(
     assert set(weights) == set(BOTH)
     assert weights[favoured] > 1.0 > weights[other]
     assert state["validation_learned"] >= state["validation_rrf"]
+    # Requests without words are another kind: nothing taught them, they keep plain RRF.
+    assert trained["kinds"]["no-context"]["status"] == "too-little-data"
+    assert trained["kinds"]["no-context"]["default"] == "rrf"
+    wordless = recommend(shop, user_id=f"{favoured}-fan-0", sources=BOTH, fusion="learned")
+    assert wordless["strategy"] == "preference"
+    assert wordless["fusion"] == "rrf"
 
     def positions(answer: dict[str, Any], only: str) -> list[int]:
         """Where the candidates that only ``only`` proposed ended up, among all candidates."""
@@ -292,19 +300,28 @@ def test_too_little_feedback_keeps_plain_rrf(
         )
     )
     upsert(client, products())
-    favour(client, "vector", impressions=3)
+    answered = favour(client, "vector", impressions=3)
+    assert answered > 0
 
+    def taught(state: dict[str, Any]) -> int:
+        return int(state["kinds"]["context"]["teaching_impressions"])
+
+    # The schedule trains again and again on its own, taking in what arrives.
     deadline = time.monotonic() + 60
     state = fusion_state(client)
-    while state["trainings"] == 0 and time.monotonic() < deadline:
+    while taught(state) < answered and time.monotonic() < deadline:
         time.sleep(0.2)
         state = fusion_state(client)
-    # The schedule trained on its own, and found too little to go on.
+    assert taught(state) == answered
     assert state["trainings"] >= 1
-    assert state["status"] == "too-little-data"
-    assert "of the 100 impressions needed" in state["detail"]
-    assert state["default"] == "rrf"
-    assert "weights" not in state
+    context = state["kinds"]["context"]
+    # ... and finds too little to go on.
+    assert context["status"] == "too-little-data"
+    assert f"{answered} of the 100 impressions needed" in context["detail"]
+    assert context["default"] == "rrf"
+    assert "weights" not in context
+    # What was learned is shown, though not used.
+    assert set(context["learned_weights"]) == set(BOTH)
 
     asked = recommend(client, user_id="eve", context=CONTEXTS["garden"], fusion="learned")
     assert asked["fusion"] == "rrf"

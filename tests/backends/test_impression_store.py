@@ -35,7 +35,13 @@ def impressions(store: DuckDBStore) -> Iterator[ImpressionStore]:
 
 
 def impression(
-    request_id: str, user: str = "u", at: datetime = NOW, *, items: int = 4, top_k: int = 2
+    request_id: str,
+    user: str = "u",
+    at: datetime = NOW,
+    *,
+    items: int = 4,
+    top_k: int = 2,
+    context: bool = True,
 ) -> Impression:
     """Items i0..i{n-1}: "vector" proposes all of them, "popularity" the odd ones, reversed."""
     candidates = []
@@ -46,7 +52,8 @@ def impression(
         candidates.append(
             LoggedCandidate(f"i{n}", n + 1, n < top_k, 1.0 / (61 + n), tuple(sources))
         )
-    return Impression(request_id, user, at, "context", "rrf", top_k, tuple(candidates))
+    strategy = "context" if context else "preference"
+    return Impression(request_id, user, at, strategy, context, "rrf", top_k, tuple(candidates))
 
 
 def answer(
@@ -65,7 +72,9 @@ def answer(
 
 
 def test_impressions_round_trip_with_every_candidate(impressions: ImpressionStore) -> None:
-    written = impressions.append([impression("r1", items=5, top_k=3), impression("r2")])
+    written = impressions.append(
+        [impression("r1", items=5, top_k=3), impression("r2", context=False)]
+    )
 
     assert written == 9
     assert impressions.count() == 2
@@ -73,6 +82,9 @@ def test_impressions_round_trip_with_every_candidate(impressions: ImpressionStor
     assert stored is not None
     assert stored.impression == impression("r1", items=5, top_k=3)
     assert stored.labels == {}
+    history_only = impressions.impression("r2", WEEK)
+    assert history_only is not None
+    assert history_only.impression.has_context is False
     assert impressions.impression("nope", WEEK) is None
 
 
@@ -119,7 +131,7 @@ def test_training_set_holds_the_labelled_impressions_in_time_order(
 ) -> None:
     impressions.append(
         [
-            impression("second", at=NOW + timedelta(minutes=1), items=3),
+            impression("second", at=NOW + timedelta(minutes=1), items=3, context=False),
             impression("unanswered", at=NOW + timedelta(minutes=2)),
             impression("first", at=NOW, items=2),
         ]
@@ -136,6 +148,8 @@ def test_training_set_holds_the_labelled_impressions_in_time_order(
     assert data.ranks.tolist() == [[0, 1], [1, 2], [0, 1], [2, 2], [0, 3]]
     assert data.shown.tolist() == [True, True, True, True, False]
     assert data.label.tolist() == [0.0, 1.0, 0.0, 0.0, -1.0]
+    assert data.has_context.tolist() == [True, True, False, False, False]
+    assert data.where(~data.has_context).impression.tolist() == [1, 1, 1]
     # The limit looks at the newest impressions only: "unanswered" and "second".
     assert impressions.training_set(WEEK, limit=2).impressions == 1
 

@@ -191,6 +191,7 @@ def usage(
         ranks=np.array(ranks, dtype=np.int64),
         shown=np.array(shown),
         label=np.array(label),
+        has_context=np.ones(len(label), dtype=bool),
     )
 
 
@@ -236,6 +237,7 @@ def test_no_preference_means_no_change() -> None:
         ranks=np.concatenate([data.ranks, mirrored.ranks]),
         shown=np.concatenate([data.shown, mirrored.shown]),
         label=np.concatenate([data.label, mirrored.label]),
+        has_context=np.concatenate([data.has_context, mirrored.has_context]),
     )
     fit = fit_weights(both, prior_strength=10.0)
     assert fit is not None
@@ -251,12 +253,13 @@ def test_only_impressions_that_can_teach_make_pairs() -> None:
         ranks=np.array([[1, 0], [0, 1], [2, 0], [1, 0], [0, 1], [1, 0], [2, 0], [1, 0], [0, 1]]),
         shown=np.array([True, True, False, True, True, True, True, True, False]),
         label=np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
+        has_context=np.ones(9, dtype=bool),
     )
     pairs, used = preference_pairs(data, rank_features(data.ranks))
     assert used.tolist() == [0]
     assert pairs.diff.tolist() == [[1.0, -1.0]]
     # A disliked candidate is a negative even when it was not shown.
-    disliked = TrainingSet(data.sources, data.impression, data.ranks, data.shown, data.label.copy())
+    disliked = data.where(np.ones(9, dtype=bool))
     disliked.label[8] = -1.0
     _, used = preference_pairs(disliked, rank_features(disliked.ranks))
     assert used.tolist() == [0, 3]
@@ -275,6 +278,7 @@ def test_a_third_source_without_teaching_data_keeps_weight_one() -> None:
         ranks=np.column_stack([data.ranks, np.zeros(len(data.impression), dtype=np.int64)]),
         shown=data.shown,
         label=data.label,
+        has_context=data.has_context,
     )
     fit = fit_weights(widened, prior_strength=10.0)
     assert fit is not None

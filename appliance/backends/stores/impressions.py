@@ -83,6 +83,8 @@ class Impression:
     user_id: str
     created_at: datetime
     strategy: str
+    has_context: bool
+    """Whether the request had words (a context): the fusion is learned apart for each kind."""
     fusion: str
     """The fusion that ordered the candidates: rrf or learned."""
     top_k: int
@@ -114,11 +116,24 @@ class TrainingSet:
     shown: npt.NDArray[np.bool_]
     label: npt.NDArray[np.float64]
     """Summed weight of the answering feedback; 0 for a candidate nobody answered."""
+    has_context: npt.NDArray[np.bool_]
+    """Whether the row's request had words."""
 
     @property
     def impressions(self) -> int:
         """How many impressions the rows come from."""
-        return int(self.impression[-1]) + 1 if len(self.impression) else 0
+        return len(np.unique(self.impression))
+
+    def where(self, rows: npt.NDArray[np.bool_]) -> TrainingSet:
+        """Return the rows selected by a mask (whole impressions, for pairs to stay whole)."""
+        return TrainingSet(
+            sources=self.sources,
+            impression=self.impression[rows],
+            ranks=self.ranks[rows],
+            shown=self.shown[rows],
+            label=self.label[rows],
+            has_context=self.has_context[rows],
+        )
 
 
 def _naive_utc(moment: datetime) -> datetime:
@@ -158,6 +173,7 @@ class ImpressionStore:
                     [_naive_utc(i.created_at) for i in impressions], type=pa.timestamp("us")
                 ),
                 "strategy": [i.strategy for i in impressions],
+                "has_context": pa.array([i.has_context for i in impressions], type=pa.bool_()),
                 "fusion": [i.fusion for i in impressions],
                 "top_k": pa.array([i.top_k for i in impressions], type=pa.int32()),
             }
@@ -279,7 +295,7 @@ class ImpressionStore:
         """
         with self._lock:
             head = self._rows(
-                "SELECT request_id, user_id, created_at, strategy, fusion, top_k "
+                "SELECT request_id, user_id, created_at, strategy, has_context, fusion, top_k "
                 "FROM impressions WHERE request_id = ?",
                 [request_id],
             )
@@ -300,7 +316,7 @@ class ImpressionStore:
                 """,  # noqa: S608 - constant fragments
                 [head[0][1], _microseconds(label_window), request_id],
             )
-        request, user_id, created_at, strategy, fusion, top_k = head[0]
+        request, user_id, created_at, strategy, has_context, fusion, top_k = head[0]
         candidates = tuple(
             LoggedCandidate(
                 item_id=r[0],
@@ -317,6 +333,7 @@ class ImpressionStore:
                 user_id=user_id,
                 created_at=created_at.replace(tzinfo=UTC),
                 strategy=strategy,
+                has_context=bool(has_context),
                 fusion=fusion,
                 top_k=int(top_k),
                 candidates=candidates,
@@ -340,18 +357,18 @@ class ImpressionStore:
                 f"""
                 CREATE OR REPLACE TEMP TABLE training AS
                 WITH scope AS (
-                    SELECT request_id, user_id, created_at FROM impressions
+                    SELECT request_id, user_id, created_at, has_context FROM impressions
                     ORDER BY created_at DESC, request_id LIMIT ?
                 ),
                 {_LABELLED},
                 labelled AS (
-                    SELECT s.request_id, s.created_at FROM scope AS s
+                    SELECT s.request_id, s.created_at, s.has_context FROM scope AS s
                     WHERE s.request_id IN (SELECT request_id FROM labels)
                 )
                 SELECT dense_rank() OVER (ORDER BY m.created_at, m.request_id) - 1 AS impression,
                        row_number() OVER (ORDER BY m.created_at, m.request_id, c.position) - 1
                            AS row,
-                       c.shown, coalesce(l.label, 0.0) AS label, c.sources
+                       c.shown, coalesce(l.label, 0.0) AS label, m.has_context, c.sources
                 FROM labelled AS m
                 JOIN cand AS c USING (request_id)
                 LEFT JOIN labels AS l USING (request_id, item_id)
@@ -360,7 +377,7 @@ class ImpressionStore:
             )
             try:
                 rows = self._db.execute(
-                    "SELECT impression, shown, label FROM training ORDER BY row"
+                    "SELECT impression, shown, label, has_context FROM training ORDER BY row"
                 ).fetchnumpy()
                 entries = self._db.execute(
                     "SELECT row, s.source AS source, s.rank AS rank "
@@ -377,6 +394,7 @@ class ImpressionStore:
             ranks=ranks,
             shown=np.asarray(rows["shown"], dtype=np.bool_),
             label=np.asarray(rows["label"], dtype=np.float64),
+            has_context=np.asarray(rows["has_context"], dtype=np.bool_),
         )
 
     def close(self) -> None:

@@ -65,6 +65,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             user_id VARCHAR NOT NULL,
             created_at TIMESTAMP NOT NULL,
             strategy VARCHAR NOT NULL,
+            has_context BOOLEAN NOT NULL,
             fusion VARCHAR NOT NULL,
             top_k INTEGER NOT NULL
         );
