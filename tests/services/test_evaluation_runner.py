@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
-from appliance.evaluation.runner import BASELINE, FUSED, Task, run
+from appliance.evaluation.runner import (
+    BASELINE,
+    FUSED,
+    FUSED_LEARNED,
+    USAGE_MIN_HISTORY,
+    Task,
+    run,
+    usage_visits,
+)
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -87,7 +95,7 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
     report = await run(settings, catalog, train, tasks, progress=progress)
 
-    systems = ("most-popular", BASELINE, "popularity only", FUSED)
+    systems = ("most-popular", BASELINE, "popularity only", FUSED, FUSED_LEARNED)
     assert progress.totals == [len(systems) * (len(topical) + len(holdout))]
     assert sum(progress.answered) == progress.totals[0]
     by = {(r.task, r.system): r for r in report.results}
@@ -108,10 +116,17 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     rows = {(r["task"], r["system"]): r for r in exported["results"]}  # type: ignore[index,union-attr]
     assert "minus_baseline" in rows["topics", "most-popular"]["metrics"]["P@5"]
     assert "minus_baseline" not in rows["topics", BASELINE]["metrics"]["P@5"]
-    table = report.to_markdown().splitlines()
+    markdown = report.to_markdown().splitlines()
+    table = markdown[: markdown.index("")]
     assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | ms/query p50 / p95 |"
     assert table[2].startswith("| topics | most-popular | ")
     assert len(table) == 2 + 2 * len(systems)
+    # The learned fusion is compared pairwise with plain RRF, metric by metric.
+    paired = markdown[markdown.index("") + 1 :]
+    assert paired[0].startswith("| task | system | minus | metric |")
+    assert len(paired) == 2 + 3 + 2
+    assert paired[2].startswith(f"| topics | {FUSED_LEARNED} | {FUSED} | NDCG@10 | ")
+    assert "minus_reference" in rows["topics", FUSED_LEARNED]["metrics"]["P@5"]
 
 
 @pytest.mark.anyio
@@ -130,9 +145,9 @@ async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> Non
 
     report = await run(settings, catalog, train, tasks, rerankers=("llamacpp",), progress=progress)
 
-    reranked = f"{FUSED} + llamacpp"
+    reranked = f"{FUSED_LEARNED} + llamacpp"
     by = {(r.task, r.system): r for r in report.results}
-    plain = ("most-popular", BASELINE, "popularity only", FUSED)
+    plain = ("most-popular", BASELINE, "popularity only", FUSED, FUSED_LEARNED)
     # A re-ranker needs words to judge against: it is left out of the hold-out task.
     assert set(by) == {
         *((t, s) for t in ("topics", "holdout") for s in plain),
@@ -207,3 +222,72 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     assert {r["task"] for r in report["results"]} == {"holdout"}
     assert report["baseline"] == BASELINE
     assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")
+
+
+def test_usage_visits_cut_each_users_newest_ratings() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    long = [Interaction("long", f"i{n}", 4.0, start + timedelta(days=n)) for n in range(20)]
+    other = [Interaction("other", f"i{n}", 2.0, start + timedelta(hours=n)) for n in range(10)]
+    short = [Interaction("short", f"i{n}", 5.0, start) for n in range(USAGE_MIN_HISTORY - 1)]
+    shuffled = [*reversed(long), *short, *other]
+
+    past, answers = usage_visits(shuffled, visits=2)
+
+    # A fifth of each long enough history, its newest, answers two visits, round by round.
+    assert [[(i.user_id, i.item_id) for i in part] for part in answers] == [
+        [("long", "i16"), ("long", "i17")],
+        [("other", "i8")],
+        [("long", "i18"), ("long", "i19")],
+        [("other", "i9")],
+    ]
+    assert sorted(past + [i for part in answers for i in part], key=id) == sorted(shuffled, key=id)
+    assert {i.item_id for i in past if i.user_id == "long"} == {f"i{n}" for n in range(16)}
+    everything, none = usage_visits(shuffled, visits=0)
+    assert none == []
+    assert sorted(everything, key=id) == sorted(shuffled, key=id)
+
+
+@pytest.mark.anyio
+async def test_the_fusion_learns_once_from_simulated_usage_before_the_queries(
+    tmp_path: Path,
+) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    # Six users with a dozen ratings each: every one makes two visits before the evaluation.
+    shoppers = [
+        Interaction(f"shopper-{user}", f"{topic}-{n}", 1.0 + (n + user) % 5, start + timedelta(n))
+        for user, topic in enumerate(["tent", "drill", "kettle"] * 2)
+        for n in range(10)
+    ] + [
+        Interaction(f"shopper-{user}", f"kettle-{n}", 4.0, start + timedelta(days=20 + n))
+        for user in range(6)
+        for n in range(2)
+    ]
+    train, holdout = time_split(shoppers)
+    tasks = [Task("holdout", holdout, (("HR", 10),))]
+    # A schedule that would fire many times during the run: the harness turns it off.
+    settings = make_settings(
+        tmp_path / "data", embedder={"kind": "hashing"}, fusion={"train_interval_seconds": 0.01}
+    )
+
+    report = await run(settings, catalog, train, tasks, visits=2)
+
+    usage = report.usage
+    assert usage is not None
+    users = {i.user_id for i in train}
+    _, answers = usage_visits(train, visits=2)
+    assert usage.visits == 2 * len(users) == len(answers)
+    assert usage.answers == sum(len(part) for part in answers)
+    assert usage.fusion.trainings == 1
+    # History-only visits are answered by one source (vector search of the preference): no
+    # impression can teach the fusion, so learned fusion stays plain RRF and agrees with it.
+    for state in usage.fusion.kinds.values():
+        assert state.status == "too-little-data"
+        assert state.weights is None
+    by = {r.system: r for r in report.results}
+    assert by[FUSED_LEARNED].scores == by[FUSED].scores
+    difference = report.difference(by[FUSED_LEARNED], "HR@10", FUSED)
+    assert difference is not None
+    assert (difference.mean, difference.low, difference.high) == (0.0, 0.0, 0.0)
+    assert any("no-context requests: too-little-data" in line for line in report.notes())
+    assert report.to_json()["usage"]["visits"] == usage.visits  # type: ignore[index]
