@@ -12,7 +12,8 @@ measured, on the training history only (``simulate_usage``):
    fifth, ``USAGE_SHARE``) are cut into ``visits`` consecutive parts. Everything but those parts
    is replayed first.
 2. Each visit is a real recommendation request of that user (no context: the training data has
-   no words), answered by the default pipeline, which logs its impression like any response;
+   no words) that names every source, as the fused systems below do, answered by the pipeline
+   with plain RRF (nothing is learned yet), which logs its impression like any response;
    the user's next part of ratings is then recorded as feedback naming that response's
    request_id, ratings below the neutral point as negative answers. Visits go round by round,
    every user's first visit before anyone's second, so the newest impressions, which the
@@ -27,9 +28,10 @@ evaluation target (each user's target and everything after it are removed), the 
 come from other users, and the tag queries' tags are absent from the item text.
 ``fused (rrf)`` and ``fused (learned)`` then answer every query, and the learned row carries
 the paired bootstrap difference from the RRF one. Only impressions where two or more sources
-proposed candidates can teach the fusion anything; where no such impression exists (every
-history-only request answered by one source), the learned fusion stays plain RRF and the two
-rows agree.
+proposed candidates can teach the fusion anything, and the visits have no words: the weights of
+requests with a context are not taught by them and stay plain RRF (the learner keeps one set of
+weights per kind of request), so on the worded tasks the two rows agree unless a future
+protocol simulates worded visits.
 """
 
 from __future__ import annotations
@@ -74,9 +76,10 @@ from appliance.settings import Settings
 #: The system every other one is compared with: vector search over the embedded context alone.
 BASELINE = "vector-only"
 VECTOR = "vector"
-#: Every candidate source, fused by plain reciprocal rank.
+#: Every candidate source, each asked by name, fused by plain reciprocal rank.
 FUSED = "fused (rrf)"
-#: Every candidate source, fused with the weights learned from the simulated usage.
+#: Every candidate source, each asked by name, fused with the weights learned from the
+#: simulated usage.
 FUSED_LEARNED = "fused (learned)"
 #: Share of each user's newest training ratings that answer their simulated visits.
 USAGE_SHARE = 0.2
@@ -180,7 +183,9 @@ class Pipeline:
 def pipelines(recommender: RecommendationService) -> list[Pipeline]:
     """Vector search alone (the baseline), every other source alone, and all of them fused.
 
-    The sources are fused by plain RRF and by the learned weights (the default pipeline, last).
+    Every pipeline names its sources, so each source named proposes what it can for every
+    query (popularity included, which a request that names no source gets at cold start only).
+    All of them are fused by plain RRF and by the learned weights (last).
     """
     names = recommender.source_names
     alone = [
@@ -195,8 +200,8 @@ def pipelines(recommender: RecommendationService) -> list[Pipeline]:
         return alone
     return [
         *alone,
-        Pipeline(recommender, FUSED, fusion=FusionMode.RRF),
-        Pipeline(recommender, FUSED_LEARNED, fusion=FusionMode.LEARNED),
+        Pipeline(recommender, FUSED, sources=frozenset(names), fusion=FusionMode.RRF),
+        Pipeline(recommender, FUSED_LEARNED, sources=frozenset(names), fusion=FusionMode.LEARNED),
     ]
 
 
@@ -436,10 +441,11 @@ async def simulate_usage(runtime: Runtime, answers: Sequence[Sequence[Interactio
 
     """
     catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
+    every = frozenset(runtime.recommender.source_names)
     recorded = 0
     for part in answers:
         shown = await runtime.recommender.recommend(
-            RecommendationQuery(user_id=part[0].user_id, top_k=USAGE_TOP_K)
+            RecommendationQuery(user_id=part[0].user_id, top_k=USAGE_TOP_K, sources=every)
         )
         events = [
             FeedbackInput(

@@ -22,6 +22,7 @@ from appliance.evaluation.runner import (
     run,
     usage_visits,
 )
+from appliance.services.learning import RequestKind
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -248,46 +249,75 @@ def test_usage_visits_cut_each_users_newest_ratings() -> None:
 
 
 @pytest.mark.anyio
-async def test_the_fusion_learns_once_from_simulated_usage_before_the_queries(
+async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
     tmp_path: Path,
 ) -> None:
-    catalog = write_catalog(tmp_path / "items.jsonl")
+    catalog = tmp_path / "items.jsonl"
+    catalog.write_text(
+        "".join(
+            json.dumps({"item_id": f"{topic}-{n}", "title": f"{topic.title()} {n}", "text": words})
+            + "\n"
+            for topic, words in TOPICS.items()
+            for n in range(40)
+        )
+    )
     start = datetime(2025, 1, 1, tzinfo=UTC)
-    # Six users with a dozen ratings each: every one makes two visits before the evaluation.
-    shoppers = [
-        Interaction(f"shopper-{user}", f"{topic}-{n}", 1.0 + (n + user) % 5, start + timedelta(n))
-        for user, topic in enumerate(["tent", "drill", "kettle"] * 2)
-        for n in range(10)
-    ] + [
-        Interaction(f"shopper-{user}", f"kettle-{n}", 4.0, start + timedelta(days=20 + n))
-        for user in range(6)
-        for n in range(2)
+    # Twelve campers rate ten tents each, then the six kettles everybody buys, in turn: what
+    # they rate next is what is popular, not what is like their tents. Each one's last kettle
+    # is held out.
+    campers = [
+        *(
+            Interaction(f"camper-{u}", f"tent-{u + n}", 5.0, start + timedelta(days=n))
+            for u in range(12)
+            for n in range(10)
+        ),
+        *(
+            Interaction(f"camper-{u}", f"kettle-{(u + n) % 6}", 5.0, start + timedelta(days=10 + n))
+            for u in range(12)
+            for n in range(6)
+        ),
     ]
-    train, holdout = time_split(shoppers)
-    tasks = [Task("holdout", holdout, (("HR", 10),))]
+    train, holdout = time_split(campers)
+    tasks = [Task("holdout", holdout, (("HR", 10), ("NDCG", 10)))]
     # A schedule that would fire many times during the run: the harness turns it off.
     settings = make_settings(
-        tmp_path / "data", embedder={"kind": "hashing"}, fusion={"train_interval_seconds": 0.01}
+        tmp_path / "data",
+        embedder={"kind": "hashing"},
+        recommend={"popularity_refresh_seconds": 0},
+        fusion={"train_interval_seconds": 0.01, "min_labelled_impressions": 8},
     )
 
     report = await run(settings, catalog, train, tasks, visits=2)
 
     usage = report.usage
     assert usage is not None
-    users = {i.user_id for i in train}
     _, answers = usage_visits(train, visits=2)
-    assert usage.visits == 2 * len(users) == len(answers)
-    assert usage.answers == sum(len(part) for part in answers)
+    assert usage.visits == 2 * 12 == len(answers)
+    assert usage.answers == sum(len(part) for part in answers) == 12 * 3
     assert usage.fusion.trainings == 1
-    # History-only visits are answered by one source (vector search of the preference): no
-    # impression can teach the fusion, so learned fusion stays plain RRF and agrees with it.
-    for state in usage.fusion.kinds.values():
-        assert state.status == "too-little-data"
-        assert state.weights is None
+    # The visits had no words: they taught the weights of wordless requests only.
+    wordless = usage.fusion.kinds[RequestKind.NO_CONTEXT]
+    assert wordless.status == "trained", wordless.detail
+    assert wordless.weights is not None
+    assert wordless.weights["popularity"] > 1.0 > wordless.weights["vector"]
+    assert usage.fusion.kinds[RequestKind.CONTEXT].status == "too-little-data"
+    assert wordless.fit is not None
+    checked, plain = wordless.fit.validation_learned, wordless.fit.validation_rrf
+    assert checked is not None
+    assert plain is not None
+    assert checked > plain
+    # The held-out kettle is the most popular one a camper has not bought, and no tent like
+    # theirs: weighing popularity more finds it more often, and higher up, for every camper.
     by = {r.system: r for r in report.results}
-    assert by[FUSED_LEARNED].scores == by[FUSED].scores
-    difference = report.difference(by[FUSED_LEARNED], "HR@10", FUSED)
+    assert by[FUSED_LEARNED].interval("HR@10").mean > by[FUSED].interval("HR@10").mean
+    assert all(
+        learned >= plain
+        for learned, plain in zip(
+            by[FUSED_LEARNED].scores["NDCG@10"], by[FUSED].scores["NDCG@10"], strict=True
+        )
+    )
+    difference = report.difference(by[FUSED_LEARNED], "NDCG@10", FUSED)
     assert difference is not None
-    assert (difference.mean, difference.low, difference.high) == (0.0, 0.0, 0.0)
-    assert any("no-context requests: too-little-data" in line for line in report.notes())
+    assert difference.low > 0
+    assert any("no-context requests: trained" in line for line in report.notes())
     assert report.to_json()["usage"]["visits"] == usage.visits  # type: ignore[index]
