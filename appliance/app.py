@@ -26,6 +26,7 @@ from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
 from appliance.api.backup import BackupController
 from appliance.api.bodies import StrictBodies
 from appliance.api.feedback import FeedbackController
+from appliance.api.fusion import FusionController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
 from appliance.api.metrics import MetricsController, prometheus_config
@@ -183,6 +184,7 @@ def create_app(
             AdminController,
             BackupController,
             MetricsController,
+            FusionController,
         ],
         dependencies={
             "runtime": Provide(_runtime, sync_to_thread=False),

@@ -507,6 +507,8 @@ def evaluate(
                 f"{result.latency_p50_ms:.0f} / {result.latency_p95_ms:.0f}",
             )
     Console(width=150).print(table)
+    for line in report.notes():
+        click.echo(line)
     for result in report.results:
         if result.rerank_outcomes and set(result.rerank_outcomes) != {"ran"}:
             click.echo(f"{result.task} / {result.system}: re-rank stage {result.rerank_outcomes}")

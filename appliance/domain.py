@@ -100,6 +100,10 @@ class Candidate:
     sources: dict[str, float] = field(default_factory=dict)
     via: dict[str, str] = field(default_factory=dict)
     """Per source that found the item through another item, that item's id."""
+    ranks: dict[str, int] = field(default_factory=dict)
+    """Per source that proposed the item, its rank there (1 for the source's first hit)."""
+    fused: float = 0.0
+    """The fusion score that ordered the candidates."""
 
 
 class InteractionType(enum.StrEnum):

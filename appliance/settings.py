@@ -169,6 +169,39 @@ class CollaborativeSettings(_Section, frozen=True):
     next waits at least t / share."""
 
 
+class FusionSettings(_Section, frozen=True):
+    """How the candidate sources' lists are fused, and how the fusion learns from its use."""
+
+    log_impressions: bool = True
+    """Log every recommendation response (each candidate's sources, ranks and scores, and
+    whether it was shown) in the database, to learn the fusion from the feedback that answers
+    it."""
+    retention_days: PositiveFloat = 30.0
+    """Logged impressions older than this are deleted."""
+    max_impressions: PositiveInt = 100_000
+    """Most impressions kept; the oldest beyond are deleted."""
+    flush_seconds: PositiveFloat = 1.0
+    """Logged impressions wait in memory at most this long before they are written together."""
+    batch_size: PositiveInt = 256
+    """Impressions written in one transaction; this many waiting are written at once."""
+    max_pending: PositiveInt = 20_000
+    """Impressions that may wait to be written; beyond, new ones are dropped (and counted)."""
+    label_window_hours: PositiveFloat = 168.0
+    """Feedback that names no request_id answers the latest impression of its user and item
+    made at most this long before it; feedback that names one answers that impression."""
+    train_interval_seconds: Annotated[float, Meta(ge=0.0)] = 300.0
+    """How often the fusion weights are learned again from the impressions; 0 turns the
+    scheduled learning off (POST /admin/fusion/train still learns)."""
+    min_labelled_impressions: PositiveInt = 100
+    """Impressions that can teach the fusion (a liked and a passed-over candidate, from at least
+    two sources) needed before learned weights replace plain reciprocal-rank fusion."""
+    max_training_impressions: PositiveInt = 20_000
+    """The newest impressions looked at when learning."""
+    prior_strength: Annotated[float, Meta(ge=0.0)] = 10.0
+    """How strongly the learned weights are held to plain RRF's equal weights (in impressions'
+    worth of evidence)."""
+
+
 class FeedbackSettings(_Section, frozen=True):
     """How feedback events turn into a user's preference vector."""
 
@@ -186,11 +219,12 @@ class CacheSettings(_Section, frozen=True):
     first; 0 turns this cache off."""
     results: Annotated[int, Meta(ge=0)] = 10_000
     """Recommendation answers kept, keyed by the whole request; 0 turns this cache off. A user's
-    feedback or deletion drops their answers, any catalog change or re-ranker switch drops all."""
+    feedback or deletion drops their answers, any catalog change, re-ranker switch or change of
+    the learned fusion weights drops all."""
     result_ttl_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
-    """Longest time an answer is reused, so that other users' feedback shows up (by default as
-    long as recommend.popularity_refresh_seconds keeps a popularity ranking); 0 turns the result
-    cache off."""
+    """Longest time an answer is reused, so that other users' feedback shows up in the popularity
+    and collaborative sources (by default as long as recommend.popularity_refresh_seconds keeps a
+    popularity ranking); 0 turns the result cache off."""
 
 
 class Settings(_Section, frozen=True):
@@ -209,6 +243,7 @@ class Settings(_Section, frozen=True):
     feedback: FeedbackSettings = FeedbackSettings()
     cache: CacheSettings = CacheSettings()
     collaborative: CollaborativeSettings = CollaborativeSettings()
+    fusion: FusionSettings = FusionSettings()
 
 
 def load_settings(

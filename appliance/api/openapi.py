@@ -51,7 +51,7 @@ _MEANING: dict[HTTPStatus, str] = {
     "that cannot be done; `detail` (and, for a field, `extra`) says what to change",
     HTTPStatus.UNAUTHORIZED: "No API key, or one that is not configured (when keys are configured)",
     HTTPStatus.FORBIDDEN: "A client key on an endpoint that needs an admin key",
-    HTTPStatus.NOT_FOUND: "The user or item the request names does not exist",
+    HTTPStatus.NOT_FOUND: "The user, item or logged response the request names does not exist",
     HTTPStatus.CONFLICT: "The appliance's state does not allow it now (an empty catalog, a "
     "re-ranker that may not be switched); `detail` says why",
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "The body is larger than server.max_body_bytes",

@@ -18,6 +18,7 @@ from appliance.schemas.recommendations import (
     RecommendationResponse,
     RecommendedItem,
 )
+from appliance.services.learning import FusionMode
 from appliance.services.recommend import RecommendationQuery
 from appliance.services.runtime import Runtime
 
@@ -47,6 +48,8 @@ class RecommendationController(Controller):
                 exclude_seen=data.exclude_seen,
                 rerank=data.rerank,
                 sources=None if data.sources is None else frozenset(data.sources),
+                fusion=None if data.fusion is None else FusionMode(data.fusion),
+                diversity=data.diversity,
             )
         )
         return RecommendationResponse(
@@ -59,6 +62,8 @@ class RecommendationController(Controller):
                     metadata=r.item.metadata,
                     sources={k: round(v, 6) for k, v in r.sources.items()},
                     via=r.via,
+                    fused_score=round(r.fused_score, 6),
+                    source_ranks=r.ranks,
                 )
                 for r in result.recommendations
             ],
@@ -68,6 +73,9 @@ class RecommendationController(Controller):
             reranked=result.reranked,
             rerank_status=result.rerank_status,
             timings_ms=result.timings_ms,
+            fusion=result.fusion,
+            fusion_weights=result.fusion_weights or {},
+            diversity=result.diversity,
         )
 
 

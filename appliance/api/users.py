@@ -10,6 +10,7 @@ from litestar.params import FromPath, Parameter
 from appliance.api.feedback import event_out
 from appliance.api.openapi import error_responses
 from appliance.api.paging import PageCursor, PageLimit
+from appliance.errors import NotFoundError
 from appliance.schemas.admin import UserFeedbackPage, UserPage, UserSummary
 from appliance.schemas.base import MAX_ID_LENGTH
 from appliance.schemas.users import UserDeleted, UserProfileOut
@@ -97,6 +98,19 @@ class UserController(Controller):
     async def delete_user(
         self, user_id: FromPath[str], runtime: NamedDependency[Runtime]
     ) -> UserDeleted:
-        """Delete the user's profile and every feedback event they sent."""
-        deleted = await runtime.feedback.delete_user(user_id)
-        return UserDeleted(user_id=user_id, deleted_events=deleted)
+        """Delete the user's profile, every feedback event they sent and their impressions.
+
+        A user who only asked for recommendations has impressions and nothing else; 404 when
+        the appliance holds neither.
+        """
+        try:
+            deleted = await runtime.feedback.delete_user(user_id)
+        except NotFoundError as e:
+            unknown: NotFoundError | None = e
+            deleted = 0
+        else:
+            unknown = None
+        impressions = await runtime.impressions.forget_user(user_id)
+        if unknown is not None and not impressions:
+            raise unknown
+        return UserDeleted(user_id=user_id, deleted_events=deleted, deleted_impressions=impressions)

@@ -3,7 +3,37 @@
 The history in the dataset is replayed through the appliance's own feedback path first (an
 appliance in use has its users' history), then every query of every task is answered by every
 system, and each metric is summarised with a bootstrap interval over queries. Systems are
-compared with the vector-only pipeline by paired bootstrap intervals of the difference.
+compared with the vector-only pipeline, and on the tasks whose users have a history with
+item-kNN, by paired bootstrap intervals of the difference.
+
+The learned fusion learns from the appliance's own use, so the appliance is used before it is
+measured, on the training history only (``simulate_usage``):
+
+1. Each user with enough history keeps its older ratings as history, and its newest ones (a
+   fifth, ``USAGE_SHARE``) are cut into ``visits`` consecutive parts. Everything but those parts
+   is replayed first, and the collaborative model learns it.
+2. Each visit is a real recommendation request of that user (no context: the training data has
+   no words) that names every source, as the fused systems below do, answered as the API
+   answers (``Runtime.cached_recommender``) with plain RRF (nothing is learned yet), which logs
+   its impression like any response;
+   the user's next part of ratings is then recorded as feedback naming that response's
+   request_id, ratings below the neutral point as negative answers. Visits go round by round,
+   every user's first visit before anyone's second, so the newest impressions, which the
+   learner holds out to check itself, come last.
+3. The fusion is trained once from those impressions, as the scheduled learning would.
+   Scheduled learning is off for the whole run: nothing is learned from the evaluation's own
+   queries, whose impressions have no answers anyway. After step 2 every training rating has
+   been replayed, so every system is measured on the same appliance state as without usage.
+
+The evaluation queries and their targets are never seen by the learner: ratings_train holds no
+evaluation target (each user's target and everything after it are removed), the ReDial requests
+come from other users, and the tag queries' tags are absent from the item text.
+``fused (rrf)`` and ``fused (learned)`` then answer every query, and the learned row carries
+the paired bootstrap difference from the RRF one. Only impressions where two or more sources
+proposed candidates can teach the fusion anything, and the visits have no words: the weights of
+requests with a context are not taught by them and stay plain RRF (the learner keeps one set of
+weights per kind of request), so on the worded tasks the two rows agree unless a future
+protocol simulates worded visits.
 """
 
 from __future__ import annotations
@@ -43,6 +73,7 @@ from appliance.evaluation.metrics import (
 )
 from appliance.services.collaborative import ItemSimilarity
 from appliance.services.feedback import FeedbackInput
+from appliance.services.learning import FusionMode, FusionState
 from appliance.services.recommend import RecommendationQuery, RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.runtime import Runtime, open_runtime
@@ -55,8 +86,17 @@ ITEM_KNN = "item-kNN"
 #: Systems every other one is compared with, by paired differences, where they ran.
 REFERENCES = (BASELINE, ITEM_KNN)
 VECTOR = "vector"
-#: Every candidate source, fused: the appliance's default pipeline.
-FUSED = "fused"
+#: Every candidate source, each asked by name, fused by plain reciprocal rank.
+FUSED = "fused (rrf)"
+#: Every candidate source, each asked by name, fused with the weights learned from the
+#: simulated usage.
+FUSED_LEARNED = "fused (learned)"
+#: Share of each user's newest training ratings that answer their simulated visits.
+USAGE_SHARE = 0.2
+#: Users with fewer training ratings make no simulated visits.
+USAGE_MIN_HISTORY = 10
+#: Items shown per simulated visit.
+USAGE_TOP_K = 10
 TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
 #: One held-back item per user: did it make the top 10, and how high.
 HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
@@ -127,11 +167,13 @@ class Pipeline:
         name: str,
         *,
         sources: frozenset[str] | None = None,
+        fusion: FusionMode | None = None,
         rerank: bool = False,
     ) -> None:
         self.name = name
         self._recommender = recommender
-        self._sources = sources
+        self.sources = sources
+        self.fusion = fusion
         self._rerank = rerank
         # A re-ranker judges items against the request; without one it has nothing to add.
         self.needs_context = rerank
@@ -147,7 +189,8 @@ class Pipeline:
                 context=query.context,
                 top_k=k,
                 rerank=self._rerank,
-                sources=self._sources,
+                sources=self.sources,
+                fusion=self.fusion,
             )
         )
         self.rerank_outcomes[result.rerank_status] += 1
@@ -155,7 +198,11 @@ class Pipeline:
 
 
 def pipelines(recommender: RecommendationService) -> list[Pipeline]:
-    """Vector search alone (the baseline), every other source alone, and all of them fused."""
+    """Vector search alone (the baseline), every other source alone, and all of them fused.
+
+    Every pipeline names its sources. All of them are fused by plain RRF and by the learned
+    weights (last).
+    """
     names = recommender.source_names
     alone = [
         Pipeline(
@@ -165,7 +212,13 @@ def pipelines(recommender: RecommendationService) -> list[Pipeline]:
         )
         for name in names
     ]
-    return alone if len(names) == 1 else [*alone, Pipeline(recommender, FUSED)]
+    if len(names) == 1:
+        return alone
+    return [
+        *alone,
+        Pipeline(recommender, FUSED, sources=frozenset(names), fusion=FusionMode.RRF),
+        Pipeline(recommender, FUSED_LEARNED, sources=frozenset(names), fusion=FusionMode.LEARNED),
+    ]
 
 
 class MostPopular:
@@ -280,11 +333,43 @@ class Result:
         return statistics.quantiles(self.latencies_ms, n=20)[-1]
 
 
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """What the simulated usage before the evaluation did and taught (``simulate_usage``)."""
+
+    visits: int
+    """Recommendation requests made, each logged as an impression."""
+    answers: int
+    """Feedback events recorded as answers to them."""
+    fusion: FusionState
+    """The learned fusion after training on those impressions."""
+
+    def to_json(self) -> dict[str, object]:
+        """Return the summary as plain values."""
+        return {
+            "visits": self.visits,
+            "answers": self.answers,
+            "fusion": {
+                kind: {
+                    "status": state.status.value,
+                    "detail": state.detail,
+                    "weights": state.weights,
+                    "learned_weights": None if state.fit is None else state.fit.weights,
+                }
+                for kind, state in self.fusion.kinds.items()
+            },
+        }
+
+
 @dataclass(slots=True)
 class Report:
     """Every system on every task."""
 
     results: list[Result]
+    references: dict[str, str] = field(default_factory=dict)
+    """System -> another system it is compared with besides ``REFERENCES``, pairwise, metric
+    by metric (the learned fusion with plain RRF)."""
+    usage: UsageSummary | None = None
 
     def difference(self, result: Result, label: str, reference: str = BASELINE) -> Interval | None:
         """Paired interval of ``result`` minus ``reference`` on the same task and metric.
@@ -297,6 +382,36 @@ class Report:
             (r for r in self.results if r.task == result.task and r.system == reference), None
         )
         return None if base is None else paired_difference(result.scores[label], base.scores[label])
+
+    def comparisons(self) -> list[tuple[Result, str, str, Interval]]:
+        """Each result that has a reference: (result, reference, metric, paired difference)."""
+        found = []
+        for result in self.results:
+            reference = self.references.get(result.system)
+            if reference is None:
+                continue
+            for label in result.scores:
+                diff = self.difference(result, label, reference)
+                if diff is not None:
+                    found.append((result, reference, label, diff))
+        return found
+
+    def notes(self) -> list[str]:
+        """Return the paired differences from the references, and what the usage taught."""
+        lines = [
+            f"{r.task} / {r.system} minus {reference}, {label}: {_signed(diff)}"
+            for r, reference, label, diff in self.comparisons()
+        ]
+        if self.usage is not None:
+            lines.append(
+                f"learned fusion, after {self.usage.visits} simulated visits answered by "
+                f"{self.usage.answers} ratings:"
+            )
+            lines += [
+                f"  {kind} requests: {state.status} ({state.detail})"
+                for kind, state in self.usage.fusion.kinds.items()
+            ]
+        return lines
 
     def to_markdown(self) -> str:
         """Return one table row per task and system, each metric as mean [95% interval]."""
@@ -315,7 +430,8 @@ class Report:
         """Return each system's paired difference from every reference on each task.
 
         One row per system and task, on the task's first metric (the one its queries are
-        chiefly judged by), each difference as mean [95% interval].
+        chiefly judged by), each difference as mean [95% interval]; then, after a blank line,
+        the systems compared with a reference of their own (``references``), metric by metric.
         """
         lines = [
             "| task | system | metric | " + " | ".join(f"minus {r}" for r in REFERENCES) + " |",
@@ -328,6 +444,17 @@ class Report:
                 continue
             cells = ["" if d is None else _signed(d) for d in diffs]
             lines.append(f"| {r.task} | {r.system} | {label} | " + " | ".join(cells) + " |")
+        paired = self.comparisons()
+        if paired:
+            lines += [
+                "",
+                "| task | system | minus | metric | paired difference [95% interval] |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            lines += [
+                f"| {r.task} | {r.system} | {reference} | {label} | {_signed(diff)} |"
+                for r, reference, label, diff in paired
+            ]
         return "\n".join(lines) + "\n"
 
     def to_json(self) -> dict[str, object]:
@@ -337,9 +464,10 @@ class Report:
             metrics = {}
             for label in r.scores:
                 interval = r.interval(label)
+                own = self.references.get(r.system)
                 minus = {
                     reference: {"mean": diff.mean, "ci95": [diff.low, diff.high]}
-                    for reference in REFERENCES
+                    for reference in (*REFERENCES, *(() if own is None else (own,)))
                     if (diff := self.difference(r, label, reference)) is not None
                 }
                 metrics[label] = {
@@ -358,7 +486,76 @@ class Report:
                     "metrics": metrics,
                 }
             )
-        return {"references": list(REFERENCES), "results": rows}
+        return {
+            "references": list(REFERENCES),
+            "results": rows,
+            **({} if self.usage is None else {"usage": self.usage.to_json()}),
+        }
+
+
+def usage_visits(
+    history: Iterable[Interaction], visits: int
+) -> tuple[list[Interaction], list[list[Interaction]]]:
+    """Cut the history into what is replayed first and the answers to simulated visits.
+
+    Each user with at least ``USAGE_MIN_HISTORY`` ratings keeps the older ones as history; the
+    newest ``USAGE_SHARE`` of them (at least one per visit) are cut into ``visits`` consecutive
+    parts, one per visit.
+
+    Returns:
+        The history to replay first, and the visits' answers: every user's first part, then
+        every user's second part, and so on (each part one user's ratings in time order).
+
+    """
+    by_user: dict[str, list[Interaction]] = {}
+    for interaction in history:
+        by_user.setdefault(interaction.user_id, []).append(interaction)
+    past: list[Interaction] = []
+    rounds: list[list[list[Interaction]]] = [[] for _ in range(visits)]
+    for user_id in sorted(by_user):
+        events = sorted(by_user[user_id], key=lambda i: (i.timestamp, i.item_id))
+        if visits < 1 or len(events) < USAGE_MIN_HISTORY:
+            past.extend(events)
+            continue
+        answered = max(visits, round(len(events) * USAGE_SHARE))
+        past.extend(events[:-answered])
+        tail = events[-answered:]
+        for n in range(visits):
+            rounds[n].append(tail[n * answered // visits : (n + 1) * answered // visits])
+    return past, [part for parts in rounds for part in parts]
+
+
+async def simulate_usage(runtime: Runtime, answers: Sequence[Sequence[Interaction]]) -> int:
+    """Make each visit's request, then record its answers as feedback naming the response.
+
+    See the module docstring for the protocol. Answers about items missing from the catalog
+    are skipped.
+
+    Returns:
+        How many feedback events were recorded.
+
+    """
+    catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
+    every = frozenset(runtime.recommender.source_names)
+    recorded = 0
+    for part in answers:
+        shown = await runtime.cached_recommender.recommend(
+            RecommendationQuery(user_id=part[0].user_id, top_k=USAGE_TOP_K, sources=every)
+        )
+        events = [
+            FeedbackInput(
+                i.user_id,
+                i.item_id,
+                InteractionType.RATING,
+                i.rating,
+                i.timestamp,
+                request_id=shown.request_id,
+            )
+            for i in part
+            if i.item_id in catalog
+        ]
+        recorded += await runtime.feedback.import_events(events)
+    return recorded
 
 
 async def replay(
@@ -446,8 +643,9 @@ async def run(
     *,
     rerankers: Sequence[str] = (),
     progress: Progress | None = None,
+    visits: int = 2,
 ) -> Report:
-    """Build an appliance from a catalog file and a history, then evaluate it.
+    """Build an appliance from a catalog file and a history, use it, then evaluate it.
 
     Args:
         settings: The configuration to evaluate; its data directory should be empty or
@@ -459,12 +657,18 @@ async def run(
             candidates, on the tasks whose queries have words; built and limited by
             ``settings.reranker``.
         progress: Told how many queries there are, then of each answered one.
+        visits: Simulated visits per user before the evaluation, from which the fusion
+            learns (see the module docstring); 0 replays the history alone.
 
     Returns:
-        Most-popular, each candidate source alone, all of them fused, and fused + each
-        re-ranker.
+        Most-popular, each candidate source alone, all of them fused by RRF and by the learned
+        weights, and the latter + each re-ranker.
 
     """
+    # Learning happens once, after the simulated usage: never from the evaluation's queries.
+    settings = msgspec.structs.replace(
+        settings, fusion=msgspec.structs.replace(settings.fusion, train_interval_seconds=0.0)
+    )
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
         stages = []
@@ -476,12 +680,17 @@ async def run(
             stack.push_async_callback(reranker.close)
             stages.append(RerankStage(reranker, config))
         await runtime.catalog.load_file(catalog)
-        await replay(runtime, history)
+        past, answers = usage_visits(history, visits)
+        await replay(runtime, past)
+        # A running appliance's visitors meet a model of the history before them.
+        await runtime.collaborative.wait_fresh()
+        recorded = await simulate_usage(runtime, answers)
+        usage = UsageSummary(len(answers), recorded, await runtime.fusion.train())
         for task in tasks:
             await replay_liked(runtime, task.queries)
         # Models learnt from feedback must have seen the whole replay before the first query.
         await runtime.collaborative.wait_fresh()
-        default = pipelines(runtime.recommender)[-1].name
+        default = pipelines(runtime.recommender)[-1]
         systems: list[System] = [
             MostPopular(runtime, history),
             ItemKNN(runtime, history),
@@ -489,13 +698,18 @@ async def run(
             *(
                 Pipeline(
                     runtime.recommender.with_rerank(stage),
-                    f"{default} + {stage.backend}",
+                    f"{default.name} + {stage.backend}",
+                    sources=default.sources,
+                    fusion=default.fusion,
                     rerank=True,
                 )
                 for stage in stages
             ),
         ]
-        return await evaluate(tasks, systems, progress)
+        report = await evaluate(tasks, systems, progress)
+        report.references = {FUSED_LEARNED: FUSED}
+        report.usage = usage
+        return report
 
 
 def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:

@@ -28,6 +28,8 @@ class RangeFilter(Request):
 
 
 FilterValue = Scalar | Annotated[list[Scalar], Meta(min_length=1, max_length=256)] | RangeFilter
+#: A fusion mode; a pattern rather than an enum, so that a wrong value's error names the choices.
+Fusion = Annotated[str, Meta(pattern="^(rrf|learned)$", examples=["rrf", "learned"])]
 
 
 class RecommendationRequest(Request):
@@ -47,6 +49,13 @@ class RecommendationRequest(Request):
     """Run the re-rank stage (default: when a re-ranker is configured and there is a context)."""
     sources: Annotated[list[Annotated[str, Meta(max_length=64)]], Meta(max_length=16)] | None = None
     """Candidate sources to ask, by name (default: all of them); GET /health lists them."""
+    fusion: Fusion | None = None
+    """How the sources' lists are fused: rrf (reciprocal rank, every source weighs 1) or
+    learned (weighted by what the appliance learned from its impressions and their feedback).
+    Default: learned once learned (GET /admin/fusion), else rrf."""
+    diversity: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
+    """Trade relevance for variety (maximal marginal relevance over the items' vectors): 0 keeps
+    the fused order, higher values push near-duplicates of better-placed items down."""
 
 
 class RecommendedItem(Response):
@@ -62,6 +71,10 @@ class RecommendedItem(Response):
     via: dict[str, str] = {}
     """For each source that found the item through another item (one the user liked, one named
     in the context), that item's id."""
+    fused_score: float = 0.0
+    """The fusion score that placed the item: the sum over its sources of weight / (60 + rank)."""
+    source_ranks: dict[str, int] = {}
+    """Each candidate source's rank for the item (1 for its first hit)."""
 
 
 class RecommendationResponse(Response):
@@ -83,4 +96,10 @@ class RecommendationResponse(Response):
     timings_ms: dict[str, float] = {}
     """Milliseconds per pipeline stage: query (embedding the context and reading the user's
     preferences and history), retrieve, rerank (when it started, including a timed-out or failed
-    attempt) and total."""
+    attempt), diversify (when diversity was asked for) and total."""
+    fusion: str = ""
+    """The fusion that ordered the candidates: rrf or learned."""
+    fusion_weights: dict[str, float] = {}
+    """With learned fusion, the weight of each source asked (plain RRF weighs each 1)."""
+    diversity: float = 0.0
+    """The diversity applied, when the request asked for some."""

@@ -21,6 +21,8 @@ class UserDeleted(Response):
 
     user_id: str
     deleted_events: int
+    deleted_impressions: int = 0
+    """Logged recommendation responses of the user (GET /admin/impressions/{request_id})."""
 
 
 class RebuildResult(Response):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,7 +90,7 @@ class BackupService:
         encoder: EncoderQueue,
         catalog: CatalogService,
         feedback: FeedbackService,
-        on_restored: Sequence[Callable[[], None]],
+        on_restored: Sequence[Callable[[], Awaitable[object] | None]],
         scratch: Path,
     ) -> None:
         """Serve backups from ``store`` and ``index``.
@@ -103,8 +103,9 @@ class BackupService:
             catalog: Re-embeds a restored catalog when restoring with ``reembed``, and learns
                 its titles otherwise.
             feedback: Rebuilds preference vectors after a restore with ``reembed``.
-            on_restored: Called after a restore, so that what was derived from the empty
-                appliance (a popularity ranking, cached answers) is forgotten.
+            on_restored: Called (and awaited, if they return an awaitable) after a restore, so
+                that what was derived from the empty appliance (a popularity ranking, a model
+                learnt from feedback, cached answers, logged impressions) is forgotten.
             scratch: A folder of the data directory for archives being written or read; what
                 an earlier process left there is removed.
 
@@ -282,7 +283,9 @@ class BackupService:
                         await anyio.to_thread.run_sync(self._index.clear)
                     raise
         for forget in self._on_restored:
-            forget()
+            forgetting = forget()
+            if forgetting is not None:
+                await forgetting
         embedded = 0
         if reembed:
             embedded = (await self._catalog.reconcile()).embedded

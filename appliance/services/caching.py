@@ -24,6 +24,7 @@ import numpy as np
 
 from appliance.backends.embedders.protocol import Vectors
 from appliance.services.encoding import Encoder
+from appliance.services.impressions import ImpressionLog
 from appliance.services.recommend import (
     RecommendationQuery,
     RecommendationResult,
@@ -213,11 +214,23 @@ class ResultCache:
 
 
 class CachedRecommender:
-    """Answers from the result cache when it can, from the pipeline otherwise."""
+    """Answers from the result cache when it can, from the pipeline otherwise.
 
-    def __init__(self, recommender: RecommendationService, cache: ResultCache) -> None:
+    This is what the API answers with: every answer it returns, computed or reused, is logged
+    once in the impression log under its own request id, so that feedback naming that id
+    answers it.
+    """
+
+    def __init__(
+        self,
+        recommender: RecommendationService,
+        cache: ResultCache,
+        *,
+        impressions: ImpressionLog | None = None,
+    ) -> None:
         self._recommender = recommender
         self.cache = cache
+        self._impressions = impressions
 
     async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
         """Recommend as ``RecommendationService.recommend`` does, reusing a valid kept answer.
@@ -229,6 +242,12 @@ class CachedRecommender:
             ConflictError: The catalog is empty.
 
         """
+        result = await self._answer(query)
+        if self._impressions is not None:
+            self._impressions.record(result.impression())
+        return result
+
+    async def _answer(self, query: RecommendationQuery) -> RecommendationResult:
         started = time.perf_counter()
         key = self.cache.key(query) if self.cache.enabled else None
         if key is None:

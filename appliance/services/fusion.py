@@ -1,13 +1,33 @@
-"""Fusion: merge the ranked lists of several candidate sources into one."""
+"""Fusion: merge the ranked lists of several candidate sources into one, and learn how.
+
+Weighted reciprocal-rank fusion scores an item ``sum_s w_s / (RRF_K + rank_s)`` over the
+sources that proposed it. With every weight 1 it is plain RRF, the prior. ``fit_weights`` learns
+the weights from logged impressions and the feedback that answered them (see
+``appliance.backends.stores.impressions``): a pairwise logistic model of "the user liked this
+candidate rather than that one", whose score is exactly the weighted RRF score. The weights are
+kept relative (their mean over the sources learned is 1), a temperature carries how sharp the
+preferences are, and a Gaussian prior pulls the relative weights towards 1, so little data moves
+them little. Nothing here knows which sources exist: they are whatever the impressions name.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
+from appliance.backends.stores.impressions import TrainingSet
 from appliance.domain import Candidate, Hit
 
 #: The usual reciprocal-rank-fusion constant: it damps the advantage of the very top ranks.
 RRF_K = 60
+#: Pairs kept per impression (sampled with a fixed seed beyond): one impression with many
+#: candidates must not outweigh the others, nor make training slow.
+MAX_PAIRS_PER_IMPRESSION = 256
+
+FloatArray = npt.NDArray[np.float64]
 
 
 def reciprocal_rank_fusion(
@@ -16,8 +36,9 @@ def reciprocal_rank_fusion(
     """Order items by the weighted sum of ``1 / (RRF_K + rank)`` over the sources.
 
     Rank-based fusion needs no calibration between sources whose scores live on different
-    scales. Each candidate keeps every source's own score; its ``score`` is the best of them,
-    which stays meaningful to a client (a cosine similarity, a relative popularity).
+    scales. Each candidate keeps every source's own score and rank, and the fused score
+    (``fused``); its ``score`` is the best of the sources' scores, which stays meaningful to a
+    client (a cosine similarity, a relative popularity).
 
     Args:
         ranked: Each source's hits, best first.
@@ -27,7 +48,6 @@ def reciprocal_rank_fusion(
         Candidates, best first; ties keep the order of first appearance.
 
     """
-    fused: dict[str, float] = {}
     candidates: dict[str, Candidate] = {}
     for source, hits in ranked.items():
         weight = 1.0 if weights is None else weights.get(source, 1.0)
@@ -35,11 +55,252 @@ def reciprocal_rank_fusion(
             candidate = candidates.get(hit.item_id)
             if candidate is None:
                 candidate = candidates[hit.item_id] = Candidate(hit.item_id, hit.score)
-                fused[hit.item_id] = 0.0
             candidate.sources[source] = hit.score
+            candidate.ranks[source] = rank
             if hit.via is not None:
                 candidate.via[source] = hit.via
             candidate.score = max(candidate.score, hit.score)
-            fused[hit.item_id] += weight / (RRF_K + rank)
-    order = sorted(candidates, key=lambda i: -fused[i])
-    return [candidates[i] for i in order]
+            candidate.fused += weight / (RRF_K + rank)
+    return sorted(candidates.values(), key=lambda c: -c.fused)
+
+
+def rank_features(ranks: npt.NDArray[np.int64]) -> FloatArray:
+    """Turn source ranks (0 where a source did not propose the item) into RRF terms.
+
+    The term is ``(RRF_K + 1) / (RRF_K + rank)``: 1 for a source's first hit, proportional to
+    the item's share of that source's RRF score, and 0 where the source is absent.
+    """
+    present = ranks > 0
+    return np.where(present, (RRF_K + 1.0) / (RRF_K + np.where(present, ranks, 1)), 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Pairs:
+    """Preference pairs: within an impression, a liked candidate and one that was not."""
+
+    diff: FloatArray
+    """(pairs, sources): the liked candidate's RRF terms minus the other's."""
+    weight: FloatArray
+    """1 / (pairs of its impression): every impression counts once."""
+    impression: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True, slots=True)
+class FitResult:
+    """What learning the fusion weights found."""
+
+    weights: dict[str, float]
+    """Per source in the training data; mean 1. Sources without data keep the prior, 1."""
+    temperature: float
+    impressions: int
+    """Impressions that could teach anything (see ``preference_pairs``)."""
+    pairs: int
+    validation_learned: float | None = None
+    """Share of held-out pairs the learned weights order right (ties count half)."""
+    validation_rrf: float | None = None
+    """The same share for plain RRF, on the same pairs."""
+
+
+def preference_pairs(
+    data: TrainingSet, features: FloatArray, *, seed: int = 0
+) -> tuple[Pairs, npt.NDArray[np.int64]]:
+    """Build the preference pairs of every impression that can teach the fusion anything.
+
+    A positive is a candidate its feedback liked (positive summed weight), wherever it stood.
+    A negative is a candidate its feedback disliked, or one that was shown and got no positive
+    answer; a candidate that was not shown and got no answer says nothing. An impression
+    teaches the fusion only when it has a positive and a negative and at least two sources
+    proposed its candidates: the weights cannot change the order of a single source's list.
+
+    Returns:
+        The pairs, and the sorted ids of the impressions they come from.
+
+    """
+    rng = np.random.default_rng(seed)
+    positive = data.label > 0
+    negative = (data.label < 0) | (data.shown & (data.label == 0))
+    starts = np.flatnonzero(np.r_[True, np.diff(data.impression) != 0])
+    ends = np.r_[starts[1:], len(data.impression)]
+    diffs: list[FloatArray] = []
+    weights: list[FloatArray] = []
+    owners: list[npt.NDArray[np.int64]] = []
+    used: list[int] = []
+    for start, end in zip(starts, ends, strict=True):
+        pos = np.flatnonzero(positive[start:end]) + start
+        neg = np.flatnonzero(negative[start:end]) + start
+        if not len(pos) or not len(neg):
+            continue
+        if np.count_nonzero((data.ranks[start:end] > 0).any(axis=0)) < 2:  # noqa: PLR2004
+            continue
+        left, right = np.meshgrid(pos, neg, indexing="ij")
+        left, right = left.ravel(), right.ravel()
+        if len(left) > MAX_PAIRS_PER_IMPRESSION:
+            keep = rng.choice(len(left), MAX_PAIRS_PER_IMPRESSION, replace=False)
+            left, right = left[keep], right[keep]
+        diffs.append(features[left] - features[right])
+        weights.append(np.full(len(left), 1.0 / len(left)))
+        impression = int(data.impression[start])
+        owners.append(np.full(len(left), impression, dtype=np.int64))
+        used.append(impression)
+    width = features.shape[1]
+    pairs = Pairs(
+        diff=np.concatenate(diffs) if diffs else np.zeros((0, width)),
+        weight=np.concatenate(weights) if weights else np.zeros(0),
+        impression=np.concatenate(owners) if owners else np.zeros(0, dtype=np.int64),
+    )
+    return pairs, np.asarray(used, dtype=np.int64)
+
+
+def pairwise_accuracy(pairs: Pairs, weights: FloatArray) -> float:
+    """Mean over impressions of the share of pairs ``weights`` order right (ties count half)."""
+    margin = pairs.diff @ weights
+    right = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
+    # Weights are 1/pairs per impression: the weighted sum is the per-impression mean, summed.
+    impressions = len(np.unique(pairs.impression))
+    return float(np.sum(right * pairs.weight) / impressions) if impressions else float("nan")
+
+
+def _subset(pairs: Pairs, mask: npt.NDArray[np.bool_]) -> Pairs:
+    return Pairs(pairs.diff[mask], pairs.weight[mask], pairs.impression[mask])
+
+
+def _fit(pairs: Pairs, prior_strength: float) -> tuple[FloatArray, float]:
+    """Maximise the pairs' likelihood under weighted RRF, with the prior; return (w, tau).
+
+    Parameters: ``w = S * softmax(theta)`` (relative weights, mean 1) and ``tau = exp(rho)``;
+    the prior is ``prior_strength / 2 * (|theta|^2 + rho^2)``, plain RRF at temperature 1.
+    """
+    width = pairs.diff.shape[1]
+    # Rank terms take few distinct values, so many pairs are the same row: fit on each
+    # distinct row once, with the summed weight.
+    diff, inverse = np.unique(pairs.diff, axis=0, return_inverse=True)
+    weight = np.bincount(inverse.ravel(), weights=pairs.weight, minlength=len(diff))
+
+    def loss(params: FloatArray) -> tuple[float, FloatArray]:
+        theta, rho = params[:width], float(params[width])
+        share = np.exp(theta - theta.max())
+        share /= share.sum()
+        w = width * share
+        tau = float(np.exp(rho))
+        raw = diff @ w
+        margin = tau * raw
+        value = float(weight @ np.logaddexp(0.0, -margin))
+        # d loss / d margin, through the logistic function, computed stably.
+        slope = -weight * np.exp(-np.logaddexp(0.0, margin))
+        grad_w = tau * (diff.T @ slope)
+        grad_theta = width * share * (grad_w - share @ grad_w)
+        grad_rho = tau * float(raw @ slope)
+        value += 0.5 * prior_strength * float(theta @ theta + rho * rho)
+        grad = np.append(grad_theta + prior_strength * theta, grad_rho + prior_strength * rho)
+        return value, grad
+
+    found = _minimize(loss, np.zeros(width + 1))
+    theta, rho = found[:width], found[width]
+    share = np.exp(theta - theta.max())
+    return width * share / share.sum(), float(np.exp(rho))
+
+
+def _minimize(
+    fun: Callable[[FloatArray], tuple[float, FloatArray]],
+    start: FloatArray,
+    *,
+    max_iterations: int = 200,
+    tolerance: float = 1e-9,
+    memory: int = 8,
+) -> FloatArray:
+    """Minimise a smooth function of a few parameters by L-BFGS with a backtracking search.
+
+    A dozen parameters at most: this is cheaper to own than to import an optimisation library
+    into a serving process (scipy.optimize takes seconds to import on a busy machine, holding
+    the import lock).
+    """
+    x = start.copy()
+    value, grad = fun(x)
+    steps: list[tuple[FloatArray, FloatArray]] = []
+    for _ in range(max_iterations):
+        if float(np.max(np.abs(grad))) < tolerance:
+            break
+        direction = -_inverse_hessian_times(steps, grad)
+        slope = float(grad @ direction)
+        if slope >= 0:  # not a descent direction: forget the curvature seen so far
+            steps.clear()
+            direction, slope = -grad, -float(grad @ grad)
+        length = 1.0
+        while True:
+            candidate = x + length * direction
+            new_value, new_grad = fun(candidate)
+            if new_value <= value + 1e-4 * length * slope or length < 1e-12:  # noqa: PLR2004
+                break
+            length /= 2
+        move, change = candidate - x, new_grad - grad
+        if float(move @ change) > 1e-12:  # noqa: PLR2004 - keep the update positive definite
+            steps = [*steps[-memory + 1 :], (move, change)]
+        converged = value - new_value <= tolerance * max(1.0, abs(value))
+        x, value, grad = candidate, new_value, new_grad
+        if converged:
+            break
+    return x
+
+
+def _inverse_hessian_times(
+    steps: Sequence[tuple[FloatArray, FloatArray]], grad: FloatArray
+) -> FloatArray:
+    """Apply L-BFGS's approximate inverse Hessian to ``grad`` (the two-loop recursion)."""
+    if not steps:
+        return grad / max(1.0, float(np.linalg.norm(grad)))
+    q = grad.copy()
+    alphas = []
+    for move, change in reversed(steps):
+        rho = 1.0 / float(change @ move)
+        alpha = rho * float(move @ q)
+        q -= alpha * change
+        alphas.append((rho, alpha, move, change))
+    move, change = steps[-1]
+    r = q * float(move @ change) / float(change @ change)
+    for rho, alpha, move, change in reversed(alphas):
+        r += move * (alpha - rho * float(change @ r))
+    return r
+
+
+def fit_weights(
+    data: TrainingSet, *, prior_strength: float, validation_share: float = 0.2
+) -> FitResult | None:
+    """Learn weighted-RRF weights from labelled impressions, and check them on newer ones.
+
+    The newest ``validation_share`` of the impressions that teach anything is held out: the
+    weights learned from the older ones are compared there with plain RRF. The weights
+    returned are then learned again from all of them.
+
+    Returns:
+        The weights with their validation, or ``None`` when no impression teaches anything.
+
+    """
+    features = rank_features(data.ranks)
+    pairs, used = preference_pairs(data, features)
+    if not len(used):
+        return None
+    # Only the sources that appear in a teaching impression get a learned weight.
+    active = np.flatnonzero(np.any(pairs.diff != 0, axis=0))
+    if not len(active):
+        return None
+    pairs = Pairs(pairs.diff[:, active], pairs.weight, pairs.impression)
+    held_out = max(1, round(len(used) * validation_share)) if len(used) > 1 else 0
+    validation: tuple[float, float] | None = None
+    if held_out:
+        first_held_out = used[len(used) - held_out]
+        later = pairs.impression >= first_held_out
+        early_weights, _ = _fit(_subset(pairs, ~later), prior_strength)
+        check = _subset(pairs, later)
+        validation = (
+            pairwise_accuracy(check, early_weights),
+            pairwise_accuracy(check, np.ones(len(active))),
+        )
+    weights, temperature = _fit(pairs, prior_strength)
+    return FitResult(
+        weights={data.sources[s]: round(float(w), 6) for s, w in zip(active, weights, strict=True)},
+        temperature=temperature,
+        impressions=len(used),
+        pairs=len(pairs.weight),
+        validation_learned=None if validation is None else validation[0],
+        validation_rrf=None if validation is None else validation[1],
+    )

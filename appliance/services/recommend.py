@@ -13,12 +13,15 @@ from datetime import UTC, datetime
 import anyio.to_thread
 import numpy as np
 
-from appliance.backends.indexes.protocol import Vector
+from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore
-from appliance.domain import FieldCondition, Item, Selection
+from appliance.backends.stores.impressions import Impression, LoggedCandidate, SourceRank
+from appliance.domain import Candidate, FieldCondition, Item, Selection
 from appliance.errors import ConflictError, InvalidInputError
+from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
 from appliance.services.fusion import reciprocal_rank_fusion
+from appliance.services.learning import FusionLearner, FusionMode
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
 from appliance.services.sources import CandidateSource, Plan
@@ -50,6 +53,10 @@ class RecommendationQuery:
     """Run the re-rank stage; ``None`` runs it when a re-ranker is configured."""
     sources: frozenset[str] | None = None
     """The candidate sources to ask, by name; ``None`` asks every one."""
+    fusion: FusionMode | None = None
+    """How to fuse the sources' lists; ``None``: learned fusion once learned, else plain RRF."""
+    diversity: float = 0.0
+    """Weight of dissimilarity against relevance in maximal marginal relevance; 0 is off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,10 @@ class Recommendation:
     sources: dict[str, float]
     via: dict[str, str] = field(default_factory=dict)
     """Per source that found the item through another item, that item's id."""
+    fused_score: float = 0.0
+    """The fusion score that placed the item among the candidates."""
+    ranks: dict[str, int] = field(default_factory=dict)
+    """Per source that proposed the item, its rank there."""
 
 
 @dataclass(slots=True)
@@ -76,6 +87,29 @@ class RecommendationResult:
     rerank_status: RerankStatus
     timestamp: datetime
     timings_ms: dict[str, float] = field(default_factory=dict)
+    fusion: FusionMode = FusionMode.RRF
+    fusion_weights: dict[str, float] | None = None
+    """The per-source weights of learned fusion; ``None`` for plain RRF."""
+    diversity: float = 0.0
+    top_k: int = 0
+    """The number of items asked for."""
+    has_context: bool = False
+    """Whether the request had words (a context)."""
+    candidates: tuple[LoggedCandidate, ...] = ()
+    """Every fused candidate in the final order, shown or not, as the impression log keeps it."""
+
+    def impression(self) -> Impression:
+        """Describe this answer for the impression log, under its own request id and time."""
+        return Impression(
+            request_id=self.request_id,
+            user_id=self.user_id,
+            created_at=self.timestamp,
+            strategy=self.strategy,
+            has_context=self.has_context,
+            fusion=self.fusion,
+            top_k=self.top_k,
+            candidates=self.candidates,
+        )
 
 
 class RecommendationService:
@@ -90,6 +124,8 @@ class RecommendationService:
         settings: RecommendSettings,
         *,
         titles: TitleDictionary | None = None,
+        index: VectorIndex | None = None,
+        learner: FusionLearner | None = None,
     ) -> None:
         self._store = store
         self._encoder = encoder
@@ -97,6 +133,8 @@ class RecommendationService:
         self._rerank = rerank
         self._settings = settings
         self._titles = titles if titles is not None else TitleDictionary()
+        self._index = index
+        self._learner = learner
 
     @property
     def source_names(self) -> list[str]:
@@ -106,7 +144,14 @@ class RecommendationService:
     def with_rerank(self, rerank: RerankStage) -> RecommendationService:
         """Return the same pipeline with another re-rank stage (to compare re-rankers)."""
         return RecommendationService(
-            self._store, self._encoder, self._sources, rerank, self._settings, titles=self._titles
+            self._store,
+            self._encoder,
+            self._sources,
+            rerank,
+            self._settings,
+            titles=self._titles,
+            index=self._index,
+            learner=self._learner,
         )
 
     async def recommend(self, query: RecommendationQuery) -> RecommendationResult:
@@ -114,9 +159,13 @@ class RecommendationService:
 
         Raises:
             ConflictError: The catalog is empty.
+            InvalidInputError: An unknown source is named, or diversity is asked for from an
+                appliance without item vectors.
 
         """
         sources = self._chosen_sources(query.sources)
+        if query.diversity > 0 and self._index is None:
+            raise InvalidInputError("diversity needs the items' vectors, which this pipeline lacks")
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
@@ -144,10 +193,23 @@ class RecommendationService:
             named=named,
         )
         ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
+        fusion, weights = (
+            (FusionMode.RRF, None)
+            if self._learner is None
+            else self._learner.choose(query.fusion, has_context=bool(context))
+        )
         candidates = reciprocal_rank_fusion(
-            {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}
+            {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
         )
         timings["retrieve"] = _ms_since(mark)
+
+        if query.diversity > 0 and self._index is not None:
+            mark = time.perf_counter()
+            vectors = await anyio.to_thread.run_sync(
+                self._index.vectors, [c.item_id for c in candidates]
+            )
+            candidates = maximal_marginal_relevance(candidates, vectors, query.diversity)
+            timings["diversify"] = _ms_since(mark)
 
         mark = time.perf_counter()
         items = await anyio.to_thread.run_sync(
@@ -170,7 +232,7 @@ class RecommendationService:
             request_id=uuid.uuid4().hex,
             user_id=query.user_id,
             recommendations=[
-                Recommendation(items[c.item_id].item, c.score, c.sources, c.via)
+                Recommendation(items[c.item_id].item, c.score, c.sources, c.via, c.fused, c.ranks)
                 for c in candidates[: query.top_k]
             ],
             strategy=strategy,
@@ -178,6 +240,14 @@ class RecommendationService:
             rerank_status=rerank_status,
             timestamp=datetime.now(UTC),
             timings_ms=timings,
+            fusion=fusion,
+            fusion_weights=None
+            if weights is None
+            else {s.name: weights.get(s.name, 1.0) for s in sources},
+            diversity=query.diversity,
+            top_k=query.top_k,
+            has_context=bool(context),
+            candidates=_logged(candidates, query.top_k),
         )
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
@@ -230,6 +300,22 @@ class RecommendationService:
         counts = await anyio.to_thread.run_sync(self._store.counts)
         if counts.items == 0:
             raise ConflictError("the catalog is empty; add items with POST /items first")
+
+
+def _logged(candidates: Sequence[Candidate], top_k: int) -> tuple[LoggedCandidate, ...]:
+    """Describe fused candidates, in final order, as the impression log keeps them."""
+    return tuple(
+        LoggedCandidate(
+            item_id=c.item_id,
+            position=position,
+            shown=position <= top_k,
+            fused_score=c.fused,
+            sources=tuple(
+                SourceRank(source, rank, c.sources[source]) for source, rank in c.ranks.items()
+            ),
+        )
+        for position, c in enumerate(candidates, start=1)
+    )
 
 
 def _ms_since(mark: float) -> float:

@@ -24,6 +24,7 @@ from appliance.backends.registry import (
 )
 from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.backends.stores.impressions import ImpressionStore
 from appliance.datadir import DataDirLock
 from appliance.errors import (
     ApplianceError,
@@ -38,6 +39,8 @@ from appliance.services.catalog import CatalogService
 from appliance.services.collaborative import CollaborativeModel
 from appliance.services.encoding import EncoderQueue
 from appliance.services.feedback import FeedbackService
+from appliance.services.impressions import ImpressionLog
+from appliance.services.learning import FusionLearner
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.sources import (
@@ -176,6 +179,8 @@ class Runtime:
     context_vectors: ContextVectorCache
     popularity: PopularitySource
     collaborative: CollaborativeModel
+    impressions: ImpressionLog
+    fusion: FusionLearner
     backup: BackupService
 
     def caches(self) -> dict[str, ContextVectorCache | ResultCache]:
@@ -184,6 +189,25 @@ class Runtime:
             "context_vectors": self.context_vectors,
             "results": self.cached_recommender.cache,
         }
+
+
+async def _open_learning(
+    stack: AsyncExitStack,
+    store: DuckDBStore,
+    settings: Settings,
+    *,
+    on_weights_changed: Callable[[], None],
+) -> tuple[ImpressionLog, FusionLearner]:
+    """Start the impression log and the fusion learner; ``stack`` stops them, log last."""
+    impression_store = ImpressionStore(store.connection())
+    stack.callback(impression_store.close)
+    impressions = ImpressionLog(impression_store, settings.fusion)
+    await impressions.start()
+    stack.push_async_callback(impressions.close)
+    fusion = FusionLearner(impressions, settings.fusion, on_weights_changed=on_weights_changed)
+    await fusion.start()
+    stack.push_async_callback(fusion.close)
+    return impressions, fusion
 
 
 @asynccontextmanager
@@ -256,6 +280,9 @@ async def open_runtime(
             half_life_days=settings.recommend.popularity_half_life_days,
             refresh_seconds=settings.recommend.popularity_refresh_seconds,
         )
+        impressions, fusion = await _open_learning(
+            stack, store, settings, on_weights_changed=results.everything_changed
+        )
 
         def users_changed(user_ids: Collection[str]) -> None:
             results.users_changed(user_ids)
@@ -277,6 +304,8 @@ async def open_runtime(
             rerank,
             settings.recommend,
             titles=catalog.titles,
+            index=index,
+            learner=fusion,
         )
         runtime = Runtime(
             settings=settings,
@@ -289,10 +318,12 @@ async def open_runtime(
             catalog=catalog,
             feedback=feedback,
             recommender=recommender,
-            cached_recommender=CachedRecommender(recommender, results),
+            cached_recommender=CachedRecommender(recommender, results, impressions=impressions),
             context_vectors=context_vectors,
             popularity=popularity,
             collaborative=collaborative,
+            impressions=impressions,
+            fusion=fusion,
             backup=BackupService(
                 store=store,
                 index=index,
@@ -300,7 +331,15 @@ async def open_runtime(
                 encoder=encoder,
                 catalog=catalog,
                 feedback=feedback,
-                on_restored=[popularity.forget, collaborative.changed, results.everything_changed],
+                # The impressions and the fusion learned from them describe the appliance
+                # before: its requests, not the restored users'.
+                on_restored=[
+                    popularity.forget,
+                    collaborative.changed,
+                    impressions.forget_all,
+                    fusion.forget,
+                    results.everything_changed,
+                ],
                 scratch=settings.data_dir / SCRATCH_DIR,
             ),
         )

@@ -357,6 +357,27 @@ async def test_a_backup_taken_under_load_is_one_consistent_snapshot(
 # -- who may, and into what ----------------------------------------------------------------------
 
 
+def test_a_restore_forgets_the_impressions_of_the_appliance_before(
+    source: TestClient[Any], fresh: TestClient[Any], test_items: list[dict[str, Any]]
+) -> None:
+    # Used, then emptied: its one visitor gave no feedback, so only their impression is left.
+    upsert(fresh, test_items[:3])
+    asked = recommend(fresh, user_id="browser", context="time travel")["request_id"]
+    assert fresh.post("/admin/fusion/train").json()["trainings"] == 1
+    for item in test_items[:3]:
+        assert fresh.delete(f"/items/{item['item_id']}").status_code == 204
+    assert fresh.get(f"/admin/impressions/{asked}").status_code == 200
+
+    response = restore(fresh, take_backup(source))
+
+    assert response.status_code == 200, response.text
+    assert fresh.get(f"/admin/impressions/{asked}").status_code == 404
+    fusion = fresh.get("/admin/fusion").json()
+    assert fusion["impressions"]["stored"] == 0
+    assert fusion.get("trainings", 0) == 0  # omitted when 0
+    assert {k["status"] for k in fusion["kinds"].values()} == {"untrained"}
+
+
 def test_backup_and_restore_need_an_admin_key(
     open_plain: Callable[[Settings], TestClient[Any]],
     tmp_path: Path,

@@ -42,6 +42,36 @@ def test_a_repeated_request_is_answered_from_the_cache(catalog_client: TestClien
     assert cache_stats(client, "results") == {"hits": 1, "misses": 1, "entries": 1}
 
 
+def test_every_answer_is_logged_once_under_its_own_request_id(
+    catalog_client: TestClient[Any],
+) -> None:
+    client = catalog_client
+    first = recommend(client, user_id="alice", context=CONTEXT, top_k=4)
+    again = recommend(client, user_id="alice", context=CONTEXT, top_k=4)
+    assert cached(again)
+
+    log = client.get("/admin/fusion").json()["impressions"]
+    assert log["logged"] == 2
+    assert log["stored"] + log["pending"] == 2
+    logged = [client.get(f"/admin/impressions/{a['request_id']}").json() for a in (first, again)]
+    assert [i["request_id"] for i in logged] == [first["request_id"], again["request_id"]]
+    assert logged[0]["candidates"] == logged[1]["candidates"]
+    assert [c["item_id"] for c in logged[1]["candidates"] if c["shown"]] == ids(again)
+    # Feedback naming the reused answer answers it, not the one it was kept from.
+    feedback(
+        client, "alice", ids(again)[0], interaction_type="like", request_id=again["request_id"]
+    )
+    labels = [
+        {
+            c["item_id"]: c["label"]
+            for c in client.get(f"/admin/impressions/{a['request_id']}").json()["candidates"]
+            if "label" in c
+        }
+        for a in (first, again)
+    ]
+    assert labels == [{}, {ids(again)[0]: 1.0}]
+
+
 def test_any_other_field_is_another_request(catalog_client: TestClient[Any]) -> None:
     client = catalog_client
     base = {"user_id": "alice", "context": CONTEXT, "top_k": 4}
@@ -56,6 +86,11 @@ def test_any_other_field_is_another_request(catalog_client: TestClient[Any]) -> 
         {**base, "filters": {"category": ["time travel", "cooking"]}},
         {**base, "filters": {"year": {"gte": 2000}}},
         {**base, "filters": {"year": 1998}},
+        {**base, "sources": ["vector"]},
+        {**base, "sources": ["vector", "keyword"]},
+        {**base, "fusion": "rrf"},
+        {**base, "fusion": "learned"},
+        {**base, "diversity": 0.5},
     ]
     for body in variants:
         assert not cached(recommend(client, **body)), body

@@ -93,7 +93,8 @@ def test_delete_user_forgets_everything_about_them(catalog_client: TestClient[An
 
     response = client.delete("/users/dave")
     assert response.status_code == 200, response.text
-    assert response.json() == {"user_id": "dave", "deleted_events": 3}
+    # Their one logged recommendation response goes too.
+    assert response.json() == {"user_id": "dave", "deleted_events": 3, "deleted_impressions": 1}
 
     assert client.get("/users/dave").status_code == 404
     assert client.delete("/users/dave").status_code == 404

@@ -13,7 +13,17 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
-from appliance.evaluation.runner import BASELINE, FUSED, ITEM_KNN, Task, run
+from appliance.evaluation.runner import (
+    BASELINE,
+    FUSED,
+    FUSED_LEARNED,
+    ITEM_KNN,
+    USAGE_MIN_HISTORY,
+    Task,
+    run,
+    usage_visits,
+)
+from appliance.services.learning import RequestKind
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -97,7 +107,7 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
     report = await run(settings, catalog, train, tasks, progress=progress)
 
-    systems = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED)
+    systems = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED, FUSED_LEARNED)
     # Item-kNN needs a history to start from: it answers the hold-out task only.
     assert progress.totals == [len(systems) * (len(topical) + len(holdout)) + len(holdout)]
     assert sum(progress.answered) == progress.totals[0]
@@ -136,17 +146,24 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
     }
     assert set(rows["holdout", ITEM_KNN]["metrics"]["HR@10"]["minus"]) == {BASELINE}
     assert "minus" not in rows["topics", BASELINE]["metrics"]["P@5"]
+    # The learned fusion is compared pairwise with plain RRF too, metric by metric.
+    assert set(rows["topics", FUSED_LEARNED]["metrics"]["P@5"]["minus"]) == {BASELINE, FUSED}
     table = report.to_markdown().splitlines()
     assert table[0] == "| task | system | NDCG@10 | P@5 | R@10 | HR@10 | ms/query p50 / p95 |"
     assert table[2].startswith("| topics | most-popular | ")
     assert len(table) == 2 + 2 * len(systems) + 1
-    differences = report.differences_to_markdown().splitlines()
+    markdown = report.differences_to_markdown().splitlines()
+    differences = markdown[: markdown.index("")]
     assert differences[0] == "| task | system | metric | minus vector-only | minus item-kNN |"
     knn_row = next(line for line in differences if line.startswith("| holdout | most-popular |"))
     assert knn_row.count("[") == 2
     # A row per system and task, but for vector-only on the task where it is the only reference.
     assert len(differences) == 2 + len(report.results) - 1
     assert not any(line.startswith(f"| topics | {BASELINE} |") for line in differences)
+    paired = markdown[markdown.index("") + 1 :]
+    assert paired[0].startswith("| task | system | minus | metric |")
+    assert len(paired) == 2 + 3 + 2
+    assert paired[2].startswith(f"| topics | {FUSED_LEARNED} | {FUSED} | NDCG@10 | ")
 
 
 @pytest.mark.anyio
@@ -165,9 +182,9 @@ async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> Non
 
     report = await run(settings, catalog, train, tasks, rerankers=("llamacpp",), progress=progress)
 
-    reranked = f"{FUSED} + llamacpp"
+    reranked = f"{FUSED_LEARNED} + llamacpp"
     by = {(r.task, r.system): r for r in report.results}
-    plain = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED)
+    plain = ("most-popular", BASELINE, *SOURCES_ALONE, FUSED, FUSED_LEARNED)
     # A re-ranker needs words to judge against: it is left out of the hold-out task.
     assert set(by) == {
         *((t, s) for t in ("topics", "holdout") for s in plain),
@@ -242,3 +259,101 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     assert {r["task"] for r in report["results"]} == {"holdout"}
     assert report["references"] == [BASELINE, ITEM_KNN]
     assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")
+
+
+def test_usage_visits_cut_each_users_newest_ratings() -> None:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    long = [Interaction("long", f"i{n}", 4.0, start + timedelta(days=n)) for n in range(20)]
+    other = [Interaction("other", f"i{n}", 2.0, start + timedelta(hours=n)) for n in range(10)]
+    short = [Interaction("short", f"i{n}", 5.0, start) for n in range(USAGE_MIN_HISTORY - 1)]
+    shuffled = [*reversed(long), *short, *other]
+
+    past, answers = usage_visits(shuffled, visits=2)
+
+    # A fifth of each long enough history, its newest, answers two visits, round by round.
+    assert [[(i.user_id, i.item_id) for i in part] for part in answers] == [
+        [("long", "i16"), ("long", "i17")],
+        [("other", "i8")],
+        [("long", "i18"), ("long", "i19")],
+        [("other", "i9")],
+    ]
+    assert sorted(past + [i for part in answers for i in part], key=id) == sorted(shuffled, key=id)
+    assert {i.item_id for i in past if i.user_id == "long"} == {f"i{n}" for n in range(16)}
+    everything, none = usage_visits(shuffled, visits=0)
+    assert none == []
+    assert sorted(everything, key=id) == sorted(shuffled, key=id)
+
+
+@pytest.mark.anyio
+async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "items.jsonl"
+    catalog.write_text(
+        "".join(
+            json.dumps({"item_id": f"{topic}-{n}", "title": f"{topic.title()} {n}", "text": words})
+            + "\n"
+            for topic, words in TOPICS.items()
+            for n in range(40)
+        )
+    )
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    # Twelve campers rate ten tents each, then the six kettles everybody buys, in turn: what
+    # they rate next is what is popular, not what is like their tents. Each one's last kettle
+    # is held out.
+    campers = [
+        *(
+            Interaction(f"camper-{u}", f"tent-{u + n}", 5.0, start + timedelta(days=n))
+            for u in range(12)
+            for n in range(10)
+        ),
+        *(
+            Interaction(f"camper-{u}", f"kettle-{(u + n) % 6}", 5.0, start + timedelta(days=10 + n))
+            for u in range(12)
+            for n in range(6)
+        ),
+    ]
+    train, holdout = time_split(campers)
+    tasks = [Task("holdout", holdout, (("HR", 10), ("NDCG", 10)))]
+    # A schedule that would fire many times during the run: the harness turns it off.
+    settings = make_settings(
+        tmp_path / "data",
+        embedder={"kind": "hashing"},
+        recommend={"popularity_refresh_seconds": 0},
+        fusion={"train_interval_seconds": 0.01, "min_labelled_impressions": 8},
+    )
+
+    report = await run(settings, catalog, train, tasks, visits=2)
+
+    usage = report.usage
+    assert usage is not None
+    _, answers = usage_visits(train, visits=2)
+    assert usage.visits == 2 * 12 == len(answers)
+    assert usage.answers == sum(len(part) for part in answers) == 12 * 3
+    assert usage.fusion.trainings == 1
+    # The visits had no words: they taught the weights of wordless requests only.
+    wordless = usage.fusion.kinds[RequestKind.NO_CONTEXT]
+    assert wordless.status == "trained", wordless.detail
+    assert wordless.weights is not None
+    assert wordless.weights["popularity"] > 1.0 > wordless.weights["vector"]
+    assert usage.fusion.kinds[RequestKind.CONTEXT].status == "too-little-data"
+    assert wordless.fit is not None
+    checked, plain = wordless.fit.validation_learned, wordless.fit.validation_rrf
+    assert checked is not None
+    assert plain is not None
+    assert checked > plain
+    # The held-out kettle is the most popular one a camper has not bought, and no tent like
+    # theirs: weighing popularity more can only move it up, and does for some campers.
+    by = {r.system: r for r in report.results}
+    assert by[FUSED_LEARNED].interval("HR@10").mean >= by[FUSED].interval("HR@10").mean
+    assert all(
+        learned >= plain
+        for learned, plain in zip(
+            by[FUSED_LEARNED].scores["NDCG@10"], by[FUSED].scores["NDCG@10"], strict=True
+        )
+    )
+    difference = report.difference(by[FUSED_LEARNED], "NDCG@10", FUSED)
+    assert difference is not None
+    assert difference.mean > 0
+    assert any("no-context requests: trained" in line for line in report.notes())
+    assert report.to_json()["usage"]["visits"] == usage.visits  # type: ignore[index]

@@ -173,6 +173,16 @@ class DuckDBStore:
             row = self._first("SELECT max(version) FROM schema_migrations")
         return int(row[0]) if row and row[0] is not None else 0
 
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """Open another connection to this database, for a component with tables of its own.
+
+        The component uses it under its own lock, never the store's: writing its tables then
+        neither waits for the store's callers nor delays them. It closes the connection before
+        the store is closed.
+        """
+        with self._lock:
+            return self._db.cursor()
+
     # -- items -------------------------------------------------------------------------------
 
     def content_hashes(self, item_ids: Sequence[str] | None = None) -> dict[str, str]:

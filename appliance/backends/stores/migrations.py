@@ -56,4 +56,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        2,
+        "m002_impressions",
+        """
+        CREATE TABLE impressions (
+            request_id VARCHAR NOT NULL,
+            user_id VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            strategy VARCHAR NOT NULL,
+            has_context BOOLEAN NOT NULL,
+            fusion VARCHAR NOT NULL,
+            top_k INTEGER NOT NULL
+        );
+        CREATE TABLE impression_candidates (
+            request_id VARCHAR NOT NULL,
+            item_id VARCHAR NOT NULL,
+            position INTEGER NOT NULL,
+            shown BOOLEAN NOT NULL,
+            fused_score DOUBLE NOT NULL,
+            sources STRUCT(source VARCHAR, rank INTEGER, score DOUBLE)[] NOT NULL
+        );
+        """,
+    ),
 )

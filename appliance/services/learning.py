@@ -1,0 +1,220 @@
+"""The learned fusion: weights learned in the background from the appliance's own impressions.
+
+Each kind of request (with a context, or without) has weights of its own. Until enough of its
+impressions have been answered by feedback, and whenever the learned weights do worse than plain
+reciprocal-rank fusion on the newest impressions, requests of that kind are fused by plain RRF.
+A failed training keeps whatever was in use before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+import anyio
+import anyio.to_thread
+
+from appliance.backends.stores.impressions import TrainingSet
+from appliance.services.fusion import FitResult, fit_weights
+from appliance.services.impressions import ImpressionLog
+from appliance.settings import FusionSettings
+
+log = logging.getLogger(__name__)
+
+
+class FusionMode(enum.StrEnum):
+    """How a request's candidate lists are fused."""
+
+    RRF = "rrf"
+    """Plain reciprocal-rank fusion: every source weighs 1."""
+    LEARNED = "learned"
+    """Weighted reciprocal-rank fusion, with the weights learned from impressions."""
+
+
+class TrainingStatus(enum.StrEnum):
+    """What the latest training concluded."""
+
+    UNTRAINED = "untrained"
+    """No training has run yet."""
+    TOO_LITTLE_DATA = "too-little-data"
+    """Fewer teaching impressions than fusion.min_labelled_impressions."""
+    NOT_BETTER = "not-better"
+    """The weights ordered held-out impressions worse than plain RRF."""
+    TRAINED = "trained"
+    """The learned weights are in use."""
+
+
+class RequestKind(enum.StrEnum):
+    """Requests whose sources are fused with weights of their own.
+
+    Which sources are worth most depends on what a request carries: the words of a context are
+    best matched by some, a user's history alone by others. The weights learned from one kind
+    never move the other's.
+    """
+
+    CONTEXT = "context"
+    """The request had words (a context), with or without the user's history."""
+    NO_CONTEXT = "no-context"
+    """The request had none: the user's history, or nothing (cold start)."""
+
+    @classmethod
+    def of(cls, *, has_context: bool) -> RequestKind:
+        """Return the kind of a request with or without a context."""
+        return cls.CONTEXT if has_context else cls.NO_CONTEXT
+
+
+@dataclass(frozen=True, slots=True)
+class KindState:
+    """The learned fusion of one kind of request."""
+
+    status: TrainingStatus = TrainingStatus.UNTRAINED
+    weights: dict[str, float] | None = None
+    """The weights requests use for learned fusion; ``None`` while plain RRF stands in."""
+    fit: FitResult | None = None
+    """The latest training's findings, used or not."""
+    detail: str = "not trained yet; plain RRF"
+    """Why the weights are (not) in use, in words."""
+
+
+@dataclass(frozen=True, slots=True)
+class FusionState:
+    """The learned fusion as it stands."""
+
+    kinds: dict[RequestKind, KindState] = field(
+        default_factory=lambda: {kind: KindState() for kind in RequestKind}
+    )
+    trained_at: datetime | None = None
+    trainings: int = 0
+    error: str = ""
+    """Why the latest training failed, if it did (what was in use before stays)."""
+
+
+class FusionLearner:
+    """Learns the fusion weights on a schedule and tells each request which fusion to use."""
+
+    def __init__(
+        self,
+        impressions: ImpressionLog,
+        settings: FusionSettings,
+        *,
+        on_weights_changed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._impressions = impressions
+        self._settings = settings
+        # Told on the event loop when the weights requests get change (cached answers go).
+        self._on_weights_changed = on_weights_changed
+        self.state = FusionState()
+        self._training = asyncio.Lock()
+        self._worker: asyncio.Task[None] | None = None
+
+    def choose(
+        self, requested: FusionMode | None, *, has_context: bool
+    ) -> tuple[FusionMode, dict[str, float] | None]:
+        """Return the fusion a request gets, and its weights (``None`` for plain RRF).
+
+        Learned fusion is the default once weights are learned for the request's kind; until
+        then, and when a request asks for plain RRF, every source weighs 1. A request that asks
+        for learned fusion before there is any gets plain RRF too: the response's ``fusion``
+        says which ran.
+        """
+        weights = self.state.kinds[RequestKind.of(has_context=has_context)].weights
+        if requested is FusionMode.RRF or weights is None:
+            return FusionMode.RRF, None
+        return FusionMode.LEARNED, weights
+
+    async def start(self) -> None:
+        """Start the scheduled learning, unless fusion.train_interval_seconds is 0."""
+        if self._settings.train_interval_seconds > 0:
+            self._worker = asyncio.create_task(self._run(), name="fusion-learner")
+
+    async def close(self) -> None:
+        """Stop the scheduled learning."""
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    async def train(self) -> FusionState:
+        """Learn each kind's weights from the stored impressions now; use those that qualify.
+
+        Returns:
+            The new state.
+
+        """
+        async with self._training:
+            trainings = self.state.trainings + 1
+            try:
+                data = await self._impressions.training_set()
+                fits = await anyio.to_thread.run_sync(self._fit, data)
+            except Exception as e:
+                log.exception("learning the fusion weights failed")
+                self.state = replace(
+                    self.state, trainings=trainings, error=f"{type(e).__name__}: {e}"
+                )
+                return self.state
+            self._replace(
+                FusionState(
+                    kinds={kind: self._judge(fit) for kind, fit in fits.items()},
+                    trained_at=datetime.now(UTC),
+                    trainings=trainings,
+                )
+            )
+            for kind, state in self.state.kinds.items():
+                log.info("fusion learning, %s requests: %s (%s)", kind, state.status, state.detail)
+            return self.state
+
+    async def forget(self) -> None:
+        """Go back to plain RRF, untrained: the impressions learned from are gone (a restore)."""
+        async with self._training:
+            self._replace(FusionState())
+
+    def _replace(self, state: FusionState) -> None:
+        before = {kind: s.weights for kind, s in self.state.kinds.items()}
+        self.state = state
+        if {kind: s.weights for kind, s in state.kinds.items()} != before:
+            self._on_weights_changed()
+
+    def _fit(self, data: TrainingSet) -> dict[RequestKind, FitResult | None]:
+        return {
+            kind: fit_weights(
+                data.where(data.has_context == (kind is RequestKind.CONTEXT)),
+                prior_strength=self._settings.prior_strength,
+            )
+            for kind in RequestKind
+        }
+
+    def _judge(self, fit: FitResult | None) -> KindState:
+        """Decide whether the weights just learned replace plain RRF."""
+        needed = self._settings.min_labelled_impressions
+        teaching = 0 if fit is None else fit.impressions
+        if fit is None or teaching < needed:
+            return KindState(
+                status=TrainingStatus.TOO_LITTLE_DATA,
+                fit=fit,
+                detail=f"{teaching} of the {needed} impressions needed can teach the fusion "
+                "(a liked and a passed-over candidate, from at least two sources); plain RRF",
+            )
+        learned, plain = fit.validation_learned, fit.validation_rrf
+        if learned is None or plain is None or learned < plain:
+            return KindState(
+                status=TrainingStatus.NOT_BETTER,
+                fit=fit,
+                detail=f"on the newest impressions the learned weights ordered {learned:.3f} of "
+                f"the pairs right against {plain:.3f} for plain RRF; plain RRF",
+            )
+        return KindState(
+            status=TrainingStatus.TRAINED,
+            weights=fit.weights,
+            fit=fit,
+            detail=f"learned from {teaching} impressions ({fit.pairs} pairs); on the newest "
+            f"ones {learned:.3f} of the pairs ordered right against {plain:.3f} for plain RRF",
+        )
+
+    async def _run(self) -> None:
+        while True:
+            await anyio.sleep(self._settings.train_interval_seconds)
+            await self.train()
