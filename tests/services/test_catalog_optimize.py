@@ -1,0 +1,76 @@
+"""When the catalog optimizes its index: only after a pause in the writes.
+
+Optimizing holds the index's write lock while it builds search graphs, so starting it between
+the batches of a bulk import makes the next batch wait for it (at 100K items on a busy machine,
+for longer than a request may take). Each upsert spends most of its time encoding before it
+writes; that time must count as writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from appliance.domain import Item
+from appliance.services import catalog as catalog_module
+from appliance.services.runtime import open_runtime
+from tests.conftest import make_settings
+
+QUIET = 0.05
+ENCODING = 0.2  # four times the quiet period
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_module, "OPTIMIZE_DELAY", QUIET)
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+    async with open_runtime(settings) as runtime:
+        events: list[tuple[str, float]] = []
+        encode, upsert, optimize = (
+            runtime.encoder.encode,
+            runtime.index.upsert,
+            runtime.index.optimize,
+        )
+
+        async def slow_encode(texts: Sequence[str]) -> object:
+            await asyncio.sleep(ENCODING)  # a batch that takes longer than the quiet period
+            return await encode(texts)
+
+        def recorded_upsert(*args: object) -> None:
+            events.append(("upsert", time.monotonic()))
+            upsert(*args)  # type: ignore[arg-type]
+
+        def recorded_optimize() -> None:
+            events.append(("optimize", time.monotonic()))
+            optimize()
+
+        monkeypatch.setattr(runtime.encoder, "encode", slow_encode)
+        monkeypatch.setattr(runtime.index, "upsert", recorded_upsert)
+        monkeypatch.setattr(runtime.index, "optimize", recorded_optimize)
+
+        for batch in range(5):
+            items = [Item(f"b{batch}-{n}", f"item {n} of batch {batch}", "text") for n in range(20)]
+            await runtime.catalog.upsert(items)
+        last_write_done = time.monotonic()
+        await asyncio.sleep(QUIET * 6)
+
+        kinds = [kind for kind, _ in events]
+        assert kinds == ["upsert"] * 5 + ["optimize"], kinds
+        assert events[-1][1] >= last_write_done + QUIET * 0.9
+        assert runtime.index.count() == 100
+
+        # A pause after a write that changed nothing optimizes nothing more.
+        await runtime.catalog.upsert([Item("b0-0", "item 0 of batch 0", "text")])
+        await asyncio.sleep(QUIET * 6)
+        assert [kind for kind, _ in events].count("optimize") == 1
