@@ -139,6 +139,15 @@ class Server:
             time.sleep(0.2)
         return time.monotonic() - started
 
+    def wait_until_optimized(self) -> None:
+        """Wait until the index has built the search graphs of everything written.
+
+        Building them holds the interpreter (the index's binding does not release it), so the
+        server answers nothing meanwhile: the wait is a long one.
+        """
+        while self.stats()["index_graphs_pending"]:
+            time.sleep(1.0)
+
     def stats(self) -> dict[str, Any]:
         """GET /stats."""
         with self.client() as client:

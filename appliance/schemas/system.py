@@ -40,6 +40,9 @@ class Stats(Response):
     """How often the re-rank stage ran, timed out, was busy, failed or was skipped (and why)."""
     cache: dict[str, CacheStatsOut] = {}
     """The context-vector and result caches (``context_vectors``, ``results``)."""
+    index_graphs_pending: bool = False
+    """Items were written that the index has not built search graphs for yet (it does, a few
+    seconds after the writes pause); meanwhile they are searched exhaustively."""
 
 
 class ReindexResult(Response):

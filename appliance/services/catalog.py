@@ -275,6 +275,11 @@ class CatalogService:
         self._unoptimized = False
         self._optimizing = asyncio.create_task(anyio.to_thread.run_sync(self._index.optimize))
 
+    @property
+    def optimization_pending(self) -> bool:
+        """Whether the index took writes that it has not finished optimizing."""
+        return self._unoptimized or (self._optimizing is not None and not self._optimizing.done())
+
     async def close(self) -> None:
         """Cancel pending index maintenance and wait for a running one."""
         if self._optimizer is not None:

@@ -63,7 +63,9 @@ async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
             items = [Item(f"b{batch}-{n}", f"item {n} of batch {batch}", "text") for n in range(20)]
             await runtime.catalog.upsert(items)
         last_write_done = time.monotonic()
+        assert runtime.catalog.optimization_pending
         await asyncio.sleep(QUIET * 6)
+        assert not runtime.catalog.optimization_pending
 
         kinds = [kind for kind, _ in events]
         assert kinds == ["upsert"] * 5 + ["optimize"], kinds
