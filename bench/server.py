@@ -145,8 +145,13 @@ class Server:
         Building them holds the interpreter (the index's binding does not release it), so the
         server answers nothing meanwhile: the wait is a long one.
         """
-        while self.stats()["index_graphs_pending"]:
-            time.sleep(1.0)
+        with self.client(timeout_s=3600.0) as client:
+            while True:
+                response = client.get("/stats")
+                response.raise_for_status()
+                if not response.json()["index_graphs_pending"]:
+                    return
+                time.sleep(1.0)
 
     def stats(self) -> dict[str, Any]:
         """GET /stats."""
