@@ -149,7 +149,7 @@ class Server:
             while True:
                 response = client.get("/stats")
                 response.raise_for_status()
-                if not response.json()["index_graphs_pending"]:
+                if not response.json().get("index_graphs_pending", False):  # omitted when false
                     return
                 time.sleep(1.0)
 
