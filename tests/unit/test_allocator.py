@@ -61,4 +61,4 @@ def test_the_cap_limits_the_arenas_that_threads_get() -> None:
 def test_the_environment_variable_wins() -> None:
     capped, count = arenas(1, {**without_arena_max(), "MALLOC_ARENA_MAX": "3"})
     assert capped == "False"
-    assert 1 < count <= 3  # noqa: PLR2004
+    assert 1 < count <= 3
