@@ -145,17 +145,13 @@ class Server:
         Building them holds the interpreter (the index's binding does not release it), so the
         server answers nothing meanwhile: the wait is a long one.
         """
-        with self.client(timeout_s=3600.0) as client:
-            while True:
-                response = client.get("/stats")
-                response.raise_for_status()
-                if not response.json().get("index_graphs_pending", False):  # omitted when false
-                    return
-                time.sleep(1.0)
+        # /stats omits the field when false.
+        while self.stats(timeout_s=3600.0).get("index_graphs_pending", False):
+            time.sleep(1.0)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, timeout_s: float = 600.0) -> dict[str, Any]:
         """GET /stats."""
-        with self.client() as client:
+        with self.client(timeout_s) as client:
             response = client.get("/stats")
             response.raise_for_status()
             body: dict[str, Any] = response.json()
