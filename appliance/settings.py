@@ -53,6 +53,9 @@ class ServerSettings(_Section, frozen=True):
     request_timeout_seconds: Annotated[float, Meta(ge=0.0)] = 60.0
     """A request not answered within this gets 503 (its work still completes); 0 turns it off.
     /admin/reindex, /admin/users/rebuild and PUT /admin/reranker are exempt."""
+    malloc_arenas: Annotated[int, Meta(ge=0)] = 2
+    """Most glibc malloc arenas the server uses (fewer arenas, less memory held); 0 keeps glibc's
+    default of eight per core. The environment variable MALLOC_ARENA_MAX, if set, wins."""
     rate_limit_per_minute: Annotated[int, Meta(ge=0)] = 0
     """Requests one API key (without keys: one client address) may send per minute, beyond which
     the answer is 429 with Retry-After; 0 turns the limit off. /health is never limited."""

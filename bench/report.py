@@ -312,6 +312,22 @@ def reference_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _built(build: dict[str, Any]) -> str:
+    """Describe the build: how long it took, or that it went on from an interrupted one."""
+    graphs = build.get("optimize_seconds")
+    graphs_text = "" if graphs is None else f", search graphs {graphs:,.0f} s"
+    if build.get("continued_an_interrupted_build"):
+        return (
+            f"Built by continuing an interrupted build ({build['build_seconds']:,.0f} s for the "
+            f"rest{graphs_text}; the interrupted part's time is not recorded)."
+        )
+    return (
+        f"Built in {build['build_seconds']:,.0f} s ({build['ingest_items_per_second']} items/s "
+        f"through `appliance ingest`{graphs_text}, server peak RSS "
+        f"{build['build_peak_rss_mb']:,} MB)."
+    )
+
+
 def targets_table(found: Sequence[Target]) -> str:
     """Render the targets as a Markdown table."""
     mark = {True: "yes", False: "**no**", None: "-"}
@@ -334,9 +350,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"Catalog: {report['items']:,} synthetic items, mean "
             f"{build.get('mean_tokens_per_item')} MiniLM tokens per item; "
             f"{build['known_users']:,} known users with {build['likes_per_user']} likes each. "
-            f"Built in {build['build_seconds']:,.0f} s ({build['ingest_items_per_second']} "
-            f"items/s through `appliance ingest`, server peak RSS "
-            f"{build['build_peak_rss_mb']:,} MB). Each run: {report['settings']['duration_s']} s "
+            + _built(build)
+            + f" Each run: {report['settings']['duration_s']} s "
             f"per concurrency after a {report['settings']['warmup_s']} s warm-up; this report "
             f"took {report['elapsed_s'] / 60:.1f} min."
         ),

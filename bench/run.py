@@ -333,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             with serving(data_dir, port=args.port, log=log) as server:
                 for scenario in group:
                     records += run_scenario(server, scenario, workload)
+                # What ingest wrote gets its search graphs before the server is asked to stop.
+                server.wait_until_optimized()
             if writes:
                 check_feedback(data_dir, records)
         finally:

@@ -139,9 +139,19 @@ class Server:
             time.sleep(0.2)
         return time.monotonic() - started
 
-    def stats(self) -> dict[str, Any]:
+    def wait_until_optimized(self) -> None:
+        """Wait until the index has built the search graphs of everything written.
+
+        Building them holds the interpreter (the index's binding does not release it), so the
+        server answers nothing meanwhile: the wait is a long one.
+        """
+        # /stats omits the field when false.
+        while self.stats(timeout_s=3600.0).get("index_graphs_pending", False):
+            time.sleep(1.0)
+
+    def stats(self, timeout_s: float = 600.0) -> dict[str, Any]:
         """GET /stats."""
-        with self.client() as client:
+        with self.client(timeout_s) as client:
             response = client.get("/stats")
             response.raise_for_status()
             body: dict[str, Any] = response.json()

@@ -70,6 +70,7 @@ class SystemController(Controller):
             users=counts.users,
             feedback_events=counts.feedback_events,
             index_points=points,
+            index_graphs_pending=runtime.catalog.optimization_pending,
             encoder=EncoderStatsOut(
                 batches=e.batches, texts=e.texts, largest_batch=e.largest_batch
             ),

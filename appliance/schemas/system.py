@@ -59,6 +59,9 @@ class Stats(Response):
     cache: dict[str, CacheStatsOut] = {}
     """The context-vector and result caches (``context_vectors``, ``results``)."""
     collaborative: CollaborativeStatsOut | None = None
+    index_graphs_pending: bool = False
+    """Items were written that the index has not built search graphs for yet (it does, a few
+    seconds after the writes pause); meanwhile they are searched exhaustively."""
 
 
 class ReindexResult(Response):

@@ -84,6 +84,9 @@ class CatalogService:
         self._on_delete = on_delete
         self._optimizer: asyncio.TimerHandle | None = None
         self._optimizing: asyncio.Task[None] | None = None
+        # Upserts under way, and whether the index took writes it has not optimized yet.
+        self._writing = 0
+        self._unoptimized = False
 
     async def upsert(self, items: Sequence[Item]) -> UpsertSummary:
         """Insert or replace items; only items whose title or text changed are re-embedded.
@@ -104,6 +107,13 @@ class CatalogService:
             raise InvalidInputError(
                 f"item_id {repeated[0]!r} appears more than once in the batch; send each item once"
             )
+        self._write_started()
+        try:
+            return await self._upsert(items, ids)
+        finally:
+            self._write_finished()
+
+    async def _upsert(self, items: Sequence[Item], ids: Sequence[str]) -> UpsertSummary:
         existing = await anyio.to_thread.run_sync(self._store.get_items, ids)
         changed = [i for i in items if i.item_id not in existing or existing[i.item_id].item != i]
         if not changed:
@@ -116,13 +126,13 @@ class CatalogService:
         vectors = await self._vectors_for(changed, to_embed)
         try:
             stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
+            self._unoptimized = True
             await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
             await anyio.to_thread.run_sync(
                 self.titles.update, [(i.item_id, i.title, i.text) for i in changed]
             )
         finally:
             self._on_change()
-        self._schedule_optimize()
         created = sum(1 for i in changed if i.item_id not in existing)
         return UpsertSummary(
             created=created,
@@ -295,16 +305,40 @@ class CatalogService:
         await anyio.to_thread.run_sync(self._index.clear)
         return await self.reconcile()
 
-    def _schedule_optimize(self) -> None:
+    # Optimizing holds the index's write lock for as long as building the graphs takes (a minute
+    # and more at 100K items on a busy machine), so it waits for a pause in the writes: the
+    # quiet period counts from the end of the last upsert, and a new upsert (which spends most of
+    # its time encoding, before it writes) puts it off again.
+    def _write_started(self) -> None:
+        self._writing += 1
         if self._optimizer is not None:
             self._optimizer.cancel()
-        loop = asyncio.get_running_loop()
-        self._optimizer = loop.call_later(OPTIMIZE_DELAY, self._start_optimize)
+            self._optimizer = None
+
+    def _write_finished(self) -> None:
+        self._writing -= 1
+        if self._writing == 0 and self._unoptimized:
+            self._schedule_optimize()
+
+    def _schedule_optimize(self) -> None:
+        self._optimizer = asyncio.get_running_loop().call_later(
+            OPTIMIZE_DELAY, self._start_optimize
+        )
 
     def _start_optimize(self) -> None:
         self._optimizer = None
-        if self._optimizing is None or self._optimizing.done():
-            self._optimizing = asyncio.create_task(anyio.to_thread.run_sync(self._index.optimize))
+        if self._writing:
+            return  # the last upsert to finish schedules it again
+        if self._optimizing is not None and not self._optimizing.done():
+            self._schedule_optimize()  # after the running one, for what it did not see
+            return
+        self._unoptimized = False
+        self._optimizing = asyncio.create_task(anyio.to_thread.run_sync(self._index.optimize))
+
+    @property
+    def optimization_pending(self) -> bool:
+        """Whether the index took writes that it has not finished optimizing."""
+        return self._unoptimized or (self._optimizing is not None and not self._optimizing.done())
 
     async def close(self) -> None:
         """Cancel pending index maintenance and wait for a running one."""

@@ -93,12 +93,22 @@ class EncoderQueue:
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        parts = [texts[i : i + self.max_batch] for i in range(0, len(texts), self.max_batch)]
-        requests = [_Request(part, loop.create_future()) for part in parts]
+        if len(texts) <= self.max_batch:
+            request = _Request(texts, loop.create_future())
+            self._queue.append(request)
+            self._wakeup.set()
+            return await request.done
+        # A batch is padded to its longest text: batches of texts of about the same length
+        # encode the same texts about twice as fast as batches in the caller's order.
+        by_length = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        parts = [by_length[i : i + self.max_batch] for i in range(0, len(texts), self.max_batch)]
+        requests = [_Request([texts[i] for i in part], loop.create_future()) for part in parts]
         self._queue.extend(requests)
         self._wakeup.set()
-        results = [await r.done for r in requests]
-        return results[0] if len(results) == 1 else np.concatenate(results)
+        vectors = np.empty((len(texts), self.embedder.dimension), dtype=np.float32)
+        for part, request in zip(parts, requests, strict=True):
+            vectors[part] = await request.done
+        return vectors
 
     async def _run(self) -> None:
         while not self._closing:

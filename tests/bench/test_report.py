@@ -182,3 +182,15 @@ def test_markdown_of_a_real_10k_report() -> None:
     assert "Encoder alone (in the benchmark's process, nothing else running): 12.4 texts/s" in text
     # The targets, evaluated again from the figures, agree with those the run wrote.
     assert [asdict(t) for t in report.targets(full)] == full["targets"]
+
+
+def test_a_continued_build_is_not_reported_as_a_whole_one() -> None:
+    full = json.loads(REAL_REPORT.read_text(encoding="utf-8"))
+    assert "Built in " in report.markdown(full)
+    full["build"] |= {"continued_an_interrupted_build": True, "optimize_seconds": 12.0}
+
+    text = report.markdown(full)
+
+    assert "Built in " not in text
+    assert "Built by continuing an interrupted build" in text
+    assert "search graphs 12 s" in text

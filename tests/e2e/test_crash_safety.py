@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,13 +44,17 @@ class Served:
 
 
 @contextmanager
-def serving(data_dir: Path, log: Path) -> Iterator[Served]:
-    """Start `appliance serve` on ``data_dir``; whoever uses it decides how it ends."""
+def serving(
+    data_dir: Path, log: Path, settings: Mapping[str, str] | None = None
+) -> Iterator[Served]:
+    """Start `appliance serve` on ``data_dir`` (``settings``: more environment variables);
+    whoever uses it decides how it ends."""
     port = free_port()
     env = {
         **os.environ,
         "APPLIANCE_DATA_DIR": str(data_dir),
         "APPLIANCE_MODELS_DIR": str(MODELS_DIR),
+        **(settings or {}),
     }
     with log.open("w") as sink:
         process = subprocess.Popen(  # noqa: S603 - our own command line

@@ -112,6 +112,34 @@ async def test_request_larger_than_max_batch_is_split_and_reassembled() -> None:
         await queue.close()
 
 
+class _RecordingEmbedder(HashingEmbedder):
+    """The hashing embedder, remembering the batches it was given."""
+
+    def __init__(self) -> None:
+        super().__init__(DIM)
+        self.batches: list[list[str]] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        self.batches.append(list(texts))
+        return super().embed(texts)
+
+
+async def test_a_split_request_is_batched_by_text_length_and_returned_in_order() -> None:
+    # Lengths in no order: each batch is padded to its longest text, so like goes with like.
+    texts = [("word " * ((i * 7) % 12 + 1)) + str(i) for i in range(12)]
+    embedder = _RecordingEmbedder()
+    queue = await _started(embedder, max_batch=4)
+    try:
+        vectors = await queue.encode(texts)
+    finally:
+        await queue.close()
+    np.testing.assert_array_equal(vectors, HashingEmbedder(DIM).embed(texts))
+    assert sorted(t for batch in embedder.batches for t in batch) == sorted(texts)
+    longest = [max(len(t) for t in batch) for batch in embedder.batches]
+    shortest = [min(len(t) for t in batch) for batch in embedder.batches]
+    assert all(a <= b for a, b in zip(longest, shortest[1:], strict=False))
+
+
 async def test_empty_request_returns_no_rows() -> None:
     queue = await _started(HashingEmbedder(DIM), max_batch=4)
     try:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from appliance.errors import ConfigError
-from appliance.settings import Settings, describe, load_settings, redact
+from appliance.settings import Settings, describe, load_settings, redact, reference
 
 
 def _toml(tmp_path: Path, text: str) -> Path:
@@ -183,3 +183,11 @@ def test_redact_masks_secrets_and_url_credentials() -> None:
 def test_redact_leaves_the_default_settings_as_they_are() -> None:
     described = describe(load_settings(environ={}))
     assert redact(described) == described
+
+
+def test_the_readme_lists_every_setting_as_the_reference_does() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    rows = [f"| `{name}` | `{default}` | {doc} |" for name, default, doc in reference()]
+    assert "\n".join(rows) in readme, (
+        "README's Configuration table: paste `appliance config --reference`"
+    )

@@ -1,0 +1,92 @@
+"""When the catalog optimizes its index: only after a pause in the writes.
+
+Optimizing holds the index's write lock while it builds search graphs, so starting it between
+the batches of a bulk import makes the next batch wait for it (at 100K items on a busy machine,
+for longer than a request may take). Each upsert spends most of its time encoding before it
+writes; that time must count as writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from appliance.backends.embedders.hashing import HashingEmbedder
+from appliance.backends.embedders.protocol import Vectors
+from appliance.backends.indexes.protocol import IndexEntry
+from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
+from appliance.backends.registry import Backends
+from appliance.domain import Item
+from appliance.services import catalog as catalog_module
+from appliance.services.runtime import open_runtime
+from tests.conftest import make_settings
+
+QUIET = 0.05
+ENCODING = 0.2  # four times the quiet period
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class SlowEmbedder(HashingEmbedder):
+    """The hashing embedder, taking longer per batch than the quiet period."""
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        time.sleep(ENCODING)
+        return super().embed(texts)
+
+
+class WatchedIndex(QdrantEdgeIndex):
+    """The real index, noting when it is written and optimized."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, dimension=384)
+        self.events: list[tuple[str, float]] = []
+
+    def upsert(self, entries: Sequence[IndexEntry]) -> None:
+        self.events.append(("upsert", time.monotonic()))
+        super().upsert(entries)
+
+    def optimize(self) -> None:
+        self.events.append(("optimize", time.monotonic()))
+        super().optimize()
+
+
+@pytest.mark.anyio
+async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(catalog_module, "OPTIMIZE_DELAY", QUIET)
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+    index = WatchedIndex(tmp_path / "index")
+    try:
+        async with open_runtime(
+            settings, Backends(embedder=SlowEmbedder(), index=index)
+        ) as runtime:
+            for batch in range(5):
+                items = [
+                    Item(f"b{batch}-{n}", f"item {n} of batch {batch}", "text") for n in range(20)
+                ]
+                await runtime.catalog.upsert(items)
+            last_write_done = time.monotonic()
+            assert runtime.catalog.optimization_pending
+            await asyncio.sleep(QUIET * 6)
+            assert not runtime.catalog.optimization_pending
+
+            kinds = [kind for kind, _ in index.events]
+            assert kinds == ["upsert"] * 5 + ["optimize"], kinds
+            assert index.events[-1][1] >= last_write_done + QUIET * 0.9
+            assert index.count() == 100
+
+            # A pause after a write that changed nothing optimizes nothing more.
+            await runtime.catalog.upsert([Item("b0-0", "item 0 of batch 0", "text")])
+            await asyncio.sleep(QUIET * 6)
+            assert [kind for kind, _ in index.events].count("optimize") == 1
+    finally:
+        index.close()
