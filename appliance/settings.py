@@ -225,9 +225,10 @@ class CacheSettings(_Section, frozen=True):
     feedback or deletion drops their answers, any catalog change, re-ranker switch or change of
     the learned fusion weights drops all."""
     result_ttl_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
-    """Longest time an answer is reused, so that other users' feedback shows up in the popularity
-    and collaborative sources (by default as long as recommend.popularity_refresh_seconds keeps a
-    popularity ranking); 0 turns the result cache off."""
+    """Longest time an answer is reused when other users' feedback may have changed the popularity
+    and collaborative sources since it was computed; one computed after those models caught up
+    (recommend.popularity_refresh_seconds after the last feedback, or a collaborative rebuild)
+    is reused until something changes. 0 turns the result cache off."""
 
 
 class Settings(_Section, frozen=True):

@@ -5,9 +5,10 @@ answers about a thousand queries a second on two cores; requests that repeat (th
 a known user asking again) are answered from memory instead.
 
 A cached answer is only reused while nothing it depends on may have changed: the user's own
-feedback or deletion drops that user's answers, any catalog change (or a re-ranker switch) drops
-every answer, and every answer expires after a short time so that signals computed from other
-users' feedback (popularity) still show up.
+feedback or deletion drops that user's answers, any catalog change (or a re-ranker switch, or new
+fusion weights) drops every answer. Other users' feedback changes the shared models (popularity,
+collaborative similarity) a little later and for everyone: answers computed before those models
+caught up expire after a short time, the others are kept as long as nothing changes.
 """
 
 from __future__ import annotations
@@ -112,12 +113,20 @@ class ContextVectorCache:
 
 
 @dataclass(frozen=True, slots=True)
+class Stamp:
+    """When an answer started to be computed: the cache's version and its clock."""
+
+    version: int
+    started: float
+
+
+@dataclass(frozen=True, slots=True)
 class _Entry:
     result: RecommendationResult
     user_id: str
-    version: int
-    """The cache's version when the answer started to be computed."""
+    stamp: Stamp
     expires: float
+    """When the answer is dropped if the shared models may have changed since it started."""
 
 
 class ResultCache:
@@ -127,6 +136,12 @@ class ResultCache:
     if it started to be computed after the last change that concerns it. An answer computed
     while its user's feedback was being recorded is therefore never kept, even though the
     change arrived before the answer was finished.
+
+    Other users' feedback reaches the shared models later: the popularity ranking is recomputed
+    at most ``settle_seconds`` after it, the collaborative model when a rebuild finishes
+    (``shared_changed``). An answer that started at least ``settle_seconds`` after the last such
+    change saw every shared model up to date and stays valid until the next change; an earlier
+    one may have used a model that has changed since, and is dropped after ``ttl_seconds``.
     """
 
     def __init__(
@@ -134,12 +149,15 @@ class ResultCache:
         *,
         max_entries: int,
         ttl_seconds: float,
+        settle_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = max_entries > 0 and ttl_seconds > 0
         self._max_entries = max_entries
         self._ttl = ttl_seconds
+        self._settle = settle_seconds
         self._clock = clock
+        self._shared_changed_at = float("-inf")
         self._entries: collections.OrderedDict[bytes, _Entry] = collections.OrderedDict()
         self._version = 0
         self._everything_since = 0
@@ -163,9 +181,9 @@ class ResultCache:
             # A field of a type the encoder does not know: answer it, never from the cache.
             return None
 
-    def version(self) -> int:
-        """Return the current version: take it before computing an answer to ``put``."""
-        return self._version
+    def stamp(self) -> Stamp:
+        """Return the current version and time: take them before computing an answer to ``put``."""
+        return Stamp(self._version, self._clock())
 
     def get(self, key: bytes) -> RecommendationResult | None:
         """Return the kept answer for ``key`` if it is still valid."""
@@ -173,7 +191,10 @@ class ResultCache:
         if entry is None:
             self.stats.misses += 1
             return None
-        if entry.expires <= self._clock() or entry.version < self._valid_since(entry.user_id):
+        if entry.stamp.version < self._valid_since(entry.user_id) or (
+            entry.expires <= self._clock()
+            and entry.stamp.started < self._shared_changed_at + self._settle
+        ):
             del self._entries[key]
             self.stats.misses += 1
             return None
@@ -181,19 +202,23 @@ class ResultCache:
         self.stats.hits += 1
         return entry.result
 
-    def put(self, key: bytes, result: RecommendationResult, version: int) -> None:
-        """Keep an answer computed from ``version`` on, unless something changed meanwhile."""
-        if not self.enabled or version < self._valid_since(result.user_id):
+    def put(self, key: bytes, result: RecommendationResult, stamp: Stamp) -> None:
+        """Keep an answer computed from ``stamp`` on, unless something changed meanwhile."""
+        if not self.enabled or stamp.version < self._valid_since(result.user_id):
             return
         # The caller gets ``result`` itself; the cache keeps its own list of recommendations.
         kept = replace(result, recommendations=list(result.recommendations))
-        self._entries[key] = _Entry(kept, result.user_id, version, self._clock() + self._ttl)
+        self._entries[key] = _Entry(kept, result.user_id, stamp, self._clock() + self._ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max_entries:
             self._entries.popitem(last=False)
 
     def users_changed(self, user_ids: Iterable[str]) -> None:
-        """Drop the answers of these users (their feedback or profile changed)."""
+        """Drop the answers of these users (their feedback or profile changed).
+
+        Their feedback also changes the shared models a little later (``shared_changed``).
+        """
+        self.shared_changed()
         self._version += 1
         for user_id in user_ids:
             self._user_since[user_id] = self._version
@@ -201,6 +226,10 @@ class ResultCache:
         while len(self._user_since) > MAX_REMEMBERED_USERS:
             _, since = self._user_since.popitem(last=False)
             self._forgotten_since = max(self._forgotten_since, since)
+
+    def shared_changed(self) -> None:
+        """Note that a model every answer may use (popularity, collaborative) changed or will."""
+        self._shared_changed_at = self._clock()
 
     def everything_changed(self) -> None:
         """Drop every answer (the catalog or the re-ranker changed)."""
@@ -262,8 +291,8 @@ class CachedRecommender:
                 recommendations=list(kept.recommendations),
                 timings_ms={"cache": elapsed, "total": elapsed},
             )
-        version = self.cache.version()
+        stamp = self.cache.stamp()
         result = await self._recommender.recommend(query)
         if result.rerank_status in _STABLE_RERANK:
-            self.cache.put(key, result, version)
+            self.cache.put(key, result, stamp)
         return result

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeAlias
@@ -277,9 +277,16 @@ class CollaborativeModel:
     change is therefore in the model within that pause plus one build.
     """
 
-    def __init__(self, store: DuckDBStore, settings: CollaborativeSettings) -> None:
+    def __init__(
+        self,
+        store: DuckDBStore,
+        settings: CollaborativeSettings,
+        *,
+        on_rebuilt: Callable[[], None] | None = None,
+    ) -> None:
         self._store = store
         self._settings = settings
+        self._on_rebuilt = on_rebuilt
         self.current: ItemSimilarity | None = None
         """The model requests use; ``None`` until a first build has items to relate."""
         self._stale = asyncio.Event()
@@ -365,6 +372,8 @@ class CollaborativeModel:
         )
         self.current = model
         self._built_at = datetime.now(UTC)
+        if self._on_rebuilt is not None:
+            self._on_rebuilt()
         if model is not None:
             log.info(
                 "collaborative model: %d items from %d pairs of %d users in %.2f s (%.1f MB)",

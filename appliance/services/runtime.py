@@ -251,7 +251,9 @@ async def open_runtime(
             reranker = await anyio.to_thread.run_sync(build_reranker, settings)
         rerank = RerankStage(reranker, settings.reranker)
         results = ResultCache(
-            max_entries=settings.cache.results, ttl_seconds=settings.cache.result_ttl_seconds
+            max_entries=settings.cache.results,
+            ttl_seconds=settings.cache.result_ttl_seconds,
+            settle_seconds=settings.recommend.popularity_refresh_seconds,
         )
         # Closes whichever re-ranker is in use by then, unless it is the caller's.
         reranker_switch = RerankerSwitch(
@@ -265,7 +267,9 @@ async def open_runtime(
         encoder = EncoderQueue(embedder, max_batch=settings.embedder.max_batch)
         await encoder.start()
         stack.push_async_callback(encoder.close)
-        collaborative = CollaborativeModel(store, settings.collaborative)
+        collaborative = CollaborativeModel(
+            store, settings.collaborative, on_rebuilt=results.shared_changed
+        )
         catalog = CatalogService(
             store,
             index,

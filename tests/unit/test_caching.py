@@ -12,7 +12,7 @@ import pytest
 from appliance.backends.embedders.hashing import HashingEmbedder
 from appliance.domain import FieldCondition, Range
 from appliance.services import caching
-from appliance.services.caching import ContextVectorCache, ResultCache
+from appliance.services.caching import ContextVectorCache, ResultCache, Stamp
 from appliance.services.encoding import EncoderQueue
 from appliance.services.recommend import RecommendationQuery, RecommendationResult
 from appliance.services.reranking import RerankStatus
@@ -44,10 +44,10 @@ def kept(cache: ResultCache, query: RecommendationQuery) -> RecommendationResult
     return cache.get(key)
 
 
-def store(cache: ResultCache, query: RecommendationQuery, version: int | None = None) -> None:
+def store(cache: ResultCache, query: RecommendationQuery, stamp: Stamp | None = None) -> None:
     key = cache.key(query)
     assert key is not None
-    cache.put(key, answer(query.user_id), cache.version() if version is None else version)
+    cache.put(key, answer(query.user_id), cache.stamp() if stamp is None else stamp)
 
 
 ALICE = RecommendationQuery("alice", "time travel")
@@ -87,7 +87,7 @@ def test_values_python_counts_as_equal_are_different_requests() -> None:
 
 def test_a_change_while_computing_keeps_the_answer_out() -> None:
     cache = ResultCache(max_entries=10, ttl_seconds=10)
-    version = cache.version()  # alice's answer starts to be computed
+    version = cache.stamp()  # alice's answer starts to be computed
     cache.users_changed(["alice"])  # her feedback commits meanwhile
     store(cache, ALICE, version)
 
@@ -113,7 +113,7 @@ def test_a_user_change_drops_only_that_users_answers() -> None:
 
 def test_everything_changed_drops_every_answer() -> None:
     cache = ResultCache(max_entries=10, ttl_seconds=10)
-    version = cache.version()
+    version = cache.stamp()
     store(cache, ALICE)
 
     cache.everything_changed()
@@ -124,15 +124,47 @@ def test_everything_changed_drops_every_answer() -> None:
     assert kept(cache, BOB) is None
 
 
-def test_answers_expire() -> None:
+def test_answers_outlive_the_ttl_while_nothing_changes() -> None:
     clock = FakeClock()
-    cache = ResultCache(max_entries=10, ttl_seconds=5, clock=clock)
+    cache = ResultCache(max_entries=10, ttl_seconds=5, settle_seconds=30, clock=clock)
     store(cache, ALICE)
-    clock.now += 4.9
+    clock.now += 3600
+    assert kept(cache, ALICE) is not None
+
+
+def test_answers_expire_once_others_feedback_may_have_changed_the_shared_models() -> None:
+    clock = FakeClock()
+    cache = ResultCache(max_entries=10, ttl_seconds=5, settle_seconds=30, clock=clock)
+    store(cache, ALICE)
+    clock.now += 1
+    cache.users_changed(["bob"])  # bob's feedback will reach popularity within 30 s
+    clock.now += 3.9
     assert kept(cache, ALICE) is not None
     clock.now += 0.2
     assert kept(cache, ALICE) is None
     assert len(cache) == 0
+
+
+def test_an_answer_computed_after_the_models_settled_is_kept() -> None:
+    clock = FakeClock()
+    cache = ResultCache(max_entries=10, ttl_seconds=5, settle_seconds=30, clock=clock)
+    cache.users_changed(["bob"])
+    clock.now += 10
+    store(cache, ALICE)  # may use a popularity ranking from before bob's feedback
+    clock.now += 21
+    store(cache, RecommendationQuery("carol", "time travel"))  # 31 s after: up to date
+    clock.now += 600
+    assert kept(cache, ALICE) is None
+    assert kept(cache, RecommendationQuery("carol", "time travel")) is not None
+
+
+def test_a_rebuilt_shared_model_expires_answers_computed_before_it() -> None:
+    clock = FakeClock()
+    cache = ResultCache(max_entries=10, ttl_seconds=5, settle_seconds=30, clock=clock)
+    store(cache, ALICE)
+    clock.now += 60
+    cache.shared_changed()  # e.g. the collaborative model was rebuilt
+    assert kept(cache, ALICE) is None
 
 
 def test_the_least_recently_used_answer_goes_first() -> None:
@@ -155,7 +187,7 @@ def test_forgetting_old_user_changes_never_revives_an_answer(
 ) -> None:
     monkeypatch.setattr(caching, "MAX_REMEMBERED_USERS", 2)
     cache = ResultCache(max_entries=10, ttl_seconds=10)
-    version = cache.version()
+    version = cache.stamp()
     cache.users_changed(["alice"])
     cache.users_changed(["u1"])
     cache.users_changed(["u2"])  # alice's change is forgotten now
