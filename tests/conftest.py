@@ -19,9 +19,10 @@ from litestar.testing import TestClient
 
 from appliance import model_files
 from appliance.app import create_app
+from appliance.backends.embedders.onnx_runtime import OnnxEmbedder
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.embedders.sentence_transformer import SentenceTransformerEmbedder
-from appliance.backends.registry import Backends
+from appliance.backends.registry import DERIVED_DIR, Backends
 from appliance.backends.rerankers.llamacpp import LlamaCppReranker
 from appliance.backends.rerankers.protocol import Reranker
 from appliance.settings import Settings, load_settings
@@ -35,7 +36,15 @@ RERANKER_MODEL = "SmolLM2-135M-Instruct"
 
 @pytest.fixture(scope="session")
 def minilm() -> Embedder:
-    """The real embedding model, loaded once for the whole session (it takes seconds)."""
+    """The real embedding model on the default runtime, loaded once for the whole session."""
+    return OnnxEmbedder(
+        model_files.require(MODELS_DIR, EMBEDDER), MODELS_DIR / DERIVED_DIR, name=EMBEDDER
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_torch() -> Embedder:
+    """The real embedding model run by torch (the other runtime), loaded once."""
     return SentenceTransformerEmbedder(model_files.require(MODELS_DIR, EMBEDDER), name=EMBEDDER)
 
 

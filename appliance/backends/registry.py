@@ -20,6 +20,8 @@ T = TypeVar("T")
 
 DATABASE_FILE = "appliance.duckdb"
 INDEX_DIR = "index"
+#: What the appliance derives from its model files once and keeps (the encoder's ONNX graph).
+DERIVED_DIR = "derived"
 
 
 @dataclass(slots=True)
@@ -33,14 +35,35 @@ class Backends:
 
 
 def _sentence_transformers(settings: Settings) -> Embedder:
+    path = model_files.require(settings.models_dir, settings.embedder.model)
+    if settings.embedder.runtime == "onnx":
+        from appliance.backends.embedders.onnx_runtime import OnnxEmbedder  # noqa: PLC0415
+
+        return OnnxEmbedder(
+            path,
+            derived_dir(settings),
+            name=settings.embedder.model,
+            threads=settings.embedder.threads,
+        )
     from appliance.backends.embedders.sentence_transformer import (  # noqa: PLC0415 - pulls torch
         SentenceTransformerEmbedder,
     )
 
-    path = model_files.require(settings.models_dir, settings.embedder.model)
     return SentenceTransformerEmbedder(
         path, name=settings.embedder.model, threads=settings.embedder.threads
     )
+
+
+def derived_dir(settings: Settings) -> Path:
+    """Return where files derived from the model files are kept.
+
+    Beside the model files, or in the data directory when the models folder is read-only (as
+    in the container image).
+    """
+    models = Path(settings.models_dir)
+    if os.access(models, os.W_OK):
+        return models / DERIVED_DIR
+    return Path(settings.data_dir) / DERIVED_DIR
 
 
 def _hashing(settings: Settings) -> Embedder:

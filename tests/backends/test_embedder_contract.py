@@ -15,10 +15,12 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(params=["sentence-transformers", "hashing"])
+@pytest.fixture(params=["onnx", "torch", "hashing"])
 def embedder(request: pytest.FixtureRequest) -> Embedder:
-    if request.param == "sentence-transformers":
+    if request.param == "onnx":
         return request.getfixturevalue("minilm")  # type: ignore[no-any-return]
+    if request.param == "torch":
+        return request.getfixturevalue("minilm_torch")  # type: ignore[no-any-return]
     return HashingEmbedder()
 
 
