@@ -537,3 +537,69 @@ def test_an_import_of_rows_that_do_not_fit_is_refused(
         other.import_tables(files, exported.last_event_id, lambda: None)
 
     assert other.counts() == Counts(items=0, users=0, feedback_events=0)
+
+
+# -- reads answered from memory stay as fresh as the database ---------------------------------
+
+
+def test_a_read_after_a_write_sees_the_write(store: DuckDBStore) -> None:
+    store.put_items(_items(3))
+    assert store.get_items(["item-000", "item-001"])["item-000"].item.title == "Title 0"
+    assert store.preference("alice") is None
+    assert store.user_history("alice") == []
+
+    store.put_items([Item("item-000", "Renamed", "Text 0", {})])
+    store.delete_items(["item-001"])
+    store.record_feedback(_event("alice", "item-000"), _state("alice", 1))
+
+    items = store.get_items(["item-000", "item-001", "item-002"])
+    assert items["item-000"].item.title == "Renamed"
+    assert set(items) == {"item-000", "item-002"}
+    state = store.preference("alice")
+    assert state is not None
+    assert state.feedback_count == 1
+    assert [h.item_id for h in store.user_history("alice")] == ["item-000"]
+
+    store.record_feedback_batch(
+        [_event("alice", "item-002"), _event("bob", "item-002")],
+        [_state("alice", 2), _state("bob")],
+    )
+    state = store.preference("alice")
+    assert state is not None
+    assert state.feedback_count == 2
+    assert {h.item_id for h in store.user_history("alice")} == {"item-000", "item-002"}
+    assert store.preference("bob") is not None
+
+    store.put_preference(_state("alice", 7))
+    state = store.preference("alice")
+    assert state is not None
+    assert state.feedback_count == 7
+
+    store.delete_user("alice")
+    assert store.preference("alice") is None
+    assert store.user_history("alice") == []
+
+
+def test_a_returned_history_is_the_callers_own(store: DuckDBStore) -> None:
+    store.put_items(_items(2))
+    store.record_feedback(_event("alice", "item-000"), _state("alice"))
+    store.user_history("alice").clear()
+    assert [h.item_id for h in store.user_history("alice")] == ["item-000"]
+
+
+def test_a_restore_replaces_what_was_read_before(tmp_path: Path, store: DuckDBStore) -> None:
+    store.put_items(_items(2))
+    store.record_feedback(_event("alice", "item-000"), _state("alice", 3))
+    export = store.export_tables(tmp_path / "export")
+    other = DuckDBStore(tmp_path / "other" / "appliance.duckdb")
+    try:
+        assert other.preference("alice") is None
+        assert other.get_items(["item-000"]) == {}
+        other.import_tables(export.files, export.last_event_id, lambda: None)
+        state = other.preference("alice")
+        assert state is not None
+        assert state.feedback_count == 3
+        assert set(other.get_items(["item-000"])) == {"item-000"}
+        assert [h.item_id for h in other.user_history("alice")] == ["item-000"]
+    finally:
+        other.close()

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import collections
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import duckdb
 import msgspec
@@ -115,9 +116,17 @@ class DuckDBStore:
 
     DuckDB allows one writing process per file, and one connection must not be used from two
     threads at once: every call takes the store's lock, and callers run them off the event loop.
+
+    The reads every recommendation makes (the user's preference and history, the candidates'
+    items) are answered from memory when they were read before and nothing was written to them
+    since: a query costs milliseconds and holds the store's lock, which feedback commits need.
+    Each write forgets what it changed, under the same lock as the reads that fill the caches,
+    so a cached read is never older than the last commit.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path, *, cached_items: int = 20_000, cached_users: int = 20_000
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._db = duckdb.connect(str(path))
@@ -128,6 +137,9 @@ class DuckDBStore:
             ) from e
         self._lock = threading.RLock()
         self._closed = False
+        self._items: _ReadCache[StoredItem] = _ReadCache(cached_items)
+        self._preferences: _ReadCache[PreferenceState | None] = _ReadCache(cached_users)
+        self._histories: _ReadCache[tuple[HistoryEntry, ...]] = _ReadCache(cached_users)
         self._migrate()
 
     def _migrate(self) -> None:
@@ -252,17 +264,23 @@ class DuckDBStore:
                 )
             finally:
                 self._db.unregister("incoming_items")
+            self._items.forget(ids)
         return stored
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
         """Return the given items that exist."""
+        found, missing = self._items.get_many(item_ids)
+        if not missing:
+            return found
         with self._lock:
             rows = self._rows(
                 f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
                 "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
-                [list(item_ids)],
+                [missing],
             )
-        return {r[0]: _stored_item(r) for r in rows}
+            read = {r[0]: _stored_item(r) for r in rows}
+            self._items.put_many(read)
+        return {**found, **read}
 
     def item_texts(self) -> list[tuple[str, str, str]]:
         """Return every item's id, title and text."""
@@ -305,6 +323,7 @@ class DuckDBStore:
                 "RETURNING item_id",
                 [list(item_ids)],
             )
+            self._items.forget(item_ids)
         return [r[0] for r in rows]
 
     # -- feedback and users ------------------------------------------------------------------
@@ -314,6 +333,7 @@ class DuckDBStore:
         with self._transaction():
             self._insert_event(event)
             self._write_state(state)
+            self._forget_users([event.user_id])
 
     def record_feedback_batch(
         self, events: Sequence[FeedbackEvent], states: Sequence[PreferenceState]
@@ -377,6 +397,7 @@ class DuckDBStore:
             finally:
                 self._db.unregister("incoming_events")
                 self._db.unregister("incoming_states")
+            self._forget_users([e.user_id for e in events] + [s.user_id for s in states])
 
     def _insert_event(self, event: FeedbackEvent) -> None:
         self._rows(
@@ -413,10 +434,17 @@ class DuckDBStore:
         """Replace a user's stored preference state."""
         with self._lock:
             self._write_state(state)
+            self._forget_users([state.user_id])
 
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
-        return self.preferences([user_id]).get(user_id)
+        found, missing = self._preferences.get_many([user_id])
+        if not missing:
+            return found[user_id]
+        with self._lock:
+            state = self.preferences([user_id]).get(user_id)
+            self._preferences.put_many({user_id: state})
+        return state
 
     def preferences(self, user_ids: Sequence[str]) -> dict[str, PreferenceState]:
         """Return the stored preference states of the given users that exist."""
@@ -536,13 +564,18 @@ class DuckDBStore:
 
         Items that have left the catalog are included: they still count as seen.
         """
+        found, missing = self._histories.get_many([user_id])
+        if not missing:
+            return list(found[user_id])
         with self._lock:
             rows = self._rows(
                 "SELECT item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
                 "WHERE user_id = ? GROUP BY item_id",
                 [user_id],
             )
-        return [HistoryEntry(r[0], float(r[1]), r[2].replace(tzinfo=UTC)) for r in rows]
+            history = tuple(HistoryEntry(r[0], float(r[1]), r[2].replace(tzinfo=UTC)) for r in rows)
+            self._histories.put_many({user_id: history})
+        return list(history)
 
     def interactions(self) -> pa.Table:
         """Return every (user, item) pair with feedback, for learning how items go together.
@@ -593,6 +626,7 @@ class DuckDBStore:
             row = self._first("SELECT count(*) FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
+            self._forget_users([user_id])
         return int(row[0]) if row else 0
 
     def popularity(
@@ -732,8 +766,17 @@ class DuckDBStore:
             newest = max(last_event_id, int(row[0]) if row else 0)
             if newest:
                 self._rows("SELECT setval('feedback_event_id', ?)", [newest])
+            self._forget_everything()
             then()
             return self.counts()
+
+    def _forget_users(self, user_ids: Sequence[str]) -> None:
+        self._preferences.forget(user_ids)
+        self._histories.forget(user_ids)
+
+    def _forget_everything(self) -> None:
+        for cache in (self._items, self._preferences, self._histories):
+            cache.clear()
 
     def close(self) -> None:
         """Checkpoint and close the database file; closing twice is harmless."""
@@ -765,3 +808,54 @@ def _stored_event(row: tuple[Any, ...]) -> StoredEvent:
 def _stored_item(row: tuple[Any, ...]) -> StoredItem:
     metadata = msgspec.json.decode(row[3]) if isinstance(row[3], str | bytes) else row[3]
     return StoredItem(Item(row[0], row[1], row[2], metadata or {}), row[4], int(row[5]))
+
+
+_Value = TypeVar("_Value")
+
+
+class _ReadCache(Generic[_Value]):
+    """Rows read before, by key, least recently used dropped first.
+
+    Its own lock guards the dictionary, so that a hit never waits for the store's lock; fills
+    and forgets happen under the store's lock too, which orders them with the writes.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self._max_entries = max_entries
+        self._entries: collections.OrderedDict[str, _Value] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str]) -> tuple[dict[str, _Value], list[str]]:
+        """Return the kept values by key, and the keys (deduplicated) that are not kept."""
+        found: dict[str, _Value] = {}
+        missing: list[str] = []
+        with self._lock:
+            for key in dict.fromkeys(keys):
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    found[key] = self._entries[key]
+                else:
+                    missing.append(key)
+        return found, missing
+
+    def put_many(self, values: Mapping[str, _Value]) -> None:
+        """Keep values just read (under the store's lock)."""
+        if self._max_entries == 0:
+            return
+        with self._lock:
+            self._entries.update(values)
+            for key in values:
+                self._entries.move_to_end(key)
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop what a write changed (under the store's lock)."""
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        """Drop everything."""
+        with self._lock:
+            self._entries.clear()
