@@ -265,7 +265,9 @@ class CatalogService:
             )
         if stale or orphans or rewritten:
             self._on_change()
-            await anyio.to_thread.run_sync(self._index.optimize)
+        # Also when nothing changed: an optimize killed with the process left its graphs
+        # unbuilt, and the index has nothing to do (and returns at once) otherwise.
+        await anyio.to_thread.run_sync(self._index.optimize)
         return ReconcileSummary(
             embedded=len(stale) - failed, removed=len(orphans), failed=failed, rewritten=rewritten
         )

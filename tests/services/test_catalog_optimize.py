@@ -19,7 +19,7 @@ from appliance.backends.embedders.hashing import HashingEmbedder
 from appliance.backends.embedders.protocol import Vectors
 from appliance.backends.indexes.protocol import IndexEntry
 from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
-from appliance.backends.registry import Backends
+from appliance.backends.registry import Backends, build_store
 from appliance.domain import Item
 from appliance.services import catalog as catalog_module
 from appliance.services.runtime import open_runtime
@@ -69,6 +69,7 @@ async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
         async with open_runtime(
             settings, Backends(embedder=SlowEmbedder(), index=index)
         ) as runtime:
+            index.events.clear()  # start-up's own optimize
             for batch in range(5):
                 items = [
                     Item(f"b{batch}-{n}", f"item {n} of batch {batch}", "text") for n in range(20)
@@ -88,5 +89,43 @@ async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
             await runtime.catalog.upsert([Item("b0-0", "item 0 of batch 0", "text")])
             await asyncio.sleep(QUIET * 6)
             assert [kind for kind, _ in index.events].count("optimize") == 1
+    finally:
+        index.close()
+
+
+#: Enough points for the engine to build a search graph (below its threshold it scans).
+UNINDEXED = 8_000
+
+
+@pytest.mark.slow
+@pytest.mark.anyio
+async def test_start_up_builds_the_graphs_an_interrupted_optimize_left(tmp_path: Path) -> None:
+    # What a process killed before its optimize leaves: the store and the index agree, but the
+    # index holds the dense vectors in a plain segment, searched exhaustively.
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+    embedder = HashingEmbedder()
+    items = [Item(f"item-{n}", f"item {n}", f"text of item {n}") for n in range(UNINDEXED)]
+    folder = settings.data_dir / "index" / f"{embedder.name}-{embedder.dimension}"
+    store = build_store(settings)
+    index = QdrantEdgeIndex(folder, dimension=embedder.dimension)
+    try:
+        stored = store.put_items(items)
+        vectors = embedder.embed([i.embedding_text for i in items])
+        index.upsert(
+            [
+                IndexEntry(s.item.item_id, vectors[n], s.content_hash, s.seq, text=s.item.text)
+                for n, s in enumerate(stored)
+            ]
+        )
+        # Keyword vectors are indexed as they are written; dense ones only by an optimize.
+        assert index.indexed_vectors() == UNINDEXED
+    finally:
+        index.close()
+        store.close()
+
+    index = QdrantEdgeIndex(folder, dimension=embedder.dimension)
+    try:
+        async with open_runtime(settings, Backends(embedder=embedder, index=index)):
+            assert index.indexed_vectors() == 2 * UNINDEXED
     finally:
         index.close()

@@ -287,6 +287,13 @@ class QdrantEdgeIndex:
         """Return the number of items."""
         return int(self._shard.count(qe.CountRequest(exact=True)))
 
+    def indexed_vectors(self) -> int:
+        """Return how many vectors the engine has in search structures (graphs, sparse indexes).
+
+        Points written since the last optimize are searched exhaustively and not counted.
+        """
+        return int(self._shard.info().indexed_vectors_count)
+
     def optimize(self) -> None:
         """Merge segments and build HNSW graphs for what was written since the last call."""
         with self._write_lock:
