@@ -11,6 +11,7 @@ import duckdb
 import numpy as np
 import pytest
 
+from appliance.backends.stores import duckdb_store
 from appliance.backends.stores.duckdb_store import Counts, DuckDBStore
 from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
@@ -603,3 +604,25 @@ def test_a_restore_replaces_what_was_read_before(tmp_path: Path, store: DuckDBSt
         assert [h.item_id for h in other.user_history("alice")] == ["item-000"]
     finally:
         other.close()
+
+
+def test_past_the_known_users_limit_reads_still_see_every_user(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(duckdb_store, "MAX_KNOWN_USERS", 1)
+    store = DuckDBStore(db_path)
+    try:
+        store.put_items(_items(1))
+        for user in ("alice", "bob", "carol"):
+            assert store.preference(user) is None
+            store.record_feedback(_event(user, "item-000"), _state(user))
+        reopened_users = [u for u in ("alice", "bob", "carol") if store.preference(u) is not None]
+        assert reopened_users == ["alice", "bob", "carol"]
+    finally:
+        store.close()
+    store = DuckDBStore(db_path)  # more users than the limit from the start
+    try:
+        assert all(store.user_history(u) for u in ("alice", "bob", "carol"))
+        assert store.preference("dave") is None
+    finally:
+        store.close()

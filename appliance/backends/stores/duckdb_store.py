@@ -111,6 +111,11 @@ def _aware(moment: datetime | None) -> datetime | None:
     return None if moment is None else moment.replace(tzinfo=UTC)
 
 
+#: Up to this many users, their ids are kept in memory so that a new visitor's state and history
+#: are known to be empty without a query (about 100 bytes each).
+MAX_KNOWN_USERS = 1_000_000
+
+
 class DuckDBStore:
     """Items, feedback and users in one DuckDB file.
 
@@ -125,7 +130,7 @@ class DuckDBStore:
     """
 
     def __init__(
-        self, path: Path, *, cached_items: int = 20_000, cached_users: int = 20_000
+        self, path: Path, *, cached_items: int = 50_000, cached_users: int = 20_000
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -136,11 +141,13 @@ class DuckDBStore:
                 "data directory; stop it or use another --data-dir"
             ) from e
         self._lock = threading.RLock()
+        self._users_lock = threading.Lock()
         self._closed = False
         self._items: _ReadCache[StoredItem] = _ReadCache(cached_items)
         self._preferences: _ReadCache[PreferenceState | None] = _ReadCache(cached_users)
         self._histories: _ReadCache[tuple[HistoryEntry, ...]] = _ReadCache(cached_users)
         self._migrate()
+        self._known_users = self._load_known_users()
 
     def _migrate(self) -> None:
         with self._lock:
@@ -438,6 +445,8 @@ class DuckDBStore:
 
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
+        if not self._may_know(user_id):
+            return None
         found, missing = self._preferences.get_many([user_id])
         if not missing:
             return found[user_id]
@@ -564,6 +573,8 @@ class DuckDBStore:
 
         Items that have left the catalog are included: they still count as seen.
         """
+        if not self._may_know(user_id):
+            return []
         found, missing = self._histories.get_many([user_id])
         if not missing:
             return list(found[user_id])
@@ -626,7 +637,8 @@ class DuckDBStore:
             row = self._first("SELECT count(*) FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
             self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
-            self._forget_users([user_id])
+            self._preferences.forget([user_id])
+            self._histories.forget([user_id])
         return int(row[0]) if row else 0
 
     def popularity(
@@ -771,12 +783,34 @@ class DuckDBStore:
             return self.counts()
 
     def _forget_users(self, user_ids: Sequence[str]) -> None:
+        """Forget what was read about users who were just written (they are known now)."""
         self._preferences.forget(user_ids)
         self._histories.forget(user_ids)
+        with self._users_lock:
+            if self._known_users is not None:
+                self._known_users.update(user_ids)
+                if len(self._known_users) > MAX_KNOWN_USERS:
+                    self._known_users = None
 
     def _forget_everything(self) -> None:
         for cache in (self._items, self._preferences, self._histories):
             cache.clear()
+        known = self._load_known_users()
+        with self._users_lock:
+            self._known_users = known
+
+    def _load_known_users(self) -> set[str] | None:
+        # Every user with feedback has a row in users (events and state are written together).
+        with self._lock:
+            row = self._first("SELECT count(*) FROM users")
+            if row is None or int(row[0]) > MAX_KNOWN_USERS:
+                return None
+            return {r[0] for r in self._rows("SELECT user_id FROM users")}
+
+    def _may_know(self, user_id: str) -> bool:
+        """Whether the user may have a stored state or history (no query for a new visitor)."""
+        with self._users_lock:
+            return self._known_users is None or user_id in self._known_users
 
     def close(self) -> None:
         """Checkpoint and close the database file; closing twice is harmless."""
