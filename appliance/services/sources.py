@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from typing import Protocol
 
 import anyio.to_thread
@@ -69,9 +68,9 @@ class VectorSource:
 
 
 class PopularitySource:
-    """Items with the most recency-weighted positive feedback: a prior for every request.
+    """Items with the most positive feedback, long-run and recent: a prior for every request.
 
-    It answers every request, so fusion can lean on what is popular now when the other sources
+    It answers every request, so fusion can lean on what is popular when the other sources
     disagree. A cold-start request (no context, no preferences) has no other signal, so its
     answer is topped up with the newest items when too few items have feedback.
     """
@@ -116,11 +115,10 @@ class PopularitySource:
         self._computed_at = float("-inf")
 
     async def _current_ranking(self) -> list[tuple[str, float]]:
-        """Return (item id, score) pairs, most popular first."""
+        """Return (item id, score) pairs of the most popular items, most popular first."""
         if time.monotonic() - self._computed_at > self._refresh_seconds:
-            self._ranking = await anyio.to_thread.run_sync(
-                self._store.popularity, datetime.now(UTC), self._half_life_days, POPULAR_POOL
-            )
+            ranking = await anyio.to_thread.run_sync(self._store.popularity, self._half_life_days)
+            self._ranking = ranking[:POPULAR_POOL]
             self._computed_at = time.monotonic()
         return self._ranking
 
