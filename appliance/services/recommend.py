@@ -16,7 +16,7 @@ import numpy as np
 from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.backends.stores.impressions import Impression, LoggedCandidate, SourceRank
-from appliance.domain import Candidate, FieldCondition, Item, Selection
+from appliance.domain import Candidate, FieldCondition, Hit, Item, Selection
 from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
@@ -24,7 +24,7 @@ from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.learning import FusionLearner, FusionMode
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
-from appliance.services.sources import CandidateSource, Plan
+from appliance.services.sources import CandidateSource, Plan, PriorSource
 from appliance.services.titles import TitleDictionary
 from appliance.settings import RecommendSettings
 
@@ -192,7 +192,7 @@ class RecommendationService:
             history=tuple(history),
             named=named,
         )
-        ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
+        ranked = await self._candidates(sources, plan)
         fusion, weights = (
             (FusionMode.RRF, None)
             if self._learner is None
@@ -249,6 +249,31 @@ class RecommendationService:
             has_context=bool(context),
             candidates=_logged(candidates, query.top_k),
         )
+
+    async def _candidates(self, sources: Sequence[CandidateSource], plan: Plan) -> list[list[Hit]]:
+        """Ask each source for its candidates, in the order of ``sources``.
+
+        A prior (the popularity source) ranks the candidates the other sources proposed rather
+        than proposing its own: among the items that match the request, it favours the ones
+        many people liked, where its own list would bring items unrelated to the request. When
+        no other source proposed anything (it is asked alone, or at cold start), it proposes
+        its own list.
+        """
+        proposing = [s for s in sources if not isinstance(s, PriorSource)]
+        found = dict(
+            zip(
+                proposing,
+                await asyncio.gather(*(s.candidates(plan) for s in proposing)),
+                strict=True,
+            )
+        )
+        pool = list(dict.fromkeys(h.item_id for hits in found.values() for h in hits))
+        for source in sources:
+            if isinstance(source, PriorSource):
+                found[source] = (
+                    await source.rank_pool(pool) if pool else await source.candidates(plan)
+                )
+        return [found[s] for s in sources]
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
         if names is None:
