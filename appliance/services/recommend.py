@@ -57,6 +57,9 @@ class RecommendationQuery:
     """How to fuse the sources' lists; ``None``: learned fusion once learned, else plain RRF."""
     diversity: float = 0.0
     """Weight of dissimilarity against relevance in maximal marginal relevance; 0 is off."""
+    prior: bool = True
+    """Let a prior source (popularity) rank the other sources' candidates rather than propose
+    its own list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,9 @@ class RecommendationResult:
     fusion_weights: dict[str, float] | None = None
     """The per-source weights of learned fusion; ``None`` for plain RRF."""
     diversity: float = 0.0
+    prior: bool = False
+    """Whether a prior source ranked the other sources' candidates (see
+    ``RecommendationQuery.prior``)."""
     top_k: int = 0
     """The number of items asked for."""
     has_context: bool = False
@@ -192,7 +198,7 @@ class RecommendationService:
             history=tuple(history),
             named=named,
         )
-        ranked = await self._candidates(sources, plan)
+        ranked, prior = await self._candidates(sources, plan, prior=query.prior)
         fusion, weights = (
             (FusionMode.RRF, None)
             if self._learner is None
@@ -245,21 +251,29 @@ class RecommendationService:
             if weights is None
             else {s.name: weights.get(s.name, 1.0) for s in sources},
             diversity=query.diversity,
+            prior=prior,
             top_k=query.top_k,
             has_context=bool(context),
             candidates=_logged(candidates, query.top_k),
         )
 
-    async def _candidates(self, sources: Sequence[CandidateSource], plan: Plan) -> list[list[Hit]]:
+    async def _candidates(
+        self, sources: Sequence[CandidateSource], plan: Plan, *, prior: bool
+    ) -> tuple[list[list[Hit]], bool]:
         """Ask each source for its candidates, in the order of ``sources``.
 
-        A prior (the popularity source) ranks the candidates the other sources proposed rather
-        than proposing its own: among the items that match the request, it favours the ones
-        many people liked, where its own list would bring items unrelated to the request. When
-        no other source proposed anything (it is asked alone, or at cold start), it proposes
-        its own list.
+        With ``prior``, a prior (the popularity source) ranks the candidates the other sources
+        proposed rather than proposing its own: among the items that match the request, it
+        favours the ones many people liked, where its own list would bring items unrelated to
+        the request. When no other source proposed anything (it is asked alone, or at cold
+        start), it proposes its own list.
+
+        Returns:
+            Each source's hits, and whether a prior ranked the other sources' candidates.
+
         """
-        proposing = [s for s in sources if not isinstance(s, PriorSource)]
+        priors = [s for s in sources if prior and isinstance(s, PriorSource)]
+        proposing = [s for s in sources if s not in priors]
         found = dict(
             zip(
                 proposing,
@@ -268,12 +282,9 @@ class RecommendationService:
             )
         )
         pool = list(dict.fromkeys(h.item_id for hits in found.values() for h in hits))
-        for source in sources:
-            if isinstance(source, PriorSource):
-                found[source] = (
-                    await source.rank_pool(pool) if pool else await source.candidates(plan)
-                )
-        return [found[s] for s in sources]
+        for source in priors:
+            found[source] = await source.rank_pool(pool) if pool else await source.candidates(plan)
+        return [found[s] for s in sources], bool(priors and pool)
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
         if names is None:

@@ -344,6 +344,13 @@ def test_popularity_ranks_the_candidates_of_the_other_sources(
     assert all(
         len(r["sources"]) > 1 for r in fused["recommendations"] if "popularity" in r["sources"]
     )
+    assert fused["prior"] is True
+    # Per request, it may propose its own list instead, where the paint comes first.
+    own = recommend(client, sources=["vector", "keyword", "popularity"], prior=False, **asked)
+    assert "prior" not in own
+    tent = next(r for r in own["recommendations"] if r["item_id"] == "sku-camp-0")
+    assert tent["source_ranks"]["popularity"] == 2
     # Without those sources it proposes the most popular items, matching the words or not.
     alone = recommend(client, sources=["popularity"], **asked)
     assert ids(alone)[:3] == ["sku-pain-0", "sku-camp-0", "sku-camp-2"]
+    assert "prior" not in alone
