@@ -50,6 +50,7 @@ class RecommendationController(Controller):
                 sources=None if data.sources is None else frozenset(data.sources),
                 fusion=None if data.fusion is None else FusionMode(data.fusion),
                 diversity=data.diversity,
+                prior=data.prior,
             )
         )
         return RecommendationResponse(
@@ -76,6 +77,7 @@ class RecommendationController(Controller):
             fusion=result.fusion,
             fusion_weights=result.fusion_weights or {},
             diversity=result.diversity,
+            prior=result.prior,
         )
 
 

@@ -56,6 +56,11 @@ class RecommendationRequest(Request):
     diversity: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.0
     """Trade relevance for variety (maximal marginal relevance over the items' vectors): 0 keeps
     the fused order, higher values push near-duplicates of better-placed items down."""
+    prior: bool = True
+    """Popularity as a prior: it ranks the candidates the other sources proposed, favouring the
+    popular ones among the items that match the request; false: it proposes its own list of
+    the most popular items, related to the request or not. Alone, or when the other sources
+    have nothing (cold start), it proposes its own list either way."""
 
 
 class RecommendedItem(Response):
@@ -103,3 +108,6 @@ class RecommendationResponse(Response):
     """With learned fusion, the weight of each source asked (plain RRF weighs each 1)."""
     diversity: float = 0.0
     """The diversity applied, when the request asked for some."""
+    prior: bool = False
+    """Whether popularity ranked the other sources' candidates (the request's prior) rather
+    than proposing its own list."""

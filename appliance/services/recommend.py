@@ -16,7 +16,7 @@ import numpy as np
 from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.backends.stores.impressions import Impression, LoggedCandidate, SourceRank
-from appliance.domain import Candidate, FieldCondition, Item, Selection
+from appliance.domain import Candidate, FieldCondition, Hit, Item, Selection
 from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
@@ -24,7 +24,7 @@ from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.learning import FusionLearner, FusionMode
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
-from appliance.services.sources import CandidateSource, Plan
+from appliance.services.sources import CandidateSource, Plan, PriorSource
 from appliance.services.titles import TitleDictionary
 from appliance.settings import RecommendSettings
 
@@ -57,6 +57,9 @@ class RecommendationQuery:
     """How to fuse the sources' lists; ``None``: learned fusion once learned, else plain RRF."""
     diversity: float = 0.0
     """Weight of dissimilarity against relevance in maximal marginal relevance; 0 is off."""
+    prior: bool = True
+    """Let a prior source (popularity) rank the other sources' candidates rather than propose
+    its own list."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +94,9 @@ class RecommendationResult:
     fusion_weights: dict[str, float] | None = None
     """The per-source weights of learned fusion; ``None`` for plain RRF."""
     diversity: float = 0.0
+    prior: bool = False
+    """Whether a prior source ranked the other sources' candidates (see
+    ``RecommendationQuery.prior``)."""
     top_k: int = 0
     """The number of items asked for."""
     has_context: bool = False
@@ -192,7 +198,7 @@ class RecommendationService:
             history=tuple(history),
             named=named,
         )
-        ranked = await asyncio.gather(*(s.candidates(plan) for s in sources))
+        ranked, prior = await self._candidates(sources, plan, prior=query.prior)
         fusion, weights = (
             (FusionMode.RRF, None)
             if self._learner is None
@@ -245,10 +251,40 @@ class RecommendationService:
             if weights is None
             else {s.name: weights.get(s.name, 1.0) for s in sources},
             diversity=query.diversity,
+            prior=prior,
             top_k=query.top_k,
             has_context=bool(context),
             candidates=_logged(candidates, query.top_k),
         )
+
+    async def _candidates(
+        self, sources: Sequence[CandidateSource], plan: Plan, *, prior: bool
+    ) -> tuple[list[list[Hit]], bool]:
+        """Ask each source for its candidates, in the order of ``sources``.
+
+        With ``prior``, a prior (the popularity source) ranks the candidates the other sources
+        proposed rather than proposing its own: among the items that match the request, it
+        favours the ones many people liked, where its own list would bring items unrelated to
+        the request. When no other source proposed anything (it is asked alone, or at cold
+        start), it proposes its own list.
+
+        Returns:
+            Each source's hits, and whether a prior ranked the other sources' candidates.
+
+        """
+        priors = [s for s in sources if prior and isinstance(s, PriorSource)]
+        proposing = [s for s in sources if s not in priors]
+        found = dict(
+            zip(
+                proposing,
+                await asyncio.gather(*(s.candidates(plan) for s in proposing)),
+                strict=True,
+            )
+        )
+        pool = list(dict.fromkeys(h.item_id for hits in found.values() for h in hits))
+        for source in priors:
+            found[source] = await source.rank_pool(pool) if pool else await source.candidates(plan)
+        return [found[s] for s in sources], bool(priors and pool)
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
         if names is None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -51,6 +50,15 @@ class CandidateSource(Protocol):
         ...
 
 
+@runtime_checkable
+class PriorSource(CandidateSource, Protocol):
+    """A source that can also rank the candidates the other sources proposed (a prior)."""
+
+    async def rank_pool(self, pool: Iterable[str]) -> list[Hit]:
+        """Return the items of ``pool`` this source has a score for, best first."""
+        ...
+
+
 class VectorSource:
     """Nearest neighbours of the blended context and preference vector."""
 
@@ -69,11 +77,14 @@ class VectorSource:
 
 
 class PopularitySource:
-    """Items with the most recency-weighted positive feedback: a prior for every request.
+    """Items with the most positive feedback, long-run and recent: a prior for every request.
 
-    It answers every request, so fusion can lean on what is popular now when the other sources
-    disagree. A cold-start request (no context, no preferences) has no other signal, so its
-    answer is topped up with the newest items when too few items have feedback.
+    As a prior (:meth:`rank_pool`) it ranks the candidates the other sources proposed by their
+    popularity, so that fusion favours, among the items that match a request, the ones many
+    people liked. Asked alone, or when no other source has anything (cold start), it proposes
+    the most popular items; a cold-start request (no context, no preferences) has no other
+    signal, so that answer is topped up with the newest items when too few items have
+    feedback.
     """
 
     name = "popularity"
@@ -91,6 +102,7 @@ class PopularitySource:
         self._half_life_days = half_life_days
         self._refresh_seconds = refresh_seconds
         self._ranking: list[tuple[str, float]] = []
+        self._scores: dict[str, float] = {}
         self._computed_at = float("-inf")
 
     async def candidates(self, plan: Plan) -> list[Hit]:
@@ -111,16 +123,31 @@ class PopularitySource:
             hits.extend(Hit(i, 0.0) for i in newest)
         return hits
 
+    async def rank_pool(self, pool: Iterable[str]) -> list[Hit]:
+        """Return the items of ``pool`` that have positive feedback, most popular first.
+
+        The pool is what the other sources proposed for the request, already admitted by its
+        selection. Scores are relative to the most popular item of the whole catalog, as in
+        :meth:`candidates`.
+        """
+        ranking = await self._current_ranking()
+        if not ranking:
+            return []
+        top = ranking[0][1]
+        scored = [(i, s) for i in pool if (s := self._scores.get(i, 0.0)) > 0.0]
+        scored.sort(key=lambda pair: (-pair[1], pair[0]))
+        return [Hit(i, s / top) for i, s in scored]
+
     def forget(self) -> None:
         """Drop the cached ranking, e.g. after the feedback was replaced by a restore."""
         self._computed_at = float("-inf")
 
     async def _current_ranking(self) -> list[tuple[str, float]]:
-        """Return (item id, score) pairs, most popular first."""
+        """Return (item id, score) pairs of the most popular items, most popular first."""
         if time.monotonic() - self._computed_at > self._refresh_seconds:
-            self._ranking = await anyio.to_thread.run_sync(
-                self._store.popularity, datetime.now(UTC), self._half_life_days, POPULAR_POOL
-            )
+            ranking = await anyio.to_thread.run_sync(self._store.popularity, self._half_life_days)
+            self._scores = dict(ranking)
+            self._ranking = ranking[:POPULAR_POOL]
             self._computed_at = time.monotonic()
         return self._ranking
 

@@ -91,6 +91,9 @@ CONTEXTS = {
 #: What the judge of the learned fusion asks for: items no shopper before them picked.
 JUDGED = "things for the bathroom"
 BOTH = ["vector", "popularity"]
+#: Popularity proposes its own list here (not a prior over vector's), so that each source has
+#: candidates of its own for the fusion to weigh.
+OWN_LISTS = {"sources": BOTH, "prior": False}
 
 
 def products() -> list[dict[str, Any]]:
@@ -141,7 +144,7 @@ def test_every_response_is_logged_with_all_its_candidates(shop: TestClient[Any])
     answers = [
         recommend(shop, user_id="ann", context="tools for cooking dinner", top_k=3),
         recommend(shop, user_id="ann", top_k=2),  # cold start: popularity
-        recommend(shop, user_id="bob", context="a tent", top_k=4, sources=BOTH),
+        recommend(shop, user_id="bob", context="a tent", top_k=4, **OWN_LISTS),
     ]
     state = fusion_state(shop)
     assert state["impressions"]["logged"] == 3
@@ -216,7 +219,7 @@ def favour(client: TestClient[Any], source: str, impressions: int) -> int:
             user_id=f"{source}-fan-{n}",
             context=CONTEXTS[next(departments)],
             top_k=6,
-            sources=BOTH,
+            **OWN_LISTS,
         )
         shown = answer["recommendations"]
         chosen = sorted(
@@ -242,7 +245,7 @@ def favour(client: TestClient[Any], source: str, impressions: int) -> int:
 def test_learned_weights_follow_what_users_pick(
     shop: TestClient[Any], favoured: str, other: str
 ) -> None:
-    before = recommend(shop, user_id="judge", context=JUDGED, top_k=4, sources=BOTH)
+    before = recommend(shop, user_id="judge", context=JUDGED, top_k=4, **OWN_LISTS)
     assert before["fusion"] == "rrf"
     assert "fusion_weights" not in before
 
@@ -262,7 +265,7 @@ def test_learned_weights_follow_what_users_pick(
     # Requests without words are another kind: nothing taught them, they keep plain RRF.
     assert trained["kinds"]["no-context"]["status"] == "too-little-data"
     assert trained["kinds"]["no-context"]["default"] == "rrf"
-    wordless = recommend(shop, user_id=f"{favoured}-fan-0", sources=BOTH, fusion="learned")
+    wordless = recommend(shop, user_id=f"{favoured}-fan-0", **OWN_LISTS, fusion="learned")
     assert wordless["strategy"] == "preference"
     assert wordless["fusion"] == "rrf"
 
@@ -273,7 +276,7 @@ def test_learned_weights_follow_what_users_pick(
         assert found, candidates
         return found
 
-    body = {"user_id": "judge", "context": JUDGED, "top_k": 4, "sources": BOTH}
+    body = {"user_id": "judge", "context": JUDGED, "top_k": 4, **OWN_LISTS}
     plain = recommend(shop, **body, fusion="rrf")
     learned = recommend(shop, **body, fusion="learned")
     # The same request as ``before``: its kept answer went when the weights changed.

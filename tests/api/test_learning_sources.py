@@ -316,3 +316,41 @@ def test_every_learning_source_on_a_store_catalog(
     assert ids(fused)[0] == "sku-camp-2"
     assert {"collaborative", "popularity"} <= set(fused["recommendations"][0]["sources"])
     assert all(r["metadata"]["price"] <= 30 for r in fused["recommendations"])
+
+
+def test_popularity_ranks_the_candidates_of_the_other_sources(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    client = open_client(
+        make_settings(tmp_path / "data", recommend={"popularity_refresh_seconds": 0})
+    )
+    upsert(client, store_items())
+    # The paint is the best seller; the camping goods sell less, the stove least.
+    for n in range(6):
+        feedback(client, f"painter-{n}", "sku-pain-0", interaction_type="purchase")
+    for n in range(4):
+        feedback(client, f"camper-{n}", "sku-camp-0", interaction_type="purchase")
+    feedback(client, "camper-0", "sku-camp-2", interaction_type="purchase")
+
+    asked = {"user_id": "visitor", "context": "a tent and a stove for camping", "top_k": 5}
+    fused = recommend(client, sources=["vector", "keyword", "popularity"], **asked)
+    by_id = {r["item_id"]: r for r in fused["recommendations"]}
+    # Popularity is a prior over what the words found: the best-selling paint, which the words
+    # do not match, is not proposed; among the camping goods the best sellers rank first.
+    assert "sku-pain-0" not in by_id
+    assert by_id["sku-camp-0"]["source_ranks"]["popularity"] == 1
+    assert by_id["sku-camp-2"]["source_ranks"]["popularity"] == 2
+    assert ids(fused)[0] == "sku-camp-0"
+    assert all(
+        len(r["sources"]) > 1 for r in fused["recommendations"] if "popularity" in r["sources"]
+    )
+    assert fused["prior"] is True
+    # Per request, it may propose its own list instead, where the paint comes first.
+    own = recommend(client, sources=["vector", "keyword", "popularity"], prior=False, **asked)
+    assert "prior" not in own
+    tent = next(r for r in own["recommendations"] if r["item_id"] == "sku-camp-0")
+    assert tent["source_ranks"]["popularity"] == 2
+    # Without those sources it proposes the most popular items, matching the words or not.
+    alone = recommend(client, sources=["popularity"], **asked)
+    assert ids(alone)[:3] == ["sku-pain-0", "sku-camp-0", "sku-camp-2"]
+    assert "prior" not in alone

@@ -297,7 +297,7 @@ def test_delete_user_removes_events_and_profile(store: DuckDBStore) -> None:
     assert store.delete_user("nobody") == 0
 
 
-def test_popularity_orders_by_recency_weighted_positive_weight(store: DuckDBStore) -> None:
+def test_popularity_shares_the_positive_weight(store: DuckDBStore) -> None:
     store.put_items(_items(5))
     feedback = [
         ("u1", "item-000", 1.0, NOW),
@@ -313,26 +313,38 @@ def test_popularity_orders_by_recency_weighted_positive_weight(store: DuckDBStor
     ]
     for user, item, weight, at in feedback:
         store.record_feedback(_event(user, item, weight=weight, at=at), _state(user))
-    ranking = store.popularity(NOW, half_life_days=30.0, limit=10)
+    ranking = store.popularity(half_life_days=30.0)
     assert [item for item, _ in ranking] == ["item-000", "item-002", "item-001"]
-    assert [score for _, score in ranking] == pytest.approx([2.0, 1.75, 1.0])
-    assert store.popularity(NOW, half_life_days=30.0, limit=2) == ranking[:2]
+    # Events of the same age: the recent share and the long-run share agree.
+    assert [score for _, score in ranking] == pytest.approx([2.0 / 4.75, 1.75 / 4.75, 1.0 / 4.75])
 
 
-def test_popularity_halves_an_event_one_half_life_old(store: DuckDBStore) -> None:
-    store.put_items(_items(3))
+def test_popularity_blends_recent_and_long_run_shares(store: DuckDBStore) -> None:
+    store.put_items(_items(4))
     store.record_feedback(_event("u1", "item-000", at=NOW - timedelta(days=30)), _state("u1"))
     store.record_feedback(_event("u1", "item-001", at=NOW - timedelta(days=60)), _state("u1"))
     store.record_feedback(_event("u1", "item-002", weight=0.4, at=NOW), _state("u1"))
-    ranking = dict(store.popularity(NOW, half_life_days=30.0, limit=10))
-    assert ranking["item-000"] == pytest.approx(0.5)
-    assert ranking["item-001"] == pytest.approx(0.25)
-    assert ranking["item-002"] == pytest.approx(0.4)
-    assert list(dict(store.popularity(NOW, 30.0, 10))) == ["item-000", "item-002", "item-001"]
-    # Events after ``now`` count in full rather than more than in full.
-    later = dict(store.popularity(NOW - timedelta(days=30), half_life_days=30.0, limit=10))
-    assert later["item-000"] == pytest.approx(1.0)
-    assert later["item-002"] == pytest.approx(0.4)
+    ranking = dict(store.popularity(half_life_days=30.0))
+    # Recent weights 0.5, 0.25, 0.4 (ages from the newest event); long-run ones 1, 1, 0.4.
+    assert ranking["item-000"] == pytest.approx(0.5 * 1 / 2.4 + 0.5 * 0.5 / 1.15)
+    assert ranking["item-001"] == pytest.approx(0.5 * 1 / 2.4 + 0.5 * 0.25 / 1.15)
+    assert ranking["item-002"] == pytest.approx(0.5 * 0.4 / 2.4 + 0.5 * 0.4 / 1.15)
+    # Recency alone would put the newest like first; a full like two months old outweighs it.
+    assert list(ranking) == ["item-000", "item-001", "item-002"]
+
+
+def test_popularity_keeps_the_long_run_when_only_a_few_are_active(store: DuckDBStore) -> None:
+    store.put_items(_items(3))
+    # Ten users liked item-000 two years ago; lately one user liked item-001.
+    for n in range(10):
+        user = f"early-{n}"
+        store.record_feedback(_event(user, "item-000", at=NOW - timedelta(days=730)), _state(user))
+    store.record_feedback(_event("late", "item-001", at=NOW), _state("late"))
+    ranking = dict(store.popularity(half_life_days=30.0))
+    # Two years of 30-day half-lives leave item-000 nothing of the recent share, but its
+    # long-run share (10 of 11) still places it beside the newcomer instead of far below.
+    assert ranking["item-000"] == pytest.approx(0.5 * 10 / 11, rel=1e-3)
+    assert ranking["item-001"] == pytest.approx(0.5 * 1 / 11 + 0.5, rel=1e-3)
 
 
 def test_popularity_ignores_deleted_items(store: DuckDBStore) -> None:
@@ -341,7 +353,7 @@ def test_popularity_ignores_deleted_items(store: DuckDBStore) -> None:
     store.record_feedback(_event("u1", "item-001"), _state("u1"))
     store.record_feedback(_event("u1", "never-in-catalog"), _state("u1"))
     store.delete_items(["item-000"])
-    assert [item for item, _ in store.popularity(NOW, 30.0, 10)] == ["item-001"]
+    assert [item for item, _ in store.popularity(30.0)] == ["item-001"]
     # The events themselves stay, so the user's history is kept.
     assert store.seen_item_ids("u1") == {"item-000", "item-001", "never-in-catalog"}
 

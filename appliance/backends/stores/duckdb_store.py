@@ -641,27 +641,39 @@ class DuckDBStore:
             self._histories.forget([user_id])
         return int(row[0]) if row else 0
 
-    def popularity(
-        self, now: datetime, half_life_days: float, limit: int
-    ) -> list[tuple[str, float]]:
-        """Rank items by recency-weighted positive feedback, most popular first.
+    def popularity(self, half_life_days: float) -> list[tuple[str, float]]:
+        """Rank the items with positive feedback by how popular they are, most popular first.
 
-        Only items still in the catalog count; an event weighs half after ``half_life_days``.
+        An item's score is the mean of two shares: its share of all the positive feedback ever
+        given (who liked it over the long run), and its share of the positive feedback weighted
+        by recency, an event weighing half after ``half_life_days``. Recency alone would rank by
+        the few users of the last weeks (or by one busy user), which says little about anyone
+        else; the long run alone would miss what is new. Ages count back from the newest
+        positive event, so an idle appliance keeps its ranking, and each share sums to 1 over
+        the items, so the score lies between 0 and 1 whatever the volume of feedback.
+
+        Only positive events of items still in the catalog count.
         """
         with self._lock:
             rows = self._rows(
                 """
-                SELECT f.item_id,
-                       sum(f.weight * pow(0.5,
-                           greatest(epoch(?::TIMESTAMP) - epoch(f.event_time), 0)
-                           / (? * 86400.0))) AS score
-                FROM feedback AS f SEMI JOIN items AS i USING (item_id)
-                WHERE f.weight > 0
-                GROUP BY f.item_id
-                ORDER BY score DESC, f.item_id
-                LIMIT ?
+                WITH positive AS (
+                    SELECT f.item_id, f.weight,
+                           epoch(max(f.event_time) OVER ()) - epoch(f.event_time) AS age
+                    FROM feedback AS f SEMI JOIN items AS i USING (item_id)
+                    WHERE f.weight > 0
+                ), totals AS (
+                    SELECT item_id, sum(weight) AS lifetime,
+                           sum(weight * pow(0.5, age / (? * 86400.0))) AS recent
+                    FROM positive GROUP BY item_id
+                )
+                SELECT item_id,
+                       0.5 * lifetime / sum(lifetime) OVER ()
+                       + 0.5 * recent / sum(recent) OVER () AS score
+                FROM totals
+                ORDER BY score DESC, item_id
                 """,
-                [_naive_utc(now), half_life_days, limit],
+                [half_life_days],
             )
         return [(r[0], float(r[1])) for r in rows]
 
