@@ -113,6 +113,7 @@ def _serve(settings: Settings, seed: Path | None) -> None:
         http="httptools",
         workers=1,
         log_level="info",
+        access_log=settings.server.access_log,
         timeout_graceful_shutdown=30,
     )
 

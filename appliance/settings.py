@@ -45,6 +45,9 @@ class ServerSettings(_Section, frozen=True):
     """Interface to bind; 0.0.0.0 exposes the appliance to the network."""
     port: Annotated[int, Meta(ge=1, le=65535)] = 8000
     """TCP port of the HTTP API."""
+    access_log: bool = False
+    """Log a line per request; /metrics counts requests by route and status either way (a log
+    line costs about 4% of the server's time under load)."""
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
     """Largest request body accepted; a larger one is refused with 413 before it is read."""
     max_restore_bytes: PositiveInt = 4 * 1024 * 1024 * 1024

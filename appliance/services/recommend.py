@@ -141,6 +141,8 @@ class RecommendationService:
         self._titles = titles if titles is not None else TitleDictionary()
         self._index = index
         self._learner = learner
+        # Decided once: a check against a runtime protocol is slow enough to show per request.
+        self._priors = frozenset(s for s in self._sources if isinstance(s, PriorSource))
 
     @property
     def source_names(self) -> list[str]:
@@ -272,7 +274,7 @@ class RecommendationService:
             Each source's hits, and whether a prior ranked the other sources' candidates.
 
         """
-        priors = [s for s in sources if prior and isinstance(s, PriorSource)]
+        priors = [s for s in sources if prior and s in self._priors]
         proposing = [s for s in sources if s not in priors]
         found = dict(
             zip(
