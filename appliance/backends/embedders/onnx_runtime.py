@@ -53,11 +53,13 @@ class OnnxEmbedder:
     """A sentence-transformers model folder, encoded through ONNX Runtime."""
 
     def __init__(self, model_path: Path, cache_dir: Path, *, name: str, threads: int = 0) -> None:
+        # Never reach for a hub (read when the libraries are imported): a missing file must
+        # fail here, not download.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import onnxruntime  # noqa: PLC0415 - only the server needs it
         from transformers import AutoTokenizer  # noqa: PLC0415
 
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
         _check_supported(model_path)
         config = _read_json(model_path / "sentence_bert_config.json")
         self._max_length = int(config.get("max_seq_length", 512))
