@@ -66,6 +66,7 @@ async def test_requests_are_encoded_from_the_wire_contract() -> None:
         "sources": None,
         "fusion": None,
         "diversity": 0.0,
+        "prior": True,
     }
     # Empty and absent parameters are left out; there is no key, so no Authorization header.
     assert str(seen[1].url) == "http://appliance.test/users?limit=5"
