@@ -276,18 +276,16 @@ class DuckDBStore:
 
     def get_items(self, item_ids: Sequence[str]) -> dict[str, StoredItem]:
         """Return the given items that exist."""
-        found, missing = self._items.get_many(item_ids)
-        if not missing:
-            return found
-        with self._lock:
+
+        def read(missing: list[str]) -> dict[str, StoredItem]:
             rows = self._rows(
                 f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
                 "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
                 [missing],
             )
-            read = {r[0]: _stored_item(r) for r in rows}
-            self._items.put_many(read)
-        return {**found, **read}
+            return {r[0]: _stored_item(r) for r in rows}
+
+        return self._read_through(self._items, item_ids, read)
 
     def item_texts(self) -> list[tuple[str, str, str]]:
         """Return every item's id, title and text."""
@@ -447,13 +445,12 @@ class DuckDBStore:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
         if not self._may_know(user_id):
             return None
-        found, missing = self._preferences.get_many([user_id])
-        if not missing:
-            return found[user_id]
-        with self._lock:
-            state = self.preferences([user_id]).get(user_id)
-            self._preferences.put_many({user_id: state})
-        return state
+
+        def read(missing: list[str]) -> dict[str, PreferenceState | None]:
+            states = self.preferences(missing)
+            return {u: states.get(u) for u in missing}
+
+        return self._read_through(self._preferences, [user_id], read)[user_id]
 
     def preferences(self, user_ids: Sequence[str]) -> dict[str, PreferenceState]:
         """Return the stored preference states of the given users that exist."""
@@ -575,18 +572,19 @@ class DuckDBStore:
         """
         if not self._may_know(user_id):
             return []
-        found, missing = self._histories.get_many([user_id])
-        if not missing:
-            return list(found[user_id])
-        with self._lock:
+
+        def read(missing: list[str]) -> dict[str, tuple[HistoryEntry, ...]]:
             rows = self._rows(
-                "SELECT item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
-                "WHERE user_id = ? GROUP BY item_id",
-                [user_id],
+                "SELECT user_id, item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
+                "WHERE user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY user_id, item_id",
+                [missing],
             )
-            history = tuple(HistoryEntry(r[0], float(r[1]), r[2].replace(tzinfo=UTC)) for r in rows)
-            self._histories.put_many({user_id: history})
-        return list(history)
+            histories: dict[str, list[HistoryEntry]] = {u: [] for u in missing}
+            for r in rows:
+                histories[r[0]].append(HistoryEntry(r[1], float(r[2]), r[3].replace(tzinfo=UTC)))
+            return {u: tuple(h) for u, h in histories.items()}
+
+        return list(self._read_through(self._histories, [user_id], read)[user_id])
 
     def interactions(self) -> pa.Table:
         """Return every (user, item) pair with feedback, for learning how items go together.
@@ -793,6 +791,24 @@ class DuckDBStore:
             self._forget_everything()
             then()
             return self.counts()
+
+    def _read_through(
+        self,
+        cache: _ReadCache[_Value],
+        keys: Sequence[str],
+        read: Callable[[list[str]], dict[str, _Value]],
+    ) -> dict[str, _Value]:
+        """Answer from ``cache`` what it keeps; ``read`` the rest under the store's lock.
+
+        What was read is kept: under the lock, the fill is ordered with the writes that forget.
+        """
+        found, missing = cache.get_many(keys)
+        if missing:
+            with self._lock:
+                fresh = read(missing)
+                cache.put_many(fresh)
+            found.update(fresh)
+        return found
 
     def _forget_users(self, user_ids: Sequence[str]) -> None:
         """Forget what was read about users who were just written (they are known now)."""
