@@ -289,9 +289,18 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
     tmp_path: Path,
 ) -> None:
     catalog = tmp_path / "items.jsonl"
+    # Each item repeats its topic's first word a different number of times: items of equal
+    # text would tie in the index, which orders ties differently from one process to the
+    # next, and the visits (so what is learned) would differ from run to run.
     catalog.write_text(
         "".join(
-            json.dumps({"item_id": f"{topic}-{n}", "title": f"{topic.title()} {n}", "text": words})
+            json.dumps(
+                {
+                    "item_id": f"{topic}-{n}",
+                    "title": f"{topic.title()} {n}",
+                    "text": words + f" {words.split()[0]}" * n,
+                }
+            )
             + "\n"
             for topic, words in TOPICS.items()
             for n in range(40)
