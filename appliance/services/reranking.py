@@ -145,15 +145,27 @@ class RerankStage:
             return candidates, status
         return _reorder(head, scored) + tail, status
 
-    def _precondition(
-        self, context: str, candidates: Sequence[Candidate], *, requested: bool | None
-    ) -> RerankStatus | None:
+    def candidates_needed(self, context: str, *, requested: bool | None) -> int:
+        """How many of the best candidates ``run`` may hand to the re-ranker (their items needed).
+
+        Zero when the stage will not run for such a request whatever the load.
+        """
+        return 0 if self._ruled_out(context, requested=requested) else self._max_candidates
+
+    def _ruled_out(self, context: str, *, requested: bool | None) -> RerankStatus | None:
         if requested is False:
             return RerankStatus.OFF
         if self._current.reranker.name == "none":
             return RerankStatus.NOT_CONFIGURED
         if not context:
             return RerankStatus.NO_CONTEXT
+        return None
+
+    def _precondition(
+        self, context: str, candidates: Sequence[Candidate], *, requested: bool | None
+    ) -> RerankStatus | None:
+        if (status := self._ruled_out(context, requested=requested)) is not None:
+            return status
         if not candidates:
             return RerankStatus.OFF
         if self._pending >= self._max_pending:

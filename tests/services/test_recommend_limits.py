@@ -94,3 +94,23 @@ async def test_a_user_with_a_thousand_seen_items_still_gets_top_k(tmp_path: Path
         expected = {f"p{n}" for n in range(1_000, CATALOG) if n % 100 == 7}
         assert ids == expected
         assert len(expected) == 10
+
+
+@pytest.mark.anyio
+async def test_candidates_deleted_after_the_search_give_way_to_the_next(tmp_path: Path) -> None:
+    async with appliance(tmp_path / "data") as runtime:
+        query = RecommendationQuery("walker", "river forest trail", top_k=5)
+        before = [
+            r.item.item_id for r in (await runtime.recommender.recommend(query)).recommendations
+        ]
+        # Gone from the store but still in the index: what a delete racing the request looks like.
+        runtime.store.delete_items(before[:3])
+
+        after = await runtime.recommender.recommend(query)
+
+        ids = [r.item.item_id for r in after.recommendations]
+        assert len(ids) == 5
+        assert not set(ids) & set(before[:3])
+        assert ids[:2] == before[3:]
+        # Every answer carries its item as stored.
+        assert all(r.item.title for r in after.recommendations)
