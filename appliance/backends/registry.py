@@ -191,4 +191,4 @@ def build_reranker(settings: Settings) -> Reranker:
 
 def build_store(settings: Settings) -> DuckDBStore:
     """Open the system-of-record database in the data directory."""
-    return DuckDBStore(Path(settings.data_dir) / DATABASE_FILE)
+    return DuckDBStore(Path(settings.data_dir) / DATABASE_FILE, cached_items=settings.cache.items)

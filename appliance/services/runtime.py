@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -358,4 +359,7 @@ async def open_runtime(
             summary.removed,
             summary.failed,
         )
+        started = time.perf_counter()
+        warmed = await anyio.to_thread.run_sync(store.warm_items)
+        log.info("%d items read into memory in %.1f s", warmed, time.perf_counter() - started)
         yield runtime

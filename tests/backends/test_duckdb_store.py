@@ -638,3 +638,35 @@ def test_past_the_known_users_limit_reads_still_see_every_user(
         assert store.preference("dave") is None
     finally:
         store.close()
+
+
+def test_warming_keeps_the_newest_items_in_memory(db_path: Path) -> None:
+    store = DuckDBStore(db_path, cached_items=3)
+    try:
+        store.put_items(_items(5))
+        assert store.warm_items() == 3
+        # Changed behind the store's back, so that only what is read from the database sees it.
+        store.connection().execute("UPDATE items SET title = 'changed'")
+        titles = {
+            i: s.item.title for i, s in store.get_items([f"item-{n:03d}" for n in range(5)]).items()
+        }
+        assert titles == {
+            "item-000": "changed",
+            "item-001": "changed",
+            "item-002": "Title 2",
+            "item-003": "Title 3",
+            "item-004": "Title 4",
+        }
+    finally:
+        store.close()
+
+
+def test_warming_an_uncached_store_reads_nothing(db_path: Path) -> None:
+    store = DuckDBStore(db_path, cached_items=0)
+    try:
+        store.put_items(_items(2))
+        assert store.warm_items() == 0
+        store.connection().execute("UPDATE items SET title = 'changed'")
+        assert store.get_items(["item-000"])["item-000"].item.title == "changed"
+    finally:
+        store.close()

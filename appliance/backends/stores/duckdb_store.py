@@ -130,7 +130,7 @@ class DuckDBStore:
     """
 
     def __init__(
-        self, path: Path, *, cached_items: int = 50_000, cached_users: int = 20_000
+        self, path: Path, *, cached_items: int = 200_000, cached_users: int = 20_000
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -286,6 +286,25 @@ class DuckDBStore:
             return {r[0]: _stored_item(r) for r in rows}
 
         return self._read_through(self._items, item_ids, read)
+
+    def warm_items(self) -> int:
+        """Read the newest items into memory, as many as the item cache keeps.
+
+        Returns:
+            How many items were read.
+
+        """
+        if self._items.max_entries == 0:
+            return 0
+        with self._lock:
+            rows = self._rows(
+                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
+                "ORDER BY seq DESC LIMIT ?",
+                [self._items.max_entries],
+            )
+            # Oldest first: the newest are the last to go when the cache must make room.
+            self._items.put_many({r[0]: _stored_item(r) for r in reversed(rows)})
+        return len(rows)
 
     def item_texts(self) -> list[tuple[str, str, str]]:
         """Return every item's id, title and text."""
@@ -883,7 +902,7 @@ class _ReadCache(Generic[_Value]):
     """
 
     def __init__(self, max_entries: int) -> None:
-        self._max_entries = max_entries
+        self.max_entries = max_entries
         self._entries: collections.OrderedDict[str, _Value] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -902,13 +921,13 @@ class _ReadCache(Generic[_Value]):
 
     def put_many(self, values: Mapping[str, _Value]) -> None:
         """Keep values just read (under the store's lock)."""
-        if self._max_entries == 0:
+        if self.max_entries == 0:
             return
         with self._lock:
             self._entries.update(values)
             for key in values:
                 self._entries.move_to_end(key)
-            while len(self._entries) > self._max_entries:
+            while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
     def forget(self, keys: Iterable[str]) -> None:
