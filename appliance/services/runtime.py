@@ -360,6 +360,12 @@ async def open_runtime(
             summary.failed,
         )
         started = time.perf_counter()
-        warmed = await anyio.to_thread.run_sync(store.warm_items)
-        log.info("%d items read into memory in %.1f s", warmed, time.perf_counter() - started)
+        items = await anyio.to_thread.run_sync(store.warm_items)
+        users = await anyio.to_thread.run_sync(store.warm_users)
+        log.info(
+            "%d items and %d users read into memory in %.1f s",
+            items,
+            users,
+            time.perf_counter() - started,
+        )
         yield runtime

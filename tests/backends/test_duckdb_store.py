@@ -670,3 +670,22 @@ def test_warming_an_uncached_store_reads_nothing(db_path: Path) -> None:
         assert store.get_items(["item-000"])["item-000"].item.title == "changed"
     finally:
         store.close()
+
+
+def test_warming_keeps_the_most_recently_active_users_in_memory(db_path: Path) -> None:
+    store = DuckDBStore(db_path, cached_users=2)
+    try:
+        store.put_items(_items(1))
+        for n, user in enumerate(("ann", "ben", "cat")):
+            state = replace(_state(user, n + 1), vector_updated_at=NOW + timedelta(days=n))
+            store.record_feedback(_event(user, "item-000"), state)
+        assert store.warm_users() == 2
+        # Changed behind the store's back, so that only what is read from the database sees it.
+        store.connection().execute("UPDATE users SET feedback_count = 99")
+        store.connection().execute("DELETE FROM feedback")
+        # The two kept first: reading the third makes room for it in a cache of two.
+        assert [len(store.user_history(u)) for u in ("ben", "cat", "ann")] == [1, 1, 0]
+        counts = [getattr(store.preference(u), "feedback_count", 0) for u in ("ben", "cat", "ann")]
+        assert counts == [2, 3, 99]
+    finally:
+        store.close()

@@ -592,18 +592,47 @@ class DuckDBStore:
         if not self._may_know(user_id):
             return []
 
-        def read(missing: list[str]) -> dict[str, tuple[HistoryEntry, ...]]:
-            rows = self._rows(
-                "SELECT user_id, item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
-                "WHERE user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY user_id, item_id",
-                [missing],
-            )
-            histories: dict[str, list[HistoryEntry]] = {u: [] for u in missing}
-            for r in rows:
-                histories[r[0]].append(HistoryEntry(r[1], float(r[2]), r[3].replace(tzinfo=UTC)))
-            return {u: tuple(h) for u, h in histories.items()}
+        return list(self._read_through(self._histories, [user_id], self._read_histories)[user_id])
 
-        return list(self._read_through(self._histories, [user_id], read)[user_id])
+    def _read_histories(self, user_ids: list[str]) -> dict[str, tuple[HistoryEntry, ...]]:
+        rows = self._rows(
+            "SELECT user_id, item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
+            "WHERE user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY user_id, item_id",
+            [user_ids],
+        )
+        histories: dict[str, list[HistoryEntry]] = {u: [] for u in user_ids}
+        for r in rows:
+            histories[r[0]].append(HistoryEntry(r[1], float(r[2]), r[3].replace(tzinfo=UTC)))
+        return {u: tuple(h) for u, h in histories.items()}
+
+    def warm_users(self) -> int:
+        """Read the state and history of the most recently active users into memory.
+
+        As many as the user caches keep: a returning user's first answer after a restart then
+        waits for no query (two cost several milliseconds).
+
+        Returns:
+            How many users were read.
+
+        """
+        keep = min(self._preferences.max_entries, self._histories.max_entries)
+        if keep == 0:
+            return 0
+        with self._lock:
+            recent = [
+                r[0]
+                for r in self._rows(
+                    "SELECT user_id FROM users "
+                    "ORDER BY coalesce(vector_updated_at, created_at) DESC, user_id LIMIT ?",
+                    [keep],
+                )
+            ]
+            # Oldest first: the most recent are the last to go when the caches make room.
+            recent.reverse()
+            states = self.preferences(recent)
+            self._preferences.put_many({u: states.get(u) for u in recent})
+            self._histories.put_many(self._read_histories(recent))
+        return len(recent)
 
     def interactions(self) -> pa.Table:
         """Return every (user, item) pair with feedback, for learning how items go together.
