@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -248,23 +249,29 @@ def _ease(x: scipy.sparse.csr_matrix, l2: float) -> npt.NDArray[np.float32]:
     return weights
 
 
-def _lapack_routine(name: str) -> Callable[..., None]:
-    """Return a single-precision LAPACK routine ``(uplo, n, a, lda, info)`` of SciPy's own.
+#: ``PyCapsule_GetName`` and ``PyCapsule_GetPointer`` with prototypes of their own (setting them
+#: on ``ctypes.pythonapi``'s shared functions would change them for everyone).
+_CAPSULE_NAME = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+    ("PyCapsule_GetName", ctypes.pythonapi)
+)
+_CAPSULE_POINTER = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+_INT_P = ctypes.POINTER(ctypes.c_int)
+#: ``(uplo, n, a, lda, info)``, the shape of LAPACK's potrf and potri.
+_TRIANGLE_ROUTINE = ctypes.CFUNCTYPE(None, ctypes.c_char_p, _INT_P, ctypes.c_void_p, _INT_P, _INT_P)
 
-    Called through ctypes, which releases the interpreter for the call: SciPy's Python wrappers
-    hold it throughout, and an inversion of seconds then stops every request for seconds.
+
+@functools.cache
+def _lapack_routine(name: str) -> Callable[..., None]:
+    """Return one of SciPy's single-precision LAPACK routines ``(uplo, n, a, lda, info)``.
+
+    Called through ctypes, which lets go of the interpreter for the call: SciPy's Python
+    wrappers hold it throughout, so an inversion of seconds stopped every request for seconds.
     """
     capsule = scipy.linalg.cython_lapack.__pyx_capi__[name]
-    get_name = ctypes.pythonapi.PyCapsule_GetName
-    get_name.restype = ctypes.c_char_p
-    get_name.argtypes = [ctypes.py_object]
-    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
-    get_pointer.restype = ctypes.c_void_p
-    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
-    address = get_pointer(capsule, get_name(capsule))
-    int_p = ctypes.POINTER(ctypes.c_int)
-    signature = ctypes.CFUNCTYPE(None, ctypes.c_char_p, int_p, ctypes.c_void_p, int_p, int_p)
-    routine: Callable[..., None] = signature(address)
+    address = _CAPSULE_POINTER(capsule, _CAPSULE_NAME(capsule))
+    routine: Callable[..., None] = _TRIANGLE_ROUTINE(address)
     return routine
 
 
