@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -35,7 +37,7 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
-import scipy.linalg
+import scipy.linalg.cython_lapack
 import scipy.sparse
 from threadpoolctl import threadpool_limits
 
@@ -233,14 +235,10 @@ def _ease(x: scipy.sparse.csr_matrix, l2: float) -> npt.NDArray[np.float32]:
         block = columns[:, start : start + _BLOCK_ROWS]
         gram[start : start + block.shape[1]] = (block.T @ x).toarray()
     gram[np.diag_indices_from(gram)] += l2
-    # In place throughout: the dense n x n matrix exists once (plus LAPACK's work space). The
-    # matrix and its inverse are symmetric, so transposing both, which puts them in LAPACK's
-    # column order and back in rows for reading, changes nothing but saves two copies.
-    inverse = scipy.linalg.inv(gram.T, overwrite_a=True, check_finite=False)
-    del gram
-    # Rows are what requests read: in row order they are contiguous (no copy when LAPACK
-    # returned column order, as it does here).
-    weights: npt.NDArray[np.float32] = np.ascontiguousarray(inverse.T)
+    # In place throughout: the dense n x n matrix exists once, and its rows, which requests
+    # read, stay contiguous.
+    weights = gram
+    _invert_positive_definite(weights)
     weights *= (-1.0 / np.diag(weights))[None, :]
     np.fill_diagonal(weights, 0.0)
     for start in range(0, n, _BLOCK_ROWS):
@@ -249,6 +247,60 @@ def _ease(x: scipy.sparse.csr_matrix, l2: float) -> npt.NDArray[np.float32]:
         # where exact arithmetic gives zero (items that no user shares).
         rows[np.abs(rows) <= _NOISE * np.abs(rows).max(axis=1, keepdims=True)] = 0.0
     return weights
+
+
+#: ``PyCapsule_GetName`` and ``PyCapsule_GetPointer`` with prototypes of their own (setting them
+#: on ``ctypes.pythonapi``'s shared functions would change them for everyone).
+_CAPSULE_NAME = ctypes.PYFUNCTYPE(ctypes.c_char_p, ctypes.py_object)(
+    ("PyCapsule_GetName", ctypes.pythonapi)
+)
+_CAPSULE_POINTER = ctypes.PYFUNCTYPE(ctypes.c_void_p, ctypes.py_object, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", ctypes.pythonapi)
+)
+_INT_P = ctypes.POINTER(ctypes.c_int)
+#: ``(uplo, n, a, lda, info)``, the shape of LAPACK's potrf and potri.
+_TRIANGLE_ROUTINE = ctypes.CFUNCTYPE(None, ctypes.c_char_p, _INT_P, ctypes.c_void_p, _INT_P, _INT_P)
+
+
+@functools.cache
+def _lapack_routine(name: str) -> Callable[..., None]:
+    """Return one of SciPy's single-precision LAPACK routines ``(uplo, n, a, lda, info)``.
+
+    Called through ctypes, which lets go of the interpreter for the call: SciPy's Python
+    wrappers hold it throughout, so an inversion of seconds stopped every request for seconds.
+    """
+    capsule = scipy.linalg.cython_lapack.__pyx_capi__[name]
+    address = _CAPSULE_POINTER(capsule, _CAPSULE_NAME(capsule))
+    routine: Callable[..., None] = _TRIANGLE_ROUTINE(address)
+    return routine
+
+
+def _invert_positive_definite(matrix: npt.NDArray[np.float32]) -> None:
+    """Replace a symmetric positive definite C-ordered float32 matrix by its inverse, in place.
+
+    Cholesky (potrf, potri): a third of the work of a general inverse, and no copy.
+
+    Raises:
+        ValueError: LAPACK reported the matrix singular or not positive definite.
+
+    """
+    n = matrix.shape[0]
+    size = ctypes.c_int(n)
+    info = ctypes.c_int(0)
+    # The C-ordered matrix is its own transpose in Fortran order: LAPACK's lower triangle
+    # is the upper triangle of the rows read here.
+    for name in ("spotrf", "spotri"):
+        _lapack_routine(name)(
+            b"L", ctypes.byref(size), matrix.ctypes.data, ctypes.byref(size), ctypes.byref(info)
+        )
+        if info.value != 0:
+            raise ValueError(f"{name} failed with info {info.value}")
+    # Only the upper triangle holds the inverse: mirror it below, a block of rows at a time.
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, n)
+        block = matrix[start:stop, start:stop]
+        block[...] = np.triu(block) + np.triu(block, 1).T
+        matrix[stop:, start:stop] = matrix[start:stop, stop:].T
 
 
 @dataclass(frozen=True, slots=True)
