@@ -200,7 +200,10 @@ class HistorySource:
     Complements the vector source, which searches near the average of the user's taste
     (blended with the context): an item close to one liked item scores here even when the
     average lies elsewhere, and an item closer to a disliked item than to every liked one
-    scores below all others. Each hit's ``via`` is the liked item it is closest to.
+    scores below all others. Each hit's ``via`` is the liked item it is closest to. Liked items
+    the request names are left to the named source (measured on the ReDial requests: R@10 of
+    the fused answer 0.054 when both searched around them, 0.067 when only the named source
+    did).
     """
 
     name = "history"
@@ -212,7 +215,11 @@ class HistorySource:
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Return items recommended from the user's latest likes and dislikes."""
         latest = sorted(plan.history, key=lambda h: h.timestamp, reverse=True)
-        liked = [h.item_id for h in latest if h.weight > 0][: self._examples]
+        # The named source already searches around the items the request names: searching
+        # around them here too would count the same evidence twice in the fusion.
+        named = frozenset(plan.named)
+        liked = [h.item_id for h in latest if h.weight > 0 and h.item_id not in named]
+        liked = liked[: self._examples]
         disliked = [h.item_id for h in latest if h.weight < 0][: self._examples]
         if not liked:
             return []

@@ -354,3 +354,25 @@ def test_popularity_ranks_the_candidates_of_the_other_sources(
     alone = recommend(client, sources=["popularity"], **asked)
     assert ids(alone)[:3] == ["sku-pain-0", "sku-camp-0", "sku-camp-2"]
     assert "prior" not in alone
+
+
+def test_history_source_leaves_the_items_a_request_names_to_the_named_source(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    client = open_client(make_settings(tmp_path / "data", cache=NO_RESULTS))
+    upsert(client, store_items())
+    feedback(client, "shopper", "sku-camp-0", interaction_type="like")
+    feedback(client, "shopper", "sku-baki-0", interaction_type="like")
+
+    unworded = recommend(client, user_id="shopper", sources=["history"], top_k=10)
+    assert {r["via"]["history"] for r in unworded["recommendations"]} == {
+        "sku-camp-0",
+        "sku-baki-0",
+    }
+    # The request names the tent: the named source searches around it, the history source
+    # around the other liked item only, so the tent's neighbours are not counted twice.
+    asked = {"user_id": "shopper", "context": "more gear like my Tent", "top_k": 10}
+    history = recommend(client, sources=["history"], **asked)
+    assert {r["via"]["history"] for r in history["recommendations"]} == {"sku-baki-0"}
+    named = recommend(client, sources=["named"], **asked)
+    assert {r["via"]["named"] for r in named["recommendations"]} == {"sku-camp-0"}
