@@ -44,6 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -581,11 +582,25 @@ async def replay(
     return stored
 
 
-async def replay_liked(runtime: Runtime, queries: Sequence[Query]) -> int:
-    """Record what each query's user said they liked, as likes, before they ask."""
+async def replay_liked(
+    runtime: Runtime, queries: Sequence[Query], at: datetime | None = None
+) -> int:
+    """Record what each query's user said they liked, as likes, before they ask.
+
+    Args:
+        runtime: The appliance.
+        queries: The queries whose users' likes are recorded.
+        at: When the likes happened (default now). The harness passes the history's newest
+            time: likes dated years after the replayed history would be all the recent
+            feedback there is, and the popularity source's recency would rank by them alone.
+
+    Returns:
+        How many likes were stored.
+
+    """
     catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
     events = [
-        FeedbackInput(q.user_id, item, InteractionType.LIKE)
+        FeedbackInput(q.user_id, item, InteractionType.LIKE, timestamp=at)
         for q in queries
         for item in q.liked
         if item in catalog
@@ -686,8 +701,9 @@ async def run(
         await runtime.collaborative.wait_fresh()
         recorded = await simulate_usage(runtime, answers)
         usage = UsageSummary(len(answers), recorded, await runtime.fusion.train())
+        newest = max((i.timestamp for i in history), default=None)
         for task in tasks:
-            await replay_liked(runtime, task.queries)
+            await replay_liked(runtime, task.queries, newest)
         # Models learnt from feedback must have seen the whole replay before the first query.
         await runtime.collaborative.wait_fresh()
         default = pipelines(runtime.recommender)[-1]

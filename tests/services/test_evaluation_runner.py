@@ -20,10 +20,12 @@ from appliance.evaluation.runner import (
     ITEM_KNN,
     USAGE_MIN_HISTORY,
     Task,
+    replay_liked,
     run,
     usage_visits,
 )
 from appliance.services.learning import RequestKind
+from appliance.services.runtime import open_runtime
 from tests.conftest import make_settings
 
 TOPICS = {
@@ -366,3 +368,19 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
     assert difference.mean > 0
     assert any("no-context requests: trained" in line for line in report.notes())
     assert report.to_json()["usage"]["visits"] == usage.visits  # type: ignore[index]
+
+
+@pytest.mark.anyio
+async def test_likes_told_before_asking_are_dated_with_the_history(tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    newest = max(i.timestamp for i in history())
+    async with open_runtime(make_settings(tmp_path / "data", embedder={"kind": "hashing"})) as rt:
+        await rt.catalog.load_file(catalog)
+        asking = [Query("q", "seeker", "a tent", {}, liked=("tent-1", "tent-2", "no-such-item"))]
+
+        assert await replay_liked(rt, asking, newest) == 2
+
+        events = rt.store.user_events("seeker")
+        assert {e.item_id for e in events} == {"tent-1", "tent-2"}
+        # Dated years after the history, they would be all the recent feedback there is.
+        assert {e.timestamp for e in events} == {newest}
