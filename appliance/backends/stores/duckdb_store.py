@@ -25,6 +25,8 @@ from appliance.domain import (
 from appliance.errors import BackendError, ConfigError, ConflictError, InvalidInputError
 
 _ITEM_COLUMNS = "item_id, title, text, metadata"
+#: Reads items as ``_stored_item`` takes them; a query completes it with its own clauses.
+_SELECT_STORED_ITEMS = f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constants
 #: Completes a query over a CTE ``page`` of feedback rows: each event with its item's title.
 _EVENTS_WITH_TITLES = """
     SELECT p.event_id, p.user_id, p.item_id, p.interaction_type, p.rating, p.weight,
@@ -279,8 +281,7 @@ class DuckDBStore:
 
         def read(missing: list[str]) -> dict[str, StoredItem]:
             rows = self._rows(
-                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
-                "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+                _SELECT_STORED_ITEMS + "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
                 [missing],
             )
             return {r[0]: _stored_item(r) for r in rows}
@@ -298,8 +299,7 @@ class DuckDBStore:
             return 0
         with self._lock:
             rows = self._rows(
-                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
-                "ORDER BY seq DESC LIMIT ?",
+                _SELECT_STORED_ITEMS + "ORDER BY seq DESC LIMIT ?",
                 [self._items.max_entries],
             )
             # Oldest first: the newest are the last to go when the cache must make room.
@@ -326,8 +326,7 @@ class DuckDBStore:
         """
         with self._lock:
             rows = self._rows(
-                f"SELECT {_ITEM_COLUMNS}, content_hash, seq FROM items "  # noqa: S608 - constant
-                "WHERE (? IS NULL OR item_id > ?) AND (? IS NULL "
+                _SELECT_STORED_ITEMS + "WHERE (? IS NULL OR item_id > ?) AND (? IS NULL "
                 "OR contains(lower(title), lower(?)) OR contains(lower(text), lower(?))) "
                 "ORDER BY item_id LIMIT ?",
                 [after, after, query, query, query, limit],
@@ -465,11 +464,12 @@ class DuckDBStore:
         if not self._may_know(user_id):
             return None
 
-        def read(missing: list[str]) -> dict[str, PreferenceState | None]:
-            states = self.preferences(missing)
-            return {u: states.get(u) for u in missing}
+        return self._read_through(self._preferences, [user_id], self._read_preferences)[user_id]
 
-        return self._read_through(self._preferences, [user_id], read)[user_id]
+    def _read_preferences(self, user_ids: list[str]) -> dict[str, PreferenceState | None]:
+        """Each user's stored state, ``None`` for one without: that is worth keeping too."""
+        states = self.preferences(user_ids)
+        return {u: states.get(u) for u in user_ids}
 
     def preferences(self, user_ids: Sequence[str]) -> dict[str, PreferenceState]:
         """Return the stored preference states of the given users that exist."""
@@ -591,7 +591,6 @@ class DuckDBStore:
         """
         if not self._may_know(user_id):
             return []
-
         return list(self._read_through(self._histories, [user_id], self._read_histories)[user_id])
 
     def _read_histories(self, user_ids: list[str]) -> dict[str, tuple[HistoryEntry, ...]]:
@@ -629,8 +628,7 @@ class DuckDBStore:
             ]
             # Oldest first: the most recent are the last to go when the caches make room.
             recent.reverse()
-            states = self.preferences(recent)
-            self._preferences.put_many({u: states.get(u) for u in recent})
+            self._preferences.put_many(self._read_preferences(recent))
             self._histories.put_many(self._read_histories(recent))
         return len(recent)
 
