@@ -21,6 +21,7 @@ from litestar.exceptions.responses import ExceptionResponseContent
 from litestar.openapi import OpenAPIConfig
 from litestar.types import Middleware
 
+from appliance import collector
 from appliance.api.admin import AdminController, ErrorLog
 from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
 from appliance.api.backup import BackupController
@@ -131,6 +132,7 @@ def create_app(
     backends: Backends | None = None,
     advertise_url: str = "",
     seed_catalog: Path | None = None,
+    settle_heap: bool = False,
 ) -> Litestar:
     """Build the appliance's HTTP application.
 
@@ -140,6 +142,9 @@ def create_app(
         advertise_url: This server's URL, recorded in the data directory for admin commands.
         seed_catalog: A catalog file (JSONL wire format) loaded before serving; unchanged
             items are skipped, so re-using a data directory is quick.
+        settle_heap: Once started, set the long-lived objects aside from garbage collection
+            and turn the collector back on (``appliance.collector.settle``): for the serving
+            process, which turned it off before starting.
 
     Returns:
         The application; its lifespan opens and closes the runtime.
@@ -160,6 +165,8 @@ def create_app(
             if seed_catalog is not None:
                 summary = await runtime.catalog.load_file(seed_catalog)
                 log.info("catalog %s loaded: %s", seed_catalog.name, summary)
+            if settle_heap:
+                collector.settle()
             app.state.runtime = runtime
             try:
                 yield
