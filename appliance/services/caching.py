@@ -247,7 +247,8 @@ class CachedRecommender:
 
     This is what the API answers with: every answer it returns, computed or reused, is logged
     once in the impression log under its own request id, so that feedback naming that id
-    answers it.
+    answers it. A reused answer's impression shares the candidates logged with the answer it
+    reuses.
     """
 
     def __init__(
@@ -287,6 +288,7 @@ class CachedRecommender:
             return replace(
                 kept,
                 request_id=uuid.uuid4().hex,
+                reused_from=kept.request_id,
                 timestamp=datetime.now(UTC),
                 recommendations=list(kept.recommendations),
                 timings_ms={"cache": elapsed, "total": elapsed},

@@ -103,6 +103,8 @@ class RecommendationResult:
     """Whether the request had words (a context)."""
     candidates: tuple[LoggedCandidate, ...] = ()
     """Every fused candidate in the final order, shown or not, as the impression log keeps it."""
+    reused_from: str | None = None
+    """For an answer reused from the result cache: the request id of the answer computed."""
 
     def impression(self) -> Impression:
         """Describe this answer for the impression log, under its own request id and time."""
@@ -115,6 +117,7 @@ class RecommendationResult:
             fusion=self.fusion,
             top_k=self.top_k,
             candidates=self.candidates,
+            candidates_of=self.reused_from,
         )
 
 

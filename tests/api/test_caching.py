@@ -57,6 +57,10 @@ def test_every_answer_is_logged_once_under_its_own_request_id(
     assert [i["request_id"] for i in logged] == [first["request_id"], again["request_id"]]
     assert logged[0]["candidates"] == logged[1]["candidates"]
     assert [c["item_id"] for c in logged[1]["candidates"] if c["shown"]] == ids(again)
+    # The reused answer's candidates were stored once, with the answer computed.
+    written = client.get("/admin/fusion").json()["impressions"]
+    assert written["stored"] == 2
+    assert written["candidate_rows"] == len(logged[0]["candidates"])
     # Feedback naming the reused answer answers it, not the one it was kept from.
     feedback(
         client, "alice", ids(again)[0], interaction_type="like", request_id=again["request_id"]

@@ -1,6 +1,7 @@
 """The impression tables on a real DuckDB file: bulk writes, labels from feedback, retention."""
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -193,6 +194,81 @@ def test_deleting_a_user_deletes_their_impressions(
     assert impressions.impression("b1", WEEK) is not None
     answer(store, "b", "i0", request_id="b1")
     assert impressions.training_set(WEEK, limit=10).impressions == 1
+
+
+def reused(request_id: str, of: Impression, at: datetime = NOW) -> Impression:
+    """An answer reused from the result cache: ``of``'s candidates under its own id and time."""
+    return replace(of, request_id=request_id, created_at=at, candidates_of=of.request_id)
+
+
+def candidate_rows(store: DuckDBStore) -> dict[str, int]:
+    rows = store.connection().execute(
+        "SELECT request_id, count(*) FROM impression_candidates GROUP BY ALL"
+    )
+    return dict(rows.fetchall())
+
+
+def test_a_reused_answer_shares_the_candidates_of_the_answer_it_reuses(
+    store: DuckDBStore, impressions: ImpressionStore
+) -> None:
+    computed = impression("computed", items=5)
+    assert impressions.append([computed, reused("again", computed)]) == 5
+    later = reused("later", computed, at=NOW + timedelta(minutes=1))
+    assert impressions.append([later]) == 0  # its owner is stored already
+    assert candidate_rows(store) == {"computed": 5}
+
+    stored = impressions.impression("later", WEEK)
+    assert stored is not None
+    assert stored.impression == later
+    # Feedback naming a reused answer labels that answer only.
+    answer(store, "u", "i1", request_id="again")
+    labels = {r: impressions.impression(r, WEEK).labels for r in ("computed", "again", "later")}  # type: ignore[union-attr]
+    assert labels == {"computed": {}, "again": {"i1": 1.0}, "later": {}}
+    data = impressions.training_set(WEEK, limit=10)
+    assert data.impressions == 1
+    assert data.label.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_a_reused_answer_whose_answer_was_not_stored_keeps_its_own_candidates(
+    store: DuckDBStore, impressions: ImpressionStore
+) -> None:
+    lost = impression("lost")  # dropped from a full queue, or its write failed
+    assert impressions.append([reused("again", lost)]) == 4
+
+    assert candidate_rows(store) == {"again": 4}
+    stored = impressions.impression("again", WEEK)
+    assert stored is not None
+    assert stored.impression == replace(lost, request_id="again")
+
+
+def test_retention_keeps_shared_candidates_while_an_impression_uses_them(
+    store: DuckDBStore, impressions: ImpressionStore
+) -> None:
+    computed = impression("computed")
+    impressions.append([computed, reused("again", computed, at=NOW + timedelta(days=1))])
+
+    assert impressions.prune(older_than=NOW + timedelta(hours=1), keep=100) == 1
+    assert impressions.impression("computed", WEEK) is None
+    kept = impressions.impression("again", WEEK)
+    assert kept is not None
+    assert kept.impression.candidates == computed.candidates
+    # A reused answer logged after its owner was deleted stores its candidates again.
+    assert impressions.append([reused("third", computed, at=NOW + timedelta(days=2))]) == 4
+
+    assert impressions.prune(older_than=NOW + timedelta(days=3), keep=100) == 2
+    assert candidate_rows(store) == {}
+
+
+def test_deleting_a_user_deletes_the_candidates_their_impressions_share(
+    store: DuckDBStore, impressions: ImpressionStore
+) -> None:
+    computed = impression("computed", user="a")
+    impressions.append([computed, reused("again", computed), impression("b1", user="b")])
+    impressions.prune(older_than=NOW - timedelta(days=1), keep=2)  # deletes "computed"'s head
+    assert candidate_rows(store) == {"computed": 4, "b1": 4}
+
+    assert impressions.delete_user("a") == 1
+    assert candidate_rows(store) == {"b1": 4}
 
 
 def test_impressions_survive_a_restart(tmp_path: Path) -> None:

@@ -1,7 +1,10 @@
 """The impression log: what every recommendation response offered, kept to learn the fusion.
 
 An impression is one response: its user and time, and every fused candidate (shown or not) with
-its final position and each source's rank and score for it. A candidate's label is the feedback
+its final position and each source's rank and score for it. An answer reused from the result
+cache offers what the answer it reuses offered: its impression names that one
+(``candidates_of``) and stores no candidates of its own, which at thousands of cached answers a
+second is most of what would be written. A candidate's label is the feedback
 that answers it: events that name the response's ``request_id``, or, for events that name no
 response, the user's events on the item after the latest impression that offered it to them
 (within a window). Impressions live in the appliance's DuckDB file (migration 2) and are written
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from operator import attrgetter
@@ -30,14 +33,16 @@ _ITEM_ID, _POSITION = attrgetter("item_id"), attrgetter("position")
 _SHOWN, _FUSED = attrgetter("shown"), attrgetter("fused_score")
 _SOURCE_RANK = pa.struct([("source", pa.string()), ("rank", pa.int32()), ("score", pa.float64())])
 
-#: Completes a query that defines a CTE ``scope`` (request_id, user_id, created_at) of
-#: impressions: ``cand``, their candidates, and ``labels``, the summed weight of the feedback
-#: answering each labelled candidate. Parameter: the label window in microseconds.
+#: Completes a query that defines a CTE ``scope`` (request_id, user_id, created_at,
+#: candidates_of) of impressions: ``cand``, their candidates (shared ones under each impression's
+#: own request id), and ``labels``, the summed weight of the feedback answering each labelled
+#: candidate. Parameter: the label window in microseconds.
 _LABELLED = """
 cand AS (
-    SELECT c.request_id, c.item_id, c.position, c.shown, c.fused_score, c.sources,
+    SELECT s.request_id, c.item_id, c.position, c.shown, c.fused_score, c.sources,
            s.user_id, s.created_at
-    FROM impression_candidates AS c JOIN scope AS s USING (request_id)
+    FROM scope AS s JOIN impression_candidates AS c
+      ON c.request_id = coalesce(s.candidates_of, s.request_id)
 ),
 answered AS (
     SELECT c.request_id, c.item_id, f.weight
@@ -96,6 +101,9 @@ class Impression:
     """The fusion that ordered the candidates: rrf or learned."""
     top_k: int
     candidates: tuple[LoggedCandidate, ...]
+    candidates_of: str | None = None
+    """For an answer reused from the result cache: the request id of the answer it reuses, whose
+    candidates (the same as ``candidates``) are stored once, with that answer's impression."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +151,52 @@ class TrainingSet:
         )
 
 
+def _arrow_tables(impressions: Sequence[Impression]) -> tuple[pa.Table, pa.Table]:
+    """Return the rows of ``impressions`` and of the candidates they store, as Arrow tables."""
+    heads = pa.table(
+        {
+            "request_id": [i.request_id for i in impressions],
+            "user_id": [i.user_id for i in impressions],
+            "created_at": pa.array(
+                [_naive_utc(i.created_at) for i in impressions], type=pa.timestamp("us")
+            ),
+            "strategy": [i.strategy for i in impressions],
+            "has_context": pa.array([i.has_context for i in impressions], type=pa.bool_()),
+            "fusion": [i.fusion for i in impressions],
+            "top_k": pa.array([i.top_k for i in impressions], type=pa.int32()),
+            "candidates_of": pa.array([i.candidates_of for i in impressions], type=pa.string()),
+        }
+    )
+    owners = [i for i in impressions if i.candidates_of is None]
+    # Column by column, iterating in C (map, chain): this runs once per logged candidate and
+    # source, on a thread that shares the interpreter with the requests.
+    counts = [len(i.candidates) for i in owners]
+    candidates = list(chain.from_iterable(map(_CANDIDATES, owners)))
+    ranks = list(chain.from_iterable(map(_SOURCES, candidates)))
+    offsets = np.zeros(len(candidates) + 1, dtype=np.int32)
+    np.cumsum(list(map(len, map(_SOURCES, candidates))), out=offsets[1:])
+    per_source = pa.StructArray.from_arrays(
+        [
+            pa.array(list(map(_SOURCE, ranks)), type=pa.string()),
+            pa.array(list(map(_RANK, ranks)), type=pa.int32()),
+            pa.array(list(map(_SCORE, ranks)), type=pa.float64()),
+        ],
+        fields=list(_SOURCE_RANK),
+    )
+    request_ids = np.repeat(np.array([i.request_id for i in owners], dtype=object), counts)
+    rows = pa.table(
+        {
+            "request_id": pa.array(request_ids, type=pa.string()),
+            "item_id": pa.array(list(map(_ITEM_ID, candidates)), type=pa.string()),
+            "position": pa.array(list(map(_POSITION, candidates)), type=pa.int32()),
+            "shown": pa.array(list(map(_SHOWN, candidates)), type=pa.bool_()),
+            "fused_score": pa.array(list(map(_FUSED, candidates)), type=pa.float64()),
+            "sources": pa.ListArray.from_arrays(pa.array(offsets), per_source),
+        }
+    )
+    return heads, rows
+
+
 def _naive_utc(moment: datetime) -> datetime:
     # TIMESTAMP columns hold naive UTC, as in the rest of the database.
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
@@ -166,58 +220,25 @@ class ImpressionStore:
     def append(self, impressions: Sequence[Impression]) -> int:
         """Store impressions and their candidates in one transaction, through Arrow.
 
+        An impression that reuses the candidates of another is stored without them when that
+        one is stored or comes in the same call; otherwise (its writing failed, or it was
+        dropped from a full queue) with them, as an impression of its own.
+
         Returns:
             How many candidate rows were written.
 
         """
         if not impressions:
             return 0
-        heads = pa.table(
-            {
-                "request_id": [i.request_id for i in impressions],
-                "user_id": [i.user_id for i in impressions],
-                "created_at": pa.array(
-                    [_naive_utc(i.created_at) for i in impressions], type=pa.timestamp("us")
-                ),
-                "strategy": [i.strategy for i in impressions],
-                "has_context": pa.array([i.has_context for i in impressions], type=pa.bool_()),
-                "fusion": [i.fusion for i in impressions],
-                "top_k": pa.array([i.top_k for i in impressions], type=pa.int32()),
-            }
-        )
-        # Column by column, iterating in C (map, chain): this runs once per logged candidate
-        # and source, on a thread that shares the interpreter with the requests.
-        counts = [len(i.candidates) for i in impressions]
-        candidates = list(chain.from_iterable(map(_CANDIDATES, impressions)))
-        ranks = list(chain.from_iterable(map(_SOURCES, candidates)))
-        offsets = np.zeros(len(candidates) + 1, dtype=np.int32)
-        np.cumsum(list(map(len, map(_SOURCES, candidates))), out=offsets[1:])
-        per_source = pa.StructArray.from_arrays(
-            [
-                pa.array(list(map(_SOURCE, ranks)), type=pa.string()),
-                pa.array(list(map(_RANK, ranks)), type=pa.int32()),
-                pa.array(list(map(_SCORE, ranks)), type=pa.float64()),
-            ],
-            fields=list(_SOURCE_RANK),
-        )
-        request_ids = np.repeat(np.array([i.request_id for i in impressions], dtype=object), counts)
-        rows = pa.table(
-            {
-                "request_id": pa.array(request_ids, type=pa.string()),
-                "item_id": pa.array(list(map(_ITEM_ID, candidates)), type=pa.string()),
-                "position": pa.array(list(map(_POSITION, candidates)), type=pa.int32()),
-                "shown": pa.array(list(map(_SHOWN, candidates)), type=pa.bool_()),
-                "fused_score": pa.array(list(map(_FUSED, candidates)), type=pa.float64()),
-                "sources": pa.ListArray.from_arrays(pa.array(offsets), per_source),
-            }
-        )
         with self._lock:
+            impressions = self._without_unknown_owners(impressions)
+            heads, rows = _arrow_tables(impressions)
             self._db.register("incoming_impressions", heads)
             self._db.register("incoming_candidates", rows)
             try:
                 self._rows("BEGIN TRANSACTION")
                 try:
-                    self._rows("INSERT INTO impressions SELECT * FROM incoming_impressions")
+                    self._rows("INSERT INTO impressions BY NAME SELECT * FROM incoming_impressions")
                     self._rows(
                         "INSERT INTO impression_candidates SELECT * FROM incoming_candidates"
                     )
@@ -228,7 +249,27 @@ class ImpressionStore:
             finally:
                 self._db.unregister("incoming_impressions")
                 self._db.unregister("incoming_candidates")
-        return len(candidates)
+        return int(rows.num_rows)
+
+    def _without_unknown_owners(self, impressions: Sequence[Impression]) -> Sequence[Impression]:
+        """Return the impressions, with candidates of their own where their owner is not stored."""
+        owners: set[str | None] = {None}
+        owners.update(i.request_id for i in impressions if i.candidates_of is None)
+        wanted = {i.candidates_of for i in impressions if i.candidates_of is not None} - owners
+        if not wanted:
+            return impressions
+        stored = {
+            row[0]
+            for row in self._rows(
+                "SELECT request_id FROM impressions "
+                "WHERE candidates_of IS NULL AND request_id IN (SELECT unnest(?))",
+                [sorted(wanted)],
+            )
+        }
+        owners |= stored
+        return [
+            i if i.candidates_of in owners else replace(i, candidates_of=None) for i in impressions
+        ]
 
     def prune(self, older_than: datetime, keep: int) -> int:
         """Delete impressions logged before ``older_than``, and all but the newest ``keep``.
@@ -243,11 +284,11 @@ class ImpressionStore:
                 self._rows(
                     """
                     CREATE OR REPLACE TEMP TABLE expired AS
-                    SELECT request_id FROM impressions
+                    SELECT request_id, candidates_of FROM impressions
                     WHERE created_at < ?
                     UNION
-                    SELECT request_id FROM (
-                        SELECT request_id FROM impressions
+                    SELECT request_id, candidates_of FROM (
+                        SELECT request_id, candidates_of FROM impressions
                         ORDER BY created_at DESC, request_id OFFSET ?
                     )
                     """,
@@ -255,9 +296,21 @@ class ImpressionStore:
                 )
                 row = self._rows("SELECT count(*) FROM expired")[0]
                 if row[0]:
-                    self._rows("DELETE FROM impressions WHERE request_id IN (FROM expired)")
                     self._rows(
-                        "DELETE FROM impression_candidates WHERE request_id IN (FROM expired)"
+                        "DELETE FROM impressions "
+                        "WHERE request_id IN (SELECT request_id FROM expired)"
+                    )
+                    # Candidates shared with an impression that is kept stay with it.
+                    self._rows(
+                        """
+                        DELETE FROM impression_candidates
+                        WHERE request_id IN (
+                            SELECT coalesce(candidates_of, request_id) FROM expired
+                        )
+                        AND request_id NOT IN (
+                            SELECT coalesce(candidates_of, request_id) FROM impressions
+                        )
+                        """
                     )
                 self._rows("DROP TABLE expired")
             except BaseException:
@@ -276,9 +329,11 @@ class ImpressionStore:
         with self._lock:
             self._rows("BEGIN TRANSACTION")
             try:
+                # Every impression that shares candidates shares them with the same user's.
                 self._rows(
                     "DELETE FROM impression_candidates WHERE request_id IN "
-                    "(SELECT request_id FROM impressions WHERE user_id = ?)",
+                    "(SELECT coalesce(candidates_of, request_id) FROM impressions "
+                    "WHERE user_id = ?)",
                     [user_id],
                 )
                 deleted = self._rows(
@@ -324,8 +379,8 @@ class ImpressionStore:
         """
         with self._lock:
             head = self._rows(
-                "SELECT request_id, user_id, created_at, strategy, has_context, fusion, top_k "
-                "FROM impressions WHERE request_id = ?",
+                "SELECT request_id, user_id, created_at, strategy, has_context, fusion, top_k, "
+                "candidates_of FROM impressions WHERE request_id = ?",
                 [request_id],
             )
             if not head:
@@ -335,7 +390,8 @@ class ImpressionStore:
             rows = self._rows(
                 f"""
                 WITH scope AS (
-                    SELECT request_id, user_id, created_at FROM impressions WHERE user_id = ?
+                    SELECT request_id, user_id, created_at, candidates_of FROM impressions
+                    WHERE user_id = ?
                 ),
                 {_LABELLED}
                 SELECT c.item_id, c.position, c.shown, c.fused_score, c.sources, l.label
@@ -345,7 +401,7 @@ class ImpressionStore:
                 """,  # noqa: S608 - constant fragments
                 [head[0][1], _microseconds(label_window), request_id],
             )
-        request, user_id, created_at, strategy, has_context, fusion, top_k = head[0]
+        request, user_id, created_at, strategy, has_context, fusion, top_k, candidates_of = head[0]
         candidates = tuple(
             LoggedCandidate(
                 item_id=r[0],
@@ -366,6 +422,7 @@ class ImpressionStore:
                 fusion=fusion,
                 top_k=int(top_k),
                 candidates=candidates,
+                candidates_of=candidates_of,
             ),
             labels={r[0]: float(r[5]) for r in rows if r[5] is not None},
         )
@@ -386,8 +443,8 @@ class ImpressionStore:
                 f"""
                 CREATE OR REPLACE TEMP TABLE training AS
                 WITH scope AS (
-                    SELECT request_id, user_id, created_at, has_context FROM impressions
-                    ORDER BY created_at DESC, request_id LIMIT ?
+                    SELECT request_id, user_id, created_at, has_context, candidates_of
+                    FROM impressions ORDER BY created_at DESC, request_id LIMIT ?
                 ),
                 {_LABELLED},
                 labelled AS (

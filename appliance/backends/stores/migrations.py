@@ -79,4 +79,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        3,
+        "m003_shared_impression_candidates",
+        # An answer reused from the result cache repeats the candidates of the answer it reuses:
+        # its impression names that one instead of storing the same rows again.
+        """
+        ALTER TABLE impressions ADD COLUMN candidates_of VARCHAR;
+        """,
+    ),
 )
