@@ -133,7 +133,8 @@ class RerankerSettings(_Section, frozen=True):
     """llamacpp: CPU threads for the model; 0 uses every core."""
     item_tokens: PositiveInt = 10
     """llamacpp: each candidate's title and text are cut to this many tokens (the cost per
-    request grows with candidates x tokens)."""
+    request grows with candidates x tokens), or fewer (down to 4) when the model's measured
+    speed says that many would not fit the budget."""
     context_tokens: PositiveInt = 32
     """llamacpp: a longer request keeps its last this-many tokens."""
     base_url: str = "http://127.0.0.1:8080/v1"

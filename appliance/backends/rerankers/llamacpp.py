@@ -13,7 +13,11 @@ whole cost: ~200-360 tokens/s for a 135M model on two cores):
 - the request is decoded once per call, as a token that belongs to all candidate sequences;
 - each candidate is its own sequence holding only its (truncated) text and a short cue, and all
   of them go through the model in a single batch;
-- the answer is read from the last position of each sequence.
+- the answer is read from the last position of each sequence;
+- each candidate's text is cut shorter when the full length would not fit the call's time:
+  the engine keeps a running measure of its seconds per token (prompt processing speed varies
+  with the CPU and what else runs on it), so on a slow or busy machine the candidates are still
+  all scored, on fewer words each, instead of the call running out of time and scoring none.
 
 llama.cpp contexts are not thread-safe, so one worker thread owns the model; calls queue for it.
 A call carries a deadline: llama.cpp's abort callback stops a batch that overruns it, so a
@@ -51,6 +55,12 @@ _CUE = " =>"  # one token in common vocabularies; every token per candidate cost
 _YES = (" yes", " Yes")
 _NO = (" no", " No")
 _ABORTED = 2  # llama_decode's return code when the abort callback stopped it
+#: Fewest tokens of a candidate's text scored when its full length would not fit the time left.
+MIN_ITEM_TOKENS = 4
+#: Share of the time left that a call plans to use: the rest absorbs its variation.
+_PLANNED_SHARE = 0.7
+#: Weight of the newest call in the running seconds-per-token measure.
+_SPEED_WEIGHT = 0.2
 _GGML_LOG_ERROR = 4
 
 logger = logging.getLogger(__name__)
@@ -91,7 +101,8 @@ class LlamaCppReranker:
         Args:
             model_path: A GGUF file.
             threads: CPU threads for the model; 0 means one per core.
-            item_tokens: Each candidate's title and text are cut to this many tokens.
+            item_tokens: Each candidate's title and text are cut to this many tokens, or fewer
+                (down to ``MIN_ITEM_TOKENS``) when that many would not fit the call's deadline.
             context_tokens: The request is cut to its last this-many tokens.
             max_candidates: Candidates scored per call; any beyond keep their retrieval order.
 
@@ -187,7 +198,12 @@ class _Engine:
         self._closed = False
 
         everyone = list(range(max_sequences))
+        started = time.perf_counter()
         self._decode([(t, i, everyone, False) for i, t in enumerate(self._preamble)])
+        self.seconds_per_token = (time.perf_counter() - started) / len(self._preamble)
+        """Running measure of a call's seconds per token processed, overheads included."""
+        self.last_item_tokens = 0
+        """Tokens of each candidate's text scored in the latest call."""
 
     def score(self, context: str, texts: Sequence[str], deadline: float) -> list[float]:
         """Return P(yes) for each text against the request ``context``."""
@@ -196,24 +212,42 @@ class _Engine:
         # A long request keeps its end: in a conversation, the latest words say the most.
         words = self._tokenize(" " + context.strip())[-self._context_tokens :]
         request = self._request_head + words + self._request_tail
+        item_tokens = self._item_tokens_fitting(deadline, len(request), len(texts))
         start = len(self._preamble)
         everyone = list(range(len(texts)))
         tokens = [(t, start + i, everyone, False) for i, t in enumerate(request)]
         outputs = []
         for seq, text in enumerate(texts):
-            suffix = self._tokenize(" " + text)[: self._item_tokens] + self._cue
+            suffix = self._tokenize(" " + text)[:item_tokens] + self._cue
             position = start + len(request)
             for j, token in enumerate(suffix):
                 tokens.append((token, position + j, [seq], j == len(suffix) - 1))
             outputs.append(len(tokens) - 1)
         self._deadline = deadline
+        started = time.perf_counter()
+        finished = False
         try:
             self._decode(tokens)
+            finished = True
+            self.last_item_tokens = item_tokens
             return [self._p_yes(i) for i in outputs]
         finally:
+            # A pass stopped at the deadline ran at most this fast: it corrects a measure that
+            # was too hopeful, which would otherwise never learn.
+            per_token = (time.perf_counter() - started) / len(tokens)
+            if finished or per_token > self.seconds_per_token:
+                self.seconds_per_token += _SPEED_WEIGHT * (per_token - self.seconds_per_token)
             self._deadline = math.inf
             # Keep the preamble, forget this request.
             llama.llama_memory_seq_rm(self._memory, -1, start, -1)
+
+    def _item_tokens_fitting(self, deadline: float, request_tokens: int, candidates: int) -> int:
+        """Return the tokens per candidate text that the time left to ``deadline`` affords."""
+        if math.isinf(deadline):
+            return self._item_tokens
+        affordable = _PLANNED_SHARE * (deadline - time.monotonic()) / self.seconds_per_token
+        per_candidate = int((affordable - request_tokens) / candidates) - len(self._cue)
+        return max(MIN_ITEM_TOKENS, min(self._item_tokens, per_candidate))
 
     def close(self) -> None:
         if self._closed:
