@@ -18,6 +18,9 @@ FILTERED_MAX_RATIO = 1.5
 FEEDBACK_RPS_C32 = 2000.0
 INGEST_SHARE_OF_ENCODER = 0.8
 RERANK_P95_C1_MS = 350.0
+RERANK_MIN_RAN_SHARE = 0.95
+"""Share of the re-rank requests that must have been re-ranked for their p95 to count: one that
+ran out of the re-rank budget is answered in time, in the fused order, having done none of it."""
 #: Server RSS allowed at 100K items and at 1M.
 MEMORY_LIMIT_MB = {100_000: 2048, 1_000_000: 4096}
 
@@ -170,10 +173,21 @@ def targets(report: dict[str, Any]) -> list[Target]:
         _ingest(records, report.get("encoder", {})),
         _memory(records, report),
         _target("recommend with the llama.cpp re-ranker (10 candidates), concurrency 1",
-                "p95 <= 350 ms", [value("rerank", 1, "p95_ms")],
-                lambda p95: p95 <= RERANK_P95_C1_MS, lambda p95: f"p95 {p95:.1f} ms"),
+                "p95 <= 350 ms, 95% of them re-ranked",
+                [value("rerank", 1, "p95_ms"), *_rerank_outcomes(records)],
+                lambda p95, ran, asked: p95 <= RERANK_P95_C1_MS
+                and ran >= RERANK_MIN_RAN_SHARE * asked,
+                lambda p95, ran, asked: f"p95 {p95:.1f} ms; re-ranked {ran:.0f} of {asked:.0f}"),
     ]
     # fmt: on
+
+
+def _rerank_outcomes(records: Sequence[dict[str, Any]]) -> list[float | None]:
+    """Return how many requests of the re-rank run at concurrency 1 were re-ranked, of how many."""
+    outcomes = find(records, "rerank", 1).get("server", {}).get("rerank")
+    if not outcomes:
+        return [None, None]
+    return [float(outcomes.get("ran", 0)), float(sum(outcomes.values()))]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
