@@ -118,6 +118,18 @@ def _aware(moment: datetime | None) -> datetime | None:
 MAX_KNOWN_USERS = 1_000_000
 
 
+@contextmanager
+def transaction(connection: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block in one transaction on ``connection``: committed, or rolled back on error."""
+    connection.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+
+
 class DuckDBStore:
     """Items, feedback and users in one DuckDB file.
 
@@ -179,14 +191,8 @@ class DuckDBStore:
 
     @contextmanager
     def _transaction(self) -> Iterator[None]:
-        with self._lock:
-            self._rows("BEGIN TRANSACTION")
-            try:
-                yield
-            except BaseException:
-                self._rows("ROLLBACK")
-                raise
-            self._rows("COMMIT")
+        with self._lock, transaction(self._db):
+            yield
 
     def schema_version(self) -> int:
         """Return the newest migration applied."""

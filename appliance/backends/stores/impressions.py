@@ -7,8 +7,8 @@ cache offers what the answer it reuses offered: its impression names that one
 second is most of what would be written. A candidate's label is the feedback
 that answers it: events that name the response's ``request_id``, or, for events that name no
 response, the user's events on the item after the latest impression that offered it to them
-(within a window). Impressions live in the appliance's DuckDB file (migration 2) and are written
-through their own connection, in batches, by one writer.
+(within a window). Impressions live in the appliance's DuckDB file (migrations 2 and 3) and are
+written through their own connection, in batches, by one writer.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
+from appliance.backends.stores.duckdb_store import transaction
 
 _CANDIDATES = attrgetter("candidates")
 _SOURCES = attrgetter("sources")
@@ -236,16 +238,11 @@ class ImpressionStore:
             self._db.register("incoming_impressions", heads)
             self._db.register("incoming_candidates", rows)
             try:
-                self._rows("BEGIN TRANSACTION")
-                try:
+                with transaction(self._db):
                     self._rows("INSERT INTO impressions BY NAME SELECT * FROM incoming_impressions")
                     self._rows(
                         "INSERT INTO impression_candidates SELECT * FROM incoming_candidates"
                     )
-                except BaseException:
-                    self._rows("ROLLBACK")
-                    raise
-                self._rows("COMMIT")
             finally:
                 self._db.unregister("incoming_impressions")
                 self._db.unregister("incoming_candidates")
@@ -278,11 +275,9 @@ class ImpressionStore:
             How many impressions were deleted.
 
         """
-        with self._lock:
-            self._rows("BEGIN TRANSACTION")
-            try:
-                self._rows(
-                    """
+        with self._lock, transaction(self._db):
+            self._rows(
+                """
                     CREATE OR REPLACE TEMP TABLE expired AS
                     SELECT request_id, candidates_of FROM impressions
                     WHERE created_at < ?
@@ -292,17 +287,16 @@ class ImpressionStore:
                         ORDER BY created_at DESC, request_id OFFSET ?
                     )
                     """,
-                    [_naive_utc(older_than), keep],
+                [_naive_utc(older_than), keep],
+            )
+            row = self._rows("SELECT count(*) FROM expired")[0]
+            if row[0]:
+                self._rows(
+                    "DELETE FROM impressions WHERE request_id IN (SELECT request_id FROM expired)"
                 )
-                row = self._rows("SELECT count(*) FROM expired")[0]
-                if row[0]:
-                    self._rows(
-                        "DELETE FROM impressions "
-                        "WHERE request_id IN (SELECT request_id FROM expired)"
-                    )
-                    # Candidates shared with an impression that is kept stay with it.
-                    self._rows(
-                        """
+                # Candidates shared with an impression that is kept stay with it.
+                self._rows(
+                    """
                         DELETE FROM impression_candidates
                         WHERE request_id IN (
                             SELECT coalesce(candidates_of, request_id) FROM expired
@@ -311,12 +305,8 @@ class ImpressionStore:
                             SELECT coalesce(candidates_of, request_id) FROM impressions
                         )
                         """
-                    )
-                self._rows("DROP TABLE expired")
-            except BaseException:
-                self._rows("ROLLBACK")
-                raise
-            self._rows("COMMIT")
+                )
+            self._rows("DROP TABLE expired")
         return int(row[0])
 
     def delete_user(self, user_id: str) -> int:
@@ -326,23 +316,17 @@ class ImpressionStore:
             How many impressions were deleted.
 
         """
-        with self._lock:
-            self._rows("BEGIN TRANSACTION")
-            try:
-                # Every impression that shares candidates shares them with the same user's.
-                self._rows(
-                    "DELETE FROM impression_candidates WHERE request_id IN "
-                    "(SELECT coalesce(candidates_of, request_id) FROM impressions "
-                    "WHERE user_id = ?)",
-                    [user_id],
-                )
-                deleted = self._rows(
-                    "DELETE FROM impressions WHERE user_id = ? RETURNING request_id", [user_id]
-                )
-            except BaseException:
-                self._rows("ROLLBACK")
-                raise
-            self._rows("COMMIT")
+        with self._lock, transaction(self._db):
+            # Every impression that shares candidates shares them with the same user's.
+            self._rows(
+                "DELETE FROM impression_candidates WHERE request_id IN "
+                "(SELECT coalesce(candidates_of, request_id) FROM impressions "
+                "WHERE user_id = ?)",
+                [user_id],
+            )
+            deleted = self._rows(
+                "DELETE FROM impressions WHERE user_id = ? RETURNING request_id", [user_id]
+            )
         return len(deleted)
 
     def clear(self) -> int:
@@ -352,15 +336,9 @@ class ImpressionStore:
             How many impressions were deleted.
 
         """
-        with self._lock:
-            self._rows("BEGIN TRANSACTION")
-            try:
-                self._rows("DELETE FROM impression_candidates")
-                deleted = self._rows("DELETE FROM impressions RETURNING request_id")
-            except BaseException:
-                self._rows("ROLLBACK")
-                raise
-            self._rows("COMMIT")
+        with self._lock, transaction(self._db):
+            self._rows("DELETE FROM impression_candidates")
+            deleted = self._rows("DELETE FROM impressions RETURNING request_id")
         return len(deleted)
 
     def count(self) -> int:
