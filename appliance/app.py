@@ -142,9 +142,9 @@ def create_app(
         advertise_url: This server's URL, recorded in the data directory for admin commands.
         seed_catalog: A catalog file (JSONL wire format) loaded before serving; unchanged
             items are skipped, so re-using a data directory is quick.
-        settle_heap: Once the runtime is open, set the long-lived objects aside from garbage
-            collection and turn the collector back on (``appliance.collector.settle``): for
-            the serving process, which turned it off before starting.
+        settle_heap: Open the runtime with the garbage collector off, then set the long-lived
+            objects aside from it and turn it back on (``appliance.collector``): for the
+            serving process.
 
     Returns:
         The application; its lifespan opens and closes the runtime.
@@ -161,6 +161,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if settle_heap:
+            collector.pause_for_start_up()
         async with open_runtime(settings, backends, advertise_url=advertise_url) as runtime:
             # Before a seed catalog's load, which may be long and make cyclic garbage of its own.
             if settle_heap:

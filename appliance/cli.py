@@ -94,7 +94,6 @@ def main(ctx: click.Context, config: Path | None) -> None:
 def _serve(settings: Settings, seed: Path | None) -> None:
     import uvicorn  # noqa: PLC0415 - only serving needs it
 
-    from appliance import collector  # noqa: PLC0415
     from appliance.allocator import cap_malloc_arenas  # noqa: PLC0415
     from appliance.app import create_app  # noqa: PLC0415 - keeps --help fast
     from appliance.backends.registry import preflight  # noqa: PLC0415
@@ -102,7 +101,6 @@ def _serve(settings: Settings, seed: Path | None) -> None:
     preflight(settings)
     # Before the threads that allocate start.
     cap_malloc_arenas(settings.server.malloc_arenas)
-    collector.pause_for_start_up()
     url = f"http://{settings.server.host}:{settings.server.port}"
     app = create_app(settings, advertise_url=url, seed_catalog=seed, settle_heap=True)
     click.echo(f"loading models and data from {settings.data_dir}; serving at {url} when ready")
