@@ -126,7 +126,9 @@ class RerankerSettings(_Section, frozen=True):
     max_pending: PositiveInt = 4
     """Re-rank calls that may wait for the model at once; a request beyond them skips the stage."""
     max_candidates: Annotated[int, Meta(ge=1, le=64)] = 20
-    """Candidates re-ranked per request; any beyond keep their retrieval order after them."""
+    """Most candidates re-ranked per request. A request re-ranks as many of the fused candidates
+    as it retrieves from each source (top_k x recommend.candidate_factor: 10 for top_k 5), up to
+    this many; the others keep their fused order after them."""
     model: str = "SmolLM2-135M-Instruct"
     """llamacpp: a models/manifest.toml entry, or the path of any GGUF file."""
     threads: Annotated[int, Meta(ge=0)] = 0

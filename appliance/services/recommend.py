@@ -223,7 +223,10 @@ class RecommendationService:
             timings["diversify"] = _ms_since(mark)
 
         mark = time.perf_counter()
-        wanted = max(query.top_k, self._rerank.candidates_needed(context, requested=query.rerank))
+        wanted = max(
+            query.top_k,
+            self._rerank.candidates_needed(context, requested=query.rerank, retrieved=plan.limit),
+        )
         candidates, items = await self._present(candidates, wanted)
         if not candidates:
             await self._fail_if_catalog_empty()
@@ -232,6 +235,7 @@ class RecommendationService:
             candidates,
             {k: v.item for k, v in items.items()},
             requested=query.rerank,
+            retrieved=plan.limit,
         )
         if rerank_status not in _SKIPPED:
             timings["rerank"] = _ms_since(mark)

@@ -98,14 +98,18 @@ class RerankStage:
         items: dict[str, Item],
         *,
         requested: bool | None,
+        retrieved: int,
     ) -> tuple[list[Candidate], RerankStatus]:
-        """Reorder ``candidates`` for ``context`` if the request and the budget allow.
+        """Reorder the best ``candidates`` for ``context`` if the request and the budget allow.
 
         Args:
             context: The request's words (stripped).
             candidates: The fused candidates, best first; each must be in ``items``.
             items: The candidates' items.
             requested: The request's choice; ``None`` runs the stage when a re-ranker is set.
+            retrieved: How many candidates the request retrieves from each source: that many
+                of the fused ones are re-ranked (at most ``max_candidates``), the others keep
+                their fused order after them.
 
         Returns:
             The candidates in their new order (or unchanged), and what happened.
@@ -115,7 +119,8 @@ class RerankStage:
         if status is not None:
             self.outcomes[status] += 1
             return candidates, status
-        head, tail = candidates[: self._max_candidates], candidates[self._max_candidates :]
+        size = self._head_size(retrieved)
+        head, tail = candidates[:size], candidates[size:]
         in_use = self._current
         in_use.enter()
         self._pending += 1
@@ -145,12 +150,17 @@ class RerankStage:
             return candidates, status
         return _reorder(head, scored) + tail, status
 
-    def candidates_needed(self, context: str, *, requested: bool | None) -> int:
+    def candidates_needed(self, context: str, *, requested: bool | None, retrieved: int) -> int:
         """How many of the best candidates ``run`` may hand to the re-ranker (their items needed).
 
         Zero when the stage will not run for such a request whatever the load.
         """
-        return 0 if self._ruled_out(context, requested=requested) else self._max_candidates
+        return 0 if self._ruled_out(context, requested=requested) else self._head_size(retrieved)
+
+    def _head_size(self, retrieved: int) -> int:
+        # Fusing several sources' lists yields more candidates than any one retrieves; the
+        # model's cost grows with each one it reads, so it reads as many as a source retrieves.
+        return min(retrieved, self._max_candidates)
 
     def _ruled_out(self, context: str, *, requested: bool | None) -> RerankStatus | None:
         if requested is False:

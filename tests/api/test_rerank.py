@@ -68,6 +68,31 @@ def test_reorders_exactly_the_retrieved_candidates(
     assert stats(client)["rerank"]["ran"] == 1
 
 
+def test_of_several_sources_it_reads_as_many_candidates_as_one_retrieves(
+    reranking: Callable[..., TestClient[Any]],
+) -> None:
+    client = reranking(budget_ms=30_000)
+    # top_k 3 retrieves 6 a source; the fused candidates of every source are more than that.
+    query = {"user_id": "u", "context": CONTEXT, "top_k": 3}
+    fused = logged_ids(client, recommend(client, **query, rerank=False))
+    assert len(fused) > 6
+
+    answer = recommend(client, **query)
+
+    assert answer["rerank_status"] == "ran"
+    reranked = logged_ids(client, answer)
+    assert sorted(reranked[:6]) == sorted(fused[:6])
+    assert reranked[6:] == fused[6:]
+    assert set(ids(answer)) <= set(fused[:6])
+
+
+def logged_ids(client: TestClient[Any], answer: dict[str, Any]) -> list[str]:
+    """The answer's fused candidates in its final order, as the impression log kept them."""
+    response = client.get(f"/admin/impressions/{answer['request_id']}")
+    assert response.status_code == 200, response.text
+    return [c["item_id"] for c in response.json()["candidates"]]
+
+
 def test_request_can_turn_it_off(reranking: Callable[..., TestClient[Any]]) -> None:
     client = reranking(budget_ms=30_000)
 
