@@ -661,6 +661,39 @@ def test_warming_keeps_the_newest_items_in_memory(db_path: Path) -> None:
         store.close()
 
 
+def test_a_written_state_is_kept_for_the_next_event(store: DuckDBStore) -> None:
+    store.put_items(_items(1))
+    store.record_feedback_batch(
+        [_event("ann", "item-000"), _event("ben", "item-000")], [_state("ann", 1), _state("ben")]
+    )
+    store.record_feedback(_event("ann", "item-000"), _state("ann", 2))
+    # Changed behind the store's back, so that only what is read from the database sees it.
+    store.connection().execute("UPDATE users SET feedback_count = 99")
+    states = store.preferences(["ann", "ben", "cat"])
+    assert {u: s.feedback_count for u, s in states.items()} == {"ann": 2, "ben": 1}
+    # A write that fails in its transaction keeps nothing: the last committed state stands.
+    with pytest.raises(duckdb.Error):
+        store.record_feedback_batch(
+            [_event("ann", "item-000"), replace(_event("ann", "item-000"), item_id=None)],
+            [_state("ann", 3)],
+        )
+    state = store.preference("ann")
+    assert state is not None
+    assert state.feedback_count == 2
+
+
+def test_which_items_exist_is_answered_from_memory_when_they_were_read(
+    store: DuckDBStore,
+) -> None:
+    store.put_items(_items(3))
+    store.get_items(["item-000"])
+    store.connection().execute("DELETE FROM items WHERE item_id IN ('item-000', 'item-001')")
+    assert store.existing_item_ids(["item-000", "item-001", "item-002", "gone"]) == {
+        "item-000",
+        "item-002",
+    }
+
+
 def test_warming_an_uncached_store_reads_nothing(db_path: Path) -> None:
     store = DuckDBStore(db_path, cached_items=0)
     try:

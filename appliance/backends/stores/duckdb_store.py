@@ -225,6 +225,11 @@ class DuckDBStore:
                 )
         return dict(rows)
 
+    def existing_item_ids(self, item_ids: Sequence[str]) -> set[str]:
+        """Return which of the given items are in the catalog: those in memory without a query."""
+        found, missing = self._items.get_many(item_ids)
+        return set(found).union(self.content_hashes(missing) if missing else ())
+
     def put_items(self, items: Sequence[Item]) -> list[StoredItem]:
         """Insert or replace items in one transaction, through Arrow (bulk, not row by row).
 
@@ -359,10 +364,9 @@ class DuckDBStore:
 
     def record_feedback(self, event: FeedbackEvent, state: PreferenceState) -> None:
         """Store an event and the user's updated preference in one durable transaction."""
-        with self._transaction():
+        with self._writing_users([state]):
             self._insert_event(event)
             self._write_state(state)
-            self._forget_users([event.user_id])
 
     def record_feedback_batch(
         self, events: Sequence[FeedbackEvent], states: Sequence[PreferenceState]
@@ -411,7 +415,7 @@ class DuckDBStore:
                 ),
             }
         )
-        with self._transaction():
+        with self._writing_users(states):
             self._db.register("incoming_events", event_table)
             self._db.register("incoming_states", state_table)
             try:
@@ -426,7 +430,6 @@ class DuckDBStore:
             finally:
                 self._db.unregister("incoming_events")
                 self._db.unregister("incoming_states")
-            self._forget_users([e.user_id for e in events] + [s.user_id for s in states])
 
     def _insert_event(self, event: FeedbackEvent) -> None:
         self._rows(
@@ -461,31 +464,29 @@ class DuckDBStore:
 
     def put_preference(self, state: PreferenceState) -> None:
         """Replace a user's stored preference state."""
-        with self._lock:
+        with self._writing_users([state]):
             self._write_state(state)
-            self._forget_users([state.user_id])
 
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
-        if not self._may_know(user_id):
-            return None
-
-        return self._read_through(self._preferences, [user_id], self._read_preferences)[user_id]
-
-    def _read_preferences(self, user_ids: list[str]) -> dict[str, PreferenceState | None]:
-        """Each user's stored state, ``None`` for one without: that is worth keeping too."""
-        states = self.preferences(user_ids)
-        return {u: states.get(u) for u in user_ids}
+        return self.preferences([user_id]).get(user_id)
 
     def preferences(self, user_ids: Sequence[str]) -> dict[str, PreferenceState]:
         """Return the stored preference states of the given users that exist."""
-        with self._lock:
-            rows = self._rows(
-                "SELECT user_id, preference, weight_sum, anchor, feedback_count, created_at, "
-                "vector_updated_at FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[]))",
-                [list(user_ids)],
-            )
-        return {
+        known = [u for u in user_ids if self._may_know(u)]
+        if not known:
+            return {}
+        states = self._read_through(self._preferences, known, self._read_preferences)
+        return {u: state for u, state in states.items() if state is not None}
+
+    def _read_preferences(self, user_ids: list[str]) -> dict[str, PreferenceState | None]:
+        """Each user's stored state, ``None`` for one without: that is worth keeping too."""
+        rows = self._rows(
+            "SELECT user_id, preference, weight_sum, anchor, feedback_count, created_at, "
+            "vector_updated_at FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[]))",
+            [user_ids],
+        )
+        states = {
             row[0]: PreferenceState(
                 user_id=row[0],
                 vector_sum=None if row[1] is None else np.asarray(row[1], dtype=np.float64),
@@ -497,6 +498,7 @@ class DuckDBStore:
             )
             for row in rows
         }
+        return {u: states.get(u) for u in user_ids}
 
     def list_users(self, after: str | None, limit: int, query: str | None = None) -> list[UserRow]:
         """Return up to ``limit`` users ordered by id, starting after ``after``.
@@ -861,6 +863,19 @@ class DuckDBStore:
                 cache.put_many(fresh)
             found.update(fresh)
         return found
+
+    @contextmanager
+    def _writing_users(self, states: Sequence[PreferenceState]) -> Iterator[None]:
+        """Run the block in one transaction that stores these states (and the users' events).
+
+        What was read about the users is forgotten, and once committed their new states are
+        kept: the next event of the same user then folds into them without a query.
+        """
+        with self._lock:
+            with transaction(self._db):
+                yield
+                self._forget_users([s.user_id for s in states])
+            self._preferences.put_many({s.user_id: s for s in states})
 
     def _forget_users(self, user_ids: Sequence[str]) -> None:
         """Forget what was read about users who were just written (they are known now)."""
