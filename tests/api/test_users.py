@@ -162,7 +162,8 @@ def test_preference_does_not_depend_on_arrival_order(catalog_client: TestClient[
     backwards = recommend(catalog_client, user_id="backwards", top_k=20)
     assert forwards["strategy"] == backwards["strategy"] == "preference"
     assert ids(forwards) == ids(backwards)
-    assert scores(forwards) == pytest.approx(scores(backwards), abs=1e-6)
+    # Scores are sent rounded to 6 decimals: equal ones can land one unit apart.
+    assert scores(forwards) == pytest.approx(scores(backwards), abs=1.5e-6)
 
 
 def test_rebuild_of_an_unknown_user_is_not_found(catalog_client: TestClient[Any]) -> None:
