@@ -388,12 +388,11 @@ def test_interactions_are_the_pairs_of_catalog_items(store: DuckDBStore) -> None
     store.record_feedback(_event("bob", "never-in-catalog"), _state("bob"))
     store.record_feedback(_event("carol", "item-002"), _state("carol"))
     store.delete_items(["item-002"])
+    # One read: the rows of two reads may come in different orders.
+    table = store.interactions()
     rows = sorted(
         zip(
-            *(
-                store.interactions()[c].to_pylist()
-                for c in ("user_id", "item_id", "weight", "event_time")
-            ),
+            *(table[c].to_pylist() for c in ("user_id", "item_id", "weight", "event_time")),
             strict=True,
         )
     )
