@@ -49,6 +49,13 @@ def scores(answer: dict[str, Any]) -> list[float]:
     return [r["score"] for r in answer["recommendations"]]
 
 
+def logged(client: TestClient[Any], request_id: str) -> dict[str, Any]:
+    """GET /admin/impressions/{request_id}: the answer as the impression log kept it."""
+    response = client.get(f"/admin/impressions/{request_id}")
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def stats(client: TestClient[Any]) -> dict[str, Any]:
     """GET /stats: the record counts and the encoder's figures."""
     response = client.get("/stats")

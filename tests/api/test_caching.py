@@ -11,7 +11,7 @@ from typing import Any
 from litestar.testing import TestClient
 
 from appliance.settings import Settings
-from tests.api.calls import feedback, ids, recommend, stats, upsert
+from tests.api.calls import feedback, ids, logged, recommend, stats, upsert
 from tests.conftest import make_settings
 
 CONTEXT = "a story about travelling through time"
@@ -53,14 +53,14 @@ def test_every_answer_is_logged_once_under_its_own_request_id(
     log = client.get("/admin/fusion").json()["impressions"]
     assert log["logged"] == 2
     assert log["stored"] + log["pending"] == 2
-    logged = [client.get(f"/admin/impressions/{a['request_id']}").json() for a in (first, again)]
-    assert [i["request_id"] for i in logged] == [first["request_id"], again["request_id"]]
-    assert logged[0]["candidates"] == logged[1]["candidates"]
-    assert [c["item_id"] for c in logged[1]["candidates"] if c["shown"]] == ids(again)
+    kept = [logged(client, a["request_id"]) for a in (first, again)]
+    assert [i["request_id"] for i in kept] == [first["request_id"], again["request_id"]]
+    assert kept[0]["candidates"] == kept[1]["candidates"]
+    assert [c["item_id"] for c in kept[1]["candidates"] if c["shown"]] == ids(again)
     # The reused answer's candidates were stored once, with the answer computed.
     written = client.get("/admin/fusion").json()["impressions"]
     assert written["stored"] == 2
-    assert written["candidate_rows"] == len(logged[0]["candidates"])
+    assert written["candidate_rows"] == len(kept[0]["candidates"])
     # Feedback naming the reused answer answers it, not the one it was kept from.
     feedback(
         client, "alice", ids(again)[0], interaction_type="like", request_id=again["request_id"]
@@ -68,7 +68,7 @@ def test_every_answer_is_logged_once_under_its_own_request_id(
     labels = [
         {
             c["item_id"]: c["label"]
-            for c in client.get(f"/admin/impressions/{a['request_id']}").json()["candidates"]
+            for c in logged(client, a["request_id"])["candidates"]
             if "label" in c
         }
         for a in (first, again)

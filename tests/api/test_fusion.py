@@ -16,7 +16,7 @@ from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
 from appliance.settings import Settings
-from tests.api.calls import feedback, ids, recommend, upsert
+from tests.api.calls import feedback, ids, logged, recommend, upsert
 from tests.conftest import make_settings
 
 PRODUCTS = {
@@ -117,12 +117,6 @@ def fusion_state(client: TestClient[Any]) -> dict[str, Any]:
 
 def train(client: TestClient[Any]) -> dict[str, Any]:
     response = client.post("/admin/fusion/train")
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def logged(client: TestClient[Any], request_id: str) -> dict[str, Any]:
-    response = client.get(f"/admin/impressions/{request_id}")
     assert response.status_code == 200, response.text
     return response.json()
 

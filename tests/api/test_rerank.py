@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
 from appliance.backends.rerankers.protocol import Reranker
-from tests.api.calls import ids, recommend, serving, stats, upsert
+from tests.api.calls import ids, logged, recommend, serving, stats, upsert
 from tests.conftest import make_settings
 
 CONTEXT = "a story about travelling through time"
@@ -88,9 +88,7 @@ def test_of_several_sources_it_reads_as_many_candidates_as_one_retrieves(
 
 def logged_ids(client: TestClient[Any], answer: dict[str, Any]) -> list[str]:
     """The answer's fused candidates in its final order, as the impression log kept them."""
-    response = client.get(f"/admin/impressions/{answer['request_id']}")
-    assert response.status_code == 200, response.text
-    return [c["item_id"] for c in response.json()["candidates"]]
+    return [c["item_id"] for c in logged(client, answer["request_id"])["candidates"]]
 
 
 def test_request_can_turn_it_off(reranking: Callable[..., TestClient[Any]]) -> None:
