@@ -278,15 +278,15 @@ class ImpressionStore:
         with self._lock, transaction(self._db):
             self._rows(
                 """
-                    CREATE OR REPLACE TEMP TABLE expired AS
+                CREATE OR REPLACE TEMP TABLE expired AS
+                SELECT request_id, candidates_of FROM impressions
+                WHERE created_at < ?
+                UNION
+                SELECT request_id, candidates_of FROM (
                     SELECT request_id, candidates_of FROM impressions
-                    WHERE created_at < ?
-                    UNION
-                    SELECT request_id, candidates_of FROM (
-                        SELECT request_id, candidates_of FROM impressions
-                        ORDER BY created_at DESC, request_id OFFSET ?
-                    )
-                    """,
+                    ORDER BY created_at DESC, request_id OFFSET ?
+                )
+                """,
                 [_naive_utc(older_than), keep],
             )
             row = self._rows("SELECT count(*) FROM expired")[0]
@@ -297,14 +297,14 @@ class ImpressionStore:
                 # Candidates shared with an impression that is kept stay with it.
                 self._rows(
                     """
-                        DELETE FROM impression_candidates
-                        WHERE request_id IN (
-                            SELECT coalesce(candidates_of, request_id) FROM expired
-                        )
-                        AND request_id NOT IN (
-                            SELECT coalesce(candidates_of, request_id) FROM impressions
-                        )
-                        """
+                    DELETE FROM impression_candidates
+                    WHERE request_id IN (
+                        SELECT coalesce(candidates_of, request_id) FROM expired
+                    )
+                    AND request_id NOT IN (
+                        SELECT coalesce(candidates_of, request_id) FROM impressions
+                    )
+                    """
                 )
             self._rows("DROP TABLE expired")
         return int(row[0])
