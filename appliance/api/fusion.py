@@ -50,7 +50,7 @@ async def fusion_out(runtime: Runtime) -> FusionOut:
 def _kind_out(runtime: Runtime, kind: RequestKind) -> FusionKindOut:
     state = runtime.fusion.state.kinds[kind]
     fit = state.fit
-    default, _ = runtime.fusion.choose(None, has_context=kind is RequestKind.CONTEXT)
+    default, _ = runtime.fusion.choose(None, kind)
     return FusionKindOut(
         default=default,
         status=state.status,

@@ -58,7 +58,8 @@ class FusionOut(Response):
     """How requests are fused, and what the learning found."""
 
     kinds: dict[str, FusionKindOut]
-    """Per kind of request: context (the request has words) and no-context."""
+    """Per kind of request: context (the request has words), named (its words name catalog
+    items) and no-context."""
     min_labelled_impressions: int
     sources: list[str]
     """The candidate sources of this appliance."""

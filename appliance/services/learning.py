@@ -1,6 +1,7 @@
 """The learned fusion: weights learned in the background from the appliance's own impressions.
 
-Each kind of request (with a context, or without) has weights of its own. Until enough of its
+Each kind of request (with a context, with one that names catalog items, or without) has
+weights of its own. Until enough of its
 impressions have been answered by feedback, and whenever the learned weights do worse than plain
 reciprocal-rank fusion on the newest impressions, requests of that kind are fused by plain RRF.
 A failed training keeps whatever was in use before.
@@ -52,18 +53,23 @@ class RequestKind(enum.StrEnum):
     """Requests whose sources are fused with weights of their own.
 
     Which sources are worth most depends on what a request carries: the words of a context are
-    best matched by some, a user's history alone by others. The weights learned from one kind
-    never move the other's.
+    best matched by some, the items a request names ("something like ...") or a user's history
+    by others. The weights learned from one kind never move another's.
     """
 
     CONTEXT = "context"
-    """The request had words (a context), with or without the user's history."""
+    """The request had words (a context) naming no catalog item, with or without the user's
+    history."""
+    NAMED = "named"
+    """The request's words named catalog items."""
     NO_CONTEXT = "no-context"
-    """The request had none: the user's history, or nothing (cold start)."""
+    """The request had no words: the user's history, or nothing (cold start)."""
 
     @classmethod
-    def of(cls, *, has_context: bool) -> RequestKind:
-        """Return the kind of a request with or without a context."""
+    def of(cls, *, has_context: bool, names_items: bool = False) -> RequestKind:
+        """Return the kind of a request, from whether it had words and named items in them."""
+        if names_items:
+            return cls.NAMED
         return cls.CONTEXT if has_context else cls.NO_CONTEXT
 
 
@@ -112,7 +118,7 @@ class FusionLearner:
         self._worker: asyncio.Task[None] | None = None
 
     def choose(
-        self, requested: FusionMode | None, *, has_context: bool
+        self, requested: FusionMode | None, kind: RequestKind
     ) -> tuple[FusionMode, dict[str, float] | None]:
         """Return the fusion a request gets, and its weights (``None`` for plain RRF).
 
@@ -121,7 +127,7 @@ class FusionLearner:
         for learned fusion before there is any gets plain RRF too: the response's ``fusion``
         says which ran.
         """
-        weights = self.state.kinds[RequestKind.of(has_context=has_context)].weights
+        weights = self.state.kinds[kind].weights
         if requested is FusionMode.RRF or weights is None:
             return FusionMode.RRF, None
         return FusionMode.LEARNED, weights
@@ -179,11 +185,13 @@ class FusionLearner:
             self._on_weights_changed()
 
     def _fit(self, data: TrainingSet) -> dict[RequestKind, FitResult | None]:
+        rows = {
+            RequestKind.NAMED: data.names_items,
+            RequestKind.CONTEXT: data.has_context & ~data.names_items,
+            RequestKind.NO_CONTEXT: ~data.has_context,
+        }
         return {
-            kind: fit_weights(
-                data.where(data.has_context == (kind is RequestKind.CONTEXT)),
-                prior_strength=self._settings.prior_strength,
-            )
+            kind: fit_weights(data.where(rows[kind]), prior_strength=self._settings.prior_strength)
             for kind in RequestKind
         }
 

@@ -21,7 +21,7 @@ from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
 from appliance.services.fusion import reciprocal_rank_fusion
-from appliance.services.learning import FusionLearner, FusionMode
+from appliance.services.learning import FusionLearner, FusionMode, RequestKind
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
 from appliance.services.sources import CandidateSource, Plan, PriorSource
@@ -101,6 +101,8 @@ class RecommendationResult:
     """The number of items asked for."""
     has_context: bool = False
     """Whether the request had words (a context)."""
+    names_items: bool = False
+    """Whether those words named catalog items."""
     candidates: tuple[LoggedCandidate, ...] = ()
     """Every fused candidate in the final order, shown or not, as the impression log keeps it."""
     reused_from: str | None = None
@@ -118,6 +120,7 @@ class RecommendationResult:
             top_k=self.top_k,
             candidates=self.candidates,
             candidates_of=self.reused_from,
+            names_items=self.names_items,
         )
 
 
@@ -207,7 +210,9 @@ class RecommendationService:
         fusion, weights = (
             (FusionMode.RRF, None)
             if self._learner is None
-            else self._learner.choose(query.fusion, has_context=bool(context))
+            else self._learner.choose(
+                query.fusion, RequestKind.of(has_context=bool(context), names_items=bool(named))
+            )
         )
         candidates = reciprocal_rank_fusion(
             {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
@@ -260,6 +265,7 @@ class RecommendationService:
             prior=prior,
             top_k=query.top_k,
             has_context=bool(context),
+            names_items=bool(named),
             candidates=_logged(candidates, query.top_k),
         )
 

@@ -88,6 +88,13 @@ CONTEXTS = {
     "camping": "gear for a weekend in the mountains",
     "office": "things for my home office desk",
 }
+#: The same shoppers, asking by naming an item they have in mind.
+NAMING = {
+    "kitchen": "Anything like the Pepper Mill?",
+    "garden": "Anything like the Pruning Shears?",
+    "camping": "Anything like the Trekking Poles?",
+    "office": "Anything like the Paper Shredder?",
+}
 #: What the judge of the learned fusion asks for: items no shopper before them picked.
 JUDGED = "things for the bathroom"
 BOTH = ["vector", "popularity"]
@@ -193,9 +200,12 @@ def test_feedback_that_answers_an_impression_labels_its_candidates(shop: TestCli
     assert labels == {first: 1.0, second: -1.0, unshown: 1.0}
 
 
-def favour(client: TestClient[Any], source: str, impressions: int) -> int:
+def favour(
+    client: TestClient[Any], source: str, impressions: int, contexts: dict[str, str] = CONTEXTS
+) -> int:
     """Shoppers who, shown both sources' items, always pick ones ``source`` proposed (those
-    only it proposed first), never one that only the other source proposed.
+    only it proposed first), never one that only the other source proposed. They ask in the
+    words of ``contexts``, a department's at a time.
 
     Returns:
         How many impressions they answered: the ones that showed items of both kinds.
@@ -211,7 +221,7 @@ def favour(client: TestClient[Any], source: str, impressions: int) -> int:
         answer = recommend(
             client,
             user_id=f"{source}-fan-{n}",
-            context=CONTEXTS[next(departments)],
+            context=contexts[next(departments)],
             top_k=6,
             **OWN_LISTS,
         )
@@ -256,9 +266,11 @@ def test_learned_weights_follow_what_users_pick(
     assert set(weights) == set(BOTH)
     assert weights[favoured] > 1.0 > weights[other]
     assert state["validation_learned"] >= state["validation_rrf"]
-    # Requests without words are another kind: nothing taught them, they keep plain RRF.
-    assert trained["kinds"]["no-context"]["status"] == "too-little-data"
-    assert trained["kinds"]["no-context"]["default"] == "rrf"
+    # Requests without words, or naming items, are other kinds: nothing taught them, they keep
+    # plain RRF.
+    for kind in ("no-context", "named"):
+        assert trained["kinds"][kind]["status"] == "too-little-data"
+        assert trained["kinds"][kind]["default"] == "rrf"
     wordless = recommend(shop, user_id=f"{favoured}-fan-0", **OWN_LISTS, fusion="learned")
     assert wordless["strategy"] == "preference"
     assert wordless["fusion"] == "rrf"
@@ -289,6 +301,26 @@ def test_learned_weights_follow_what_users_pick(
     assert first["fused_score"] == pytest.approx(
         sum(weights[s] / (60 + r) for s, r in first["source_ranks"].items()), abs=1e-6
     )
+
+
+def test_requests_that_name_items_learn_weights_of_their_own(shop: TestClient[Any]) -> None:
+    answered = favour(shop, "popularity", impressions=20, contexts=NAMING)
+    trained = train(shop)
+
+    assert answered >= 12
+    named = trained["kinds"]["named"]
+    assert named["status"] == "trained", named["detail"]
+    assert named["teaching_impressions"] == answered
+    assert named["weights"]["popularity"] > 1.0 > named["weights"]["vector"]
+    # Worded requests that name nothing learned nothing from them.
+    assert trained["kinds"]["context"]["status"] == "too-little-data"
+    naming = recommend(
+        shop, user_id="judge", context="Anything like the Soap Dish?", top_k=4, **OWN_LISTS
+    )
+    assert naming["fusion"] == "learned"
+    assert naming["fusion_weights"] == named["weights"]
+    plain = recommend(shop, user_id="judge", context=JUDGED, top_k=4, **OWN_LISTS)
+    assert plain["fusion"] == "rrf"
 
 
 def test_too_little_feedback_keeps_plain_rrf(

@@ -5,6 +5,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from appliance.backends.stores.impressions import (
     LoggedCandidate,
     SourceRank,
 )
+from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, PreferenceState
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
@@ -153,6 +155,67 @@ def test_training_set_holds_the_labelled_impressions_in_time_order(
     assert data.where(~data.has_context).impression.tolist() == [1, 1, 1]
     # The limit looks at the newest impressions only: "unanswered" and "second".
     assert impressions.training_set(WEEK, limit=2).impressions == 1
+
+
+def test_requests_that_named_items_are_told_apart(
+    store: DuckDBStore, impressions: ImpressionStore
+) -> None:
+    impressions.append(
+        [
+            impression("worded", at=NOW),
+            replace(impression("naming", at=NOW + timedelta(minutes=1)), names_items=True),
+        ]
+    )
+    answer(store, "u", "i1", request_id="worded")
+    answer(store, "u", "i1", request_id="naming")
+
+    stored = impressions.impression("naming", WEEK)
+    assert stored is not None
+    assert stored.impression.names_items is True
+    data = impressions.training_set(WEEK, limit=10)
+    assert data.has_context.tolist() == [True] * 8
+    assert data.names_items.tolist() == [False] * 4 + [True] * 4
+
+
+def test_impressions_logged_before_the_named_kind_read_as_naming_nothing(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "appliance.duckdb"
+    # A database as the appliance left it before migration 4.
+    with duckdb.connect(str(path)) as db:
+        db.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+        )
+        for migration in MIGRATIONS[:3]:
+            db.execute(migration.sql)
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [migration.version, migration.name, NOW.replace(tzinfo=None)],
+            )
+        db.execute(
+            "INSERT INTO impressions VALUES ('old', 'u', ?, 'context', true, 'rrf', 2, NULL)",
+            [NOW.replace(tzinfo=None)],
+        )
+        db.execute(
+            "INSERT INTO impression_candidates VALUES "
+            "('old', 'i0', 1, true, 0.1, [{'source': 'vector', 'rank': 1, 'score': 0.9}]), "
+            "('old', 'i1', 2, true, 0.1, [{'source': 'popularity', 'rank': 1, 'score': 1.0}])"
+        )
+
+    store = DuckDBStore(path)
+    try:
+        assert store.schema_version() == len(MIGRATIONS)
+        impressions = ImpressionStore(store.connection())
+        stored = impressions.impression("old", WEEK)
+        assert stored is not None
+        assert stored.impression.names_items is False
+        answer(store, "u", "i1", request_id="old")
+        data = impressions.training_set(WEEK, limit=10)
+        assert data.names_items.tolist() == [False, False]
+        impressions.close()
+    finally:
+        store.close()
 
 
 def test_an_empty_training_set_has_no_rows(impressions: ImpressionStore) -> None:

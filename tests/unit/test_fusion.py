@@ -192,6 +192,7 @@ def usage(
         shown=np.array(shown),
         label=np.array(label),
         has_context=np.ones(len(label), dtype=bool),
+        names_items=np.zeros(len(label), dtype=bool),
     )
 
 
@@ -238,6 +239,7 @@ def test_no_preference_means_no_change() -> None:
         shown=np.concatenate([data.shown, mirrored.shown]),
         label=np.concatenate([data.label, mirrored.label]),
         has_context=np.concatenate([data.has_context, mirrored.has_context]),
+        names_items=np.concatenate([data.names_items, mirrored.names_items]),
     )
     fit = fit_weights(both, prior_strength=10.0)
     assert fit is not None
@@ -254,6 +256,7 @@ def test_only_impressions_that_can_teach_make_pairs() -> None:
         shown=np.array([True, True, False, True, True, True, True, True, False]),
         label=np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
         has_context=np.ones(9, dtype=bool),
+        names_items=np.zeros(9, dtype=bool),
     )
     pairs, used = preference_pairs(data, rank_features(data.ranks))
     assert used.tolist() == [0]
@@ -279,6 +282,7 @@ def test_a_third_source_without_teaching_data_keeps_weight_one() -> None:
         shown=data.shown,
         label=data.label,
         has_context=data.has_context,
+        names_items=data.names_items,
     )
     fit = fit_weights(widened, prior_strength=10.0)
     assert fit is not None

@@ -106,6 +106,8 @@ class Impression:
     candidates_of: str | None = None
     """For an answer reused from the result cache: the request id of the answer it reuses, whose
     candidates (the same as ``candidates``) are stored once, with that answer's impression."""
+    names_items: bool = False
+    """Whether the request's context named catalog items (another kind of request)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,8 @@ class TrainingSet:
     """Summed weight of the answering feedback; 0 for a candidate nobody answered."""
     has_context: npt.NDArray[np.bool_]
     """Whether the row's request had words."""
+    names_items: npt.NDArray[np.bool_]
+    """Whether the row's request named catalog items."""
 
     @property
     def impressions(self) -> int:
@@ -150,6 +154,7 @@ class TrainingSet:
             shown=self.shown[rows],
             label=self.label[rows],
             has_context=self.has_context[rows],
+            names_items=self.names_items[rows],
         )
 
 
@@ -167,6 +172,7 @@ def _arrow_tables(impressions: Sequence[Impression]) -> tuple[pa.Table, pa.Table
             "fusion": [i.fusion for i in impressions],
             "top_k": pa.array([i.top_k for i in impressions], type=pa.int32()),
             "candidates_of": pa.array([i.candidates_of for i in impressions], type=pa.string()),
+            "names_items": pa.array([i.names_items for i in impressions], type=pa.bool_()),
         }
     )
     owners = [i for i in impressions if i.candidates_of is None]
@@ -358,7 +364,8 @@ class ImpressionStore:
         with self._lock:
             head = self._rows(
                 "SELECT request_id, user_id, created_at, strategy, has_context, fusion, top_k, "
-                "candidates_of FROM impressions WHERE request_id = ?",
+                "candidates_of, coalesce(names_items, false) FROM impressions "
+                "WHERE request_id = ?",
                 [request_id],
             )
             if not head:
@@ -379,7 +386,17 @@ class ImpressionStore:
                 """,  # noqa: S608 - constant fragments
                 [head[0][1], _microseconds(label_window), request_id],
             )
-        request, user_id, created_at, strategy, has_context, fusion, top_k, candidates_of = head[0]
+        (
+            request,
+            user_id,
+            created_at,
+            strategy,
+            has_context,
+            fusion,
+            top_k,
+            candidates_of,
+            names_items,
+        ) = head[0]
         candidates = tuple(
             LoggedCandidate(
                 item_id=r[0],
@@ -401,6 +418,7 @@ class ImpressionStore:
                 top_k=int(top_k),
                 candidates=candidates,
                 candidates_of=candidates_of,
+                names_items=bool(names_items),
             ),
             labels={r[0]: float(r[5]) for r in rows if r[5] is not None},
         )
@@ -421,18 +439,21 @@ class ImpressionStore:
                 f"""
                 CREATE OR REPLACE TEMP TABLE training AS
                 WITH scope AS (
-                    SELECT request_id, user_id, created_at, has_context, candidates_of
+                    SELECT request_id, user_id, created_at, has_context,
+                           coalesce(names_items, false) AS names_items, candidates_of
                     FROM impressions ORDER BY created_at DESC, request_id LIMIT ?
                 ),
                 {_LABELLED},
                 labelled AS (
-                    SELECT s.request_id, s.created_at, s.has_context FROM scope AS s
+                    SELECT s.request_id, s.created_at, s.has_context, s.names_items
+                    FROM scope AS s
                     WHERE s.request_id IN (SELECT request_id FROM labels)
                 )
                 SELECT dense_rank() OVER (ORDER BY m.created_at, m.request_id) - 1 AS impression,
                        row_number() OVER (ORDER BY m.created_at, m.request_id, c.position) - 1
                            AS row,
-                       c.shown, coalesce(l.label, 0.0) AS label, m.has_context, c.sources
+                       c.shown, coalesce(l.label, 0.0) AS label, m.has_context, m.names_items,
+                       c.sources
                 FROM labelled AS m
                 JOIN cand AS c USING (request_id)
                 LEFT JOIN labels AS l USING (request_id, item_id)
@@ -441,7 +462,8 @@ class ImpressionStore:
             )
             try:
                 rows = self._db.execute(
-                    "SELECT impression, shown, label, has_context FROM training ORDER BY row"
+                    "SELECT impression, shown, label, has_context, names_items "
+                    "FROM training ORDER BY row"
                 ).fetchnumpy()
                 entries = self._db.execute(
                     "SELECT row, s.source AS source, s.rank AS rank "
@@ -459,6 +481,7 @@ class ImpressionStore:
             shown=np.asarray(rows["shown"], dtype=np.bool_),
             label=np.asarray(rows["label"], dtype=np.float64),
             has_context=np.asarray(rows["has_context"], dtype=np.bool_),
+            names_items=np.asarray(rows["names_items"], dtype=np.bool_),
         )
 
     def close(self) -> None:

@@ -88,4 +88,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE impressions ADD COLUMN candidates_of VARCHAR;
         """,
     ),
+    Migration(
+        4,
+        "m004_impressions_names_items",
+        # Requests that name catalog items are fused with weights of their own. Impressions
+        # logged before this column existed read as naming none.
+        """
+        ALTER TABLE impressions ADD COLUMN names_items BOOLEAN DEFAULT false;
+        """,
+    ),
 )
