@@ -12,11 +12,14 @@ measured, on the training history only (``simulate_usage``):
 1. Each user with enough history keeps its older ratings as history, and its newest ones (a
    fifth, ``USAGE_SHARE``) are cut into ``visits`` consecutive parts. Everything but those parts
    is replayed first, and the collaborative model learns it.
-2. Each visit is a real recommendation request of that user (no context: the training data has
-   no words) that names every source, as the fused systems below do, answered as the API
-   answers (``Runtime.cached_recommender``) with plain RRF (nothing is learned yet), which logs
-   its impression like any response;
-   the user's next part of ratings is then recorded as feedback naming that response's
+2. Each visit is a real recommendation request of that user that names every source, as the
+   fused systems below do, answered as the API answers (``Runtime.cached_recommender``) with
+   plain RRF (nothing is learned yet), which logs its impression like any response. The
+   training data has no words: a user's odd visits (first, third, ...) have no context, and
+   the even ones ask for something like the item the user liked last so far, by its title
+   (``NAMING_CONTEXT``), the way people ask for more of what they liked ("something like Billy
+   Madison"); the appliance recognises the title as it would in anyone's words.
+   The user's next part of ratings is then recorded as feedback naming that response's
    request_id, ratings below the neutral point as negative answers. Visits go round by round,
    every user's first visit before anyone's second, so the newest impressions, which the
    learner holds out to check itself, come last.
@@ -30,10 +33,10 @@ evaluation target (each user's target and everything after it are removed), the 
 come from other users, and the tag queries' tags are absent from the item text.
 ``fused (rrf)`` and ``fused (learned)`` then answer every query, and the learned row carries
 the paired bootstrap difference from the RRF one. Only impressions where two or more sources
-proposed candidates can teach the fusion anything, and the visits have no words: the weights of
-requests with a context are not taught by them and stay plain RRF (the learner keeps one set of
-weights per kind of request), so on the worded tasks the two rows agree unless a future
-protocol simulates worded visits.
+proposed candidates can teach the fusion anything, and the learner keeps one set of weights
+per kind of request: the wordless visits teach requests without words (leave-last-out), the
+naming ones teach requests that name items (most ReDial requests). Nothing teaches requests
+whose words name no item (the tag queries): they stay plain RRF, and there the two rows agree.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
@@ -98,6 +101,8 @@ USAGE_SHARE = 0.2
 USAGE_MIN_HISTORY = 10
 #: Items shown per simulated visit.
 USAGE_TOP_K = 10
+#: What a simulated visit that names an item asks for.
+NAMING_CONTEXT = "Something like {title}"
 TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
 #: One held-back item per user: did it make the top 10, and how high.
 HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
@@ -342,14 +347,17 @@ class UsageSummary:
     """Recommendation requests made, each logged as an impression."""
     answers: int
     """Feedback events recorded as answers to them."""
-    fusion: FusionState
+    fusion: FusionState = field(default_factory=FusionState)
     """The learned fusion after training on those impressions."""
+    named: int = 0
+    """Requests in which the appliance recognised the item a naming visit asked about."""
 
     def to_json(self) -> dict[str, object]:
         """Return the summary as plain values."""
         return {
             "visits": self.visits,
             "answers": self.answers,
+            "named": self.named,
             "fusion": {
                 kind: {
                     "status": state.status.value,
@@ -405,8 +413,8 @@ class Report:
         ]
         if self.usage is not None:
             lines.append(
-                f"learned fusion, after {self.usage.visits} simulated visits answered by "
-                f"{self.usage.answers} ratings:"
+                f"learned fusion, after {self.usage.visits} simulated visits ({self.usage.named} "
+                f"of them naming an item) answered by {self.usage.answers} ratings:"
             )
             lines += [
                 f"  {kind} requests: {state.status} ({state.detail})"
@@ -494,25 +502,35 @@ class Report:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Visit:
+    """One simulated recommendation request, and the ratings that answer it."""
+
+    answers: Sequence[Interaction]
+    """One user's ratings, in time order."""
+    naming: bool
+    """Whether the request names the item the user liked last (``NAMING_CONTEXT``)."""
+
+
 def usage_visits(
     history: Iterable[Interaction], visits: int
-) -> tuple[list[Interaction], list[list[Interaction]]]:
-    """Cut the history into what is replayed first and the answers to simulated visits.
+) -> tuple[list[Interaction], list[Visit]]:
+    """Cut the history into what is replayed first and the simulated visits.
 
     Each user with at least ``USAGE_MIN_HISTORY`` ratings keeps the older ones as history; the
     newest ``USAGE_SHARE`` of them (at least one per visit) are cut into ``visits`` consecutive
-    parts, one per visit.
+    parts, one per visit. A user's second, fourth, ... visits name an item.
 
     Returns:
-        The history to replay first, and the visits' answers: every user's first part, then
-        every user's second part, and so on (each part one user's ratings in time order).
+        The history to replay first, and the visits: every user's first, then every user's
+        second, and so on.
 
     """
     by_user: dict[str, list[Interaction]] = {}
     for interaction in history:
         by_user.setdefault(interaction.user_id, []).append(interaction)
     past: list[Interaction] = []
-    rounds: list[list[list[Interaction]]] = [[] for _ in range(visits)]
+    rounds: list[list[Visit]] = [[] for _ in range(visits)]
     for user_id in sorted(by_user):
         events = sorted(by_user[user_id], key=lambda i: (i.timestamp, i.item_id))
         if visits < 1 or len(events) < USAGE_MIN_HISTORY:
@@ -522,27 +540,31 @@ def usage_visits(
         past.extend(events[:-answered])
         tail = events[-answered:]
         for n in range(visits):
-            rounds[n].append(tail[n * answered // visits : (n + 1) * answered // visits])
-    return past, [part for parts in rounds for part in parts]
+            part = tail[n * answered // visits : (n + 1) * answered // visits]
+            rounds[n].append(Visit(part, naming=n % 2 == 1))
+    return past, [visit for visits_of_round in rounds for visit in visits_of_round]
 
 
-async def simulate_usage(runtime: Runtime, answers: Sequence[Sequence[Interaction]]) -> int:
+async def simulate_usage(runtime: Runtime, visits: Sequence[Visit]) -> UsageSummary:
     """Make each visit's request, then record its answers as feedback naming the response.
 
-    See the module docstring for the protocol. Answers about items missing from the catalog
-    are skipped.
+    See the module docstring for the protocol. A naming visit of a user who has liked nothing
+    yet asks without words. Answers about items missing from the catalog are skipped.
 
     Returns:
-        How many feedback events were recorded.
+        What was asked and recorded; the fusion is not trained yet.
 
     """
     catalog = set((await anyio.to_thread.run_sync(runtime.store.content_hashes)).keys())
     every = frozenset(runtime.recommender.source_names)
-    recorded = 0
-    for part in answers:
+    recorded = named = 0
+    for visit in visits:
+        user_id = visit.answers[0].user_id
+        context = await _naming_context(runtime, user_id) if visit.naming else ""
         shown = await runtime.cached_recommender.recommend(
-            RecommendationQuery(user_id=part[0].user_id, top_k=USAGE_TOP_K, sources=every)
+            RecommendationQuery(user_id=user_id, context=context, top_k=USAGE_TOP_K, sources=every)
         )
+        named += shown.names_items
         events = [
             FeedbackInput(
                 i.user_id,
@@ -552,11 +574,22 @@ async def simulate_usage(runtime: Runtime, answers: Sequence[Sequence[Interactio
                 i.timestamp,
                 request_id=shown.request_id,
             )
-            for i in part
+            for i in visit.answers
             if i.item_id in catalog
         ]
         recorded += await runtime.feedback.import_events(events)
-    return recorded
+    return UsageSummary(len(visits), recorded, named=named)
+
+
+async def _naming_context(runtime: Runtime, user_id: str) -> str:
+    """Ask for something like the item the user liked last; nothing when they liked none."""
+    history = await anyio.to_thread.run_sync(runtime.store.user_history, user_id)
+    liked = [h for h in history if h.weight > 0]
+    if not liked:
+        return ""
+    last = max(liked, key=lambda h: (h.timestamp, h.item_id)).item_id
+    items = await anyio.to_thread.run_sync(runtime.store.get_items, [last])
+    return NAMING_CONTEXT.format(title=items[last].item.title) if last in items else ""
 
 
 async def replay(
@@ -658,7 +691,7 @@ async def run(
     *,
     rerankers: Sequence[str] = (),
     progress: Progress | None = None,
-    visits: int = 2,
+    visits: int = 4,
 ) -> Report:
     """Build an appliance from a catalog file and a history, use it, then evaluate it.
 
@@ -695,12 +728,12 @@ async def run(
             stack.push_async_callback(reranker.close)
             stages.append(RerankStage(reranker, config))
         await runtime.catalog.load_file(catalog)
-        past, answers = usage_visits(history, visits)
+        past, simulated = usage_visits(history, visits)
         await replay(runtime, past)
         # A running appliance's visitors meet a model of the history before them.
         await runtime.collaborative.wait_fresh()
-        recorded = await simulate_usage(runtime, answers)
-        usage = UsageSummary(len(answers), recorded, await runtime.fusion.train())
+        usage = await simulate_usage(runtime, simulated)
+        usage = replace(usage, fusion=await runtime.fusion.train())
         newest = max((i.timestamp for i in history), default=None)
         for task in tasks:
             await replay_liked(runtime, task.queries, newest)

@@ -50,6 +50,13 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+def made_up_name(topic: str, n: int) -> str:
+    """A one-word name no other item shares, e.g. "Kelavo" (capitalised, as titles are)."""
+    syllables = ["ka", "le", "mi", "no", "ru", "sa", "ti", "vo", "ze", "po"]
+    first = "bdgkmprstz"[sorted(TOPICS).index(topic)]
+    return (first + "".join(syllables[int(d)] for d in f"{n:02d}")).title()
+
+
 def write_catalog(path: Path) -> Path:
     lines = [
         json.dumps(
@@ -270,16 +277,18 @@ def test_usage_visits_cut_each_users_newest_ratings() -> None:
     short = [Interaction("short", f"i{n}", 5.0, start) for n in range(USAGE_MIN_HISTORY - 1)]
     shuffled = [*reversed(long), *short, *other]
 
-    past, answers = usage_visits(shuffled, visits=2)
+    past, visits = usage_visits(shuffled, visits=2)
 
-    # A fifth of each long enough history, its newest, answers two visits, round by round.
-    assert [[(i.user_id, i.item_id) for i in part] for part in answers] == [
-        [("long", "i16"), ("long", "i17")],
-        [("other", "i8")],
-        [("long", "i18"), ("long", "i19")],
-        [("other", "i9")],
+    # A fifth of each long enough history, its newest, answers two visits, round by round; each
+    # user's second visit names an item.
+    assert [([(i.user_id, i.item_id) for i in v.answers], v.naming) for v in visits] == [
+        ([("long", "i16"), ("long", "i17")], False),
+        ([("other", "i8")], False),
+        ([("long", "i18"), ("long", "i19")], True),
+        ([("other", "i9")], True),
     ]
-    assert sorted(past + [i for part in answers for i in part], key=id) == sorted(shuffled, key=id)
+    answers = [i for v in visits for i in v.answers]
+    assert sorted(past + answers, key=id) == sorted(shuffled, key=id)
     assert {i.item_id for i in past if i.user_id == "long"} == {f"i{n}" for n in range(16)}
     everything, none = usage_visits(shuffled, visits=0)
     assert none == []
@@ -299,7 +308,8 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
             json.dumps(
                 {
                     "item_id": f"{topic}-{n}",
-                    "title": f"{topic.title()} {n}",
+                    # A made-up name of its own, so that a visit that names it is understood.
+                    "title": made_up_name(topic, n),
                     "text": words + f" {words.split()[0]}" * n,
                 }
             )
@@ -334,20 +344,24 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
         fusion={"train_interval_seconds": 0.01, "min_labelled_impressions": 8},
     )
 
-    report = await run(settings, catalog, train, tasks, visits=2)
+    report = await run(settings, catalog, train, tasks, visits=4)
 
     usage = report.usage
     assert usage is not None
-    _, answers = usage_visits(train, visits=2)
-    assert usage.visits == 2 * 12 == len(answers)
-    assert usage.answers == sum(len(part) for part in answers) == 12 * 3
+    _, visits = usage_visits(train, visits=4)
+    assert usage.visits == 4 * 12 == len(visits)
+    assert usage.answers == sum(len(v.answers) for v in visits) == 12 * 4
     assert usage.fusion.trainings == 1
-    # The visits had no words: they taught the weights of wordless requests only.
+    # Every second visit asked for something like the camper's latest kettle, by its name,
+    # and was understood: those taught the weights of requests that name items; the others
+    # had no words and taught those of wordless requests. Nothing taught other worded ones.
+    assert usage.named == 2 * 12
+    assert usage.fusion.kinds[RequestKind.NAMED].fit is not None
     wordless = usage.fusion.kinds[RequestKind.NO_CONTEXT]
     assert wordless.status == "trained", wordless.detail
     assert wordless.weights is not None
     assert wordless.weights["popularity"] > 1.0 > wordless.weights["vector"]
-    assert usage.fusion.kinds[RequestKind.CONTEXT].status == "too-little-data"
+    assert usage.fusion.kinds[RequestKind.CONTEXT].fit is None
     assert wordless.fit is not None
     checked, plain = wordless.fit.validation_learned, wordless.fit.validation_rrf
     assert checked is not None
