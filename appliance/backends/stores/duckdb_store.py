@@ -245,21 +245,26 @@ class DuckDBStore:
         now = _naive_utc(datetime.now(UTC))
         with self._transaction():
             ids = [i.item_id for i in items]
-            known = dict(
-                self._rows(
-                    "SELECT item_id, seq FROM items WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
+            # Replaced items keep their sequence number and creation time.
+            known = {
+                item_id: (seq, created_at)
+                for item_id, seq, created_at in self._rows(
+                    "SELECT item_id, seq, created_at FROM items "
+                    "WHERE item_id IN (SELECT unnest(?::VARCHAR[]))",
                     [ids],
                 )
-            )
+            }
             row = self._first("SELECT coalesce(max(seq), 0) FROM items")
             next_seq = int(row[0]) + 1 if row else 1
             stored: list[StoredItem] = []
+            created: list[datetime] = []
             for item in items:
-                seq = known.get(item.item_id)
+                seq, created_at = known.get(item.item_id, (None, now))
                 if seq is None:
-                    seq = known[item.item_id] = next_seq
+                    seq = next_seq
                     next_seq += 1
                 stored.append(StoredItem(item, item.content_hash, int(seq)))
+                created.append(created_at)
             batch = pa.table(
                 {
                     "item_id": ids,
@@ -268,19 +273,15 @@ class DuckDBStore:
                     "metadata": [msgspec.json.encode(s.item.metadata).decode() for s in stored],
                     "content_hash": [s.content_hash for s in stored],
                     "seq": pa.array([s.seq for s in stored], type=pa.int64()),
+                    "created_at": pa.array(created, type=pa.timestamp("us")),
                     "updated_at": pa.array([now] * len(stored), type=pa.timestamp("us")),
                 }
             )
             self._db.register("incoming_items", batch)
             try:
-                # Replaced items keep their created_at.
                 self._rows(
-                    """
-                    INSERT OR REPLACE INTO items
-                    SELECT n.item_id, n.title, n.text, n.metadata::JSON, n.content_hash, n.seq,
-                           coalesce(o.created_at, n.updated_at), n.updated_at
-                    FROM incoming_items AS n LEFT JOIN items AS o USING (item_id)
-                    """
+                    "INSERT OR REPLACE INTO items SELECT item_id, title, text, metadata::JSON, "
+                    "content_hash, seq, created_at, updated_at FROM incoming_items"
                 )
             finally:
                 self._db.unregister("incoming_items")
