@@ -104,6 +104,7 @@ class FusionController(Controller):
             strategy=i.strategy,
             fusion=i.fusion,
             top_k=i.top_k,
+            kind=RequestKind.of(has_context=i.has_context, names_items=i.names_items),
             candidates=[
                 ImpressionCandidateOut(
                     item_id=c.item_id,

@@ -95,3 +95,5 @@ class ImpressionOut(Response):
     fusion: str
     top_k: int
     candidates: list[ImpressionCandidateOut]
+    kind: str = ""
+    """The kind of request, whose weights learned fusion uses: context, named or no-context."""

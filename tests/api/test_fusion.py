@@ -319,8 +319,12 @@ def test_requests_that_name_items_learn_weights_of_their_own(shop: TestClient[An
     )
     assert naming["fusion"] == "learned"
     assert naming["fusion_weights"] == named["weights"]
+    assert logged(shop, naming["request_id"])["kind"] == "named"
     plain = recommend(shop, user_id="judge", context=JUDGED, top_k=4, **OWN_LISTS)
     assert plain["fusion"] == "rrf"
+    assert logged(shop, plain["request_id"])["kind"] == "context"
+    wordless = recommend(shop, user_id="judge", top_k=4, **OWN_LISTS)
+    assert logged(shop, wordless["request_id"])["kind"] == "no-context"
 
 
 def test_too_little_feedback_keeps_plain_rrf(
