@@ -28,6 +28,7 @@ from appliance.schemas.admin import (
     UserPage,
 )
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
+from appliance.schemas.fusion import FusionOut
 from appliance.schemas.items import ItemOut, ItemPage, ItemsUpsertResponse
 from appliance.schemas.recommendations import RecommendationRequest, RecommendationResponse
 from appliance.schemas.system import Health, Stats
@@ -175,6 +176,10 @@ class ApplianceApi:
     async def config(self) -> EffectiveConfig:
         """GET /admin/config: the effective settings, secrets masked."""
         return await self._call("GET", "/admin/config", EffectiveConfig)
+
+    async def fusion(self) -> FusionOut:
+        """GET /admin/fusion: the fusion each kind of request gets, and what learning found."""
+        return await self._call("GET", "/admin/fusion", FusionOut)
 
     async def set_reranker(self, kind: str) -> RerankerState:
         """PUT /admin/reranker: switch the re-ranker while the appliance runs."""

@@ -31,6 +31,7 @@ MONITORING = frozenset(
         ("GET", "/stats"),
         ("GET", "/admin/errors"),
         ("GET", "/admin/config"),
+        ("GET", "/admin/fusion"),
         ("GET", "/feedback"),
     }
 )

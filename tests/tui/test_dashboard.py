@@ -17,9 +17,11 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Input, ProgressBar, Select, Static, Tree
 from textual.widgets.tree import TreeNode
 
+from appliance.schemas.fusion import FusionKindOut, FusionOut, ImpressionLogOut
 from tests.conftest import Served, free_port
 from tui.app import DashboardApp, make_app
 from tui.screens.overview import OverviewPane
+from tui.screens.settings import describe_fusion
 from tui.screens.users import UserScreen
 from tui.testing import wait_until
 from tui.widgets.dialogs import ConfirmScreen, ItemScreen
@@ -275,6 +277,16 @@ async def test_settings_show_the_configuration_and_switch_the_reranker(
         select = app.query_one("#reranker", Select)
         assert not select.disabled
         assert select.value == "none"
+        # The learned fusion, as GET /admin/fusion has it: nothing learned yet on a new appliance.
+        fusion = app.query_one("#fusion-status", Static)
+        await wait_until(pilot, lambda: "no-context" in text(fusion), what="the fusion")
+        async with httpx.AsyncClient(base_url=appliance.url) as client:
+            kinds = (await client.get("/admin/fusion")).json()["kinds"]
+        assert text(fusion).splitlines() == [
+            line
+            for kind, state in kinds.items()
+            for line in (f"{kind}: rrf", f"  untrained: {state['detail']}")
+        ]
 
         select.value = "openai"
         status = app.query_one("#reranker-status", Static)
@@ -282,6 +294,39 @@ async def test_settings_show_the_configuration_and_switch_the_reranker(
         async with httpx.AsyncClient(base_url=appliance.url) as client:
             health = (await client.get("/health")).json()
         assert health["components"]["reranker"] == "openai"
+
+
+def test_learned_weights_are_listed_heaviest_first() -> None:
+    log = ImpressionLogOut(
+        stored=0,
+        pending=0,
+        logged=0,
+        written=0,
+        candidate_rows=0,
+        batches=0,
+        largest_batch=0,
+        write_ms_per_batch=0.0,
+    )
+    trained = FusionKindOut(
+        default="learned",
+        status="trained",
+        detail="learned from 414 impressions",
+        weights={"vector": 0.25, "collaborative": 2.68, "popularity": 1.08},
+    )
+    waiting = FusionKindOut(default="rrf", status="too-little-data", detail="34 of the 100")
+    fusion = FusionOut(
+        kinds={"named": trained, "context": waiting},
+        min_labelled_impressions=100,
+        sources=["vector", "collaborative", "popularity"],
+        impressions=log,
+    )
+
+    assert describe_fusion(fusion).splitlines() == [
+        "named: learned (collaborative 2.68, popularity 1.08, vector 0.25)",
+        "  trained: learned from 414 impressions",
+        "context: rrf",
+        "  too-little-data: 34 of the 100",
+    ]
 
 
 async def test_an_unreachable_appliance_shows_a_banner_until_it_answers(

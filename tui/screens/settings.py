@@ -1,4 +1,4 @@
-"""Settings: the effective configuration, and switching the re-ranker."""
+"""Settings: the effective configuration, switching the re-ranker, and the learned fusion."""
 
 from __future__ import annotations
 
@@ -14,12 +14,13 @@ from textual.widgets import Label, Select, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from appliance.schemas.admin import EffectiveConfig
+from appliance.schemas.fusion import FusionOut
 from tui.api import ApiError, ApplianceApi
 from tui.screens.base import Pane
 
 
 class SettingsPane(Pane):
-    """GET /admin/config as a tree; PUT /admin/reranker from a Select."""
+    """GET /admin/config as a tree; PUT /admin/reranker from a Select; GET /admin/fusion."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("r", "refresh", "Refresh")]
 
@@ -36,6 +37,8 @@ class SettingsPane(Pane):
                 yield Label("Re-ranker", classes="section")
                 yield Select[str]([], prompt="re-ranker", id="reranker", allow_blank=True)
                 yield Static("", id="reranker-status", markup=False)
+                yield Label("Learned fusion", classes="section")
+                yield Static("", id="fusion-status", markup=False)
 
     def on_mount(self) -> None:
         """Section titles."""
@@ -51,7 +54,7 @@ class SettingsPane(Pane):
 
     @work(exclusive=True, group="settings", exit_on_error=False)
     async def load(self) -> None:
-        """Fetch and show the configuration."""
+        """Fetch and show the configuration and the fusion."""
         status = self.query_one("#reranker-status", Static)
         try:
             config = await self.api.config()
@@ -59,6 +62,11 @@ class SettingsPane(Pane):
             self.report(e, status, "cannot read the configuration")
             return
         self.show(config)
+        fusion = self.query_one("#fusion-status", Static)
+        try:
+            fusion.update(describe_fusion(await self.api.fusion()))
+        except ApiError as e:
+            self.report(e, fusion, "cannot read the fusion")
 
     def show(self, config: EffectiveConfig) -> None:
         """Rebuild the tree and the re-ranker switch."""
@@ -115,6 +123,18 @@ class SettingsPane(Pane):
         self.reranker_kind = state.kind
         self.notify(f"re-ranker switched to {state.kind}", markup=False)
         self.load()
+
+
+def describe_fusion(fusion: FusionOut) -> str:
+    """Per kind of request: the fusion it gets, the weights in use and why, one kind a block."""
+    blocks = []
+    for kind, state in fusion.kinds.items():
+        head = f"{kind}: {state.default}"
+        if state.weights:
+            weights = sorted(state.weights.items(), key=lambda pair: -pair[1])
+            head += " (" + ", ".join(f"{source} {weight:.2f}" for source, weight in weights) + ")"
+        blocks.append(f"{head}\n  {state.status}: {state.detail}")
+    return "\n".join(blocks)
 
 
 def _add(node: TreeNode[None], value: Mapping[str, Any]) -> None:
