@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Protocol, runtime_checkable
 
 import anyio.to_thread
@@ -71,8 +72,8 @@ class VectorSource:
         """Search the index; nothing when the request has neither context nor preferences."""
         if plan.query_vector is None:
             return []
-        return await anyio.to_thread.run_sync(
-            self._index.search, plan.query_vector, plan.limit, plan.selection
+        return await run_search(
+            self._index, partial(self._index.search, plan.query_vector, plan.limit, plan.selection)
         )
 
 
@@ -226,6 +227,18 @@ class HistorySource:
         return await anyio.to_thread.run_sync(
             self._index.recommend, liked, disliked, plan.limit, plan.selection
         )
+
+
+async def run_search(index: VectorIndex, search: Callable[[], list[Hit]]) -> list[Hit]:
+    """Run one of ``index``'s searches where it costs least (see ``searches_hold_interpreter``).
+
+    Measured with the benchmark's unique requests at concurrency 32 (100K items), four runs of
+    each, alternated: 219-276 req/s (median 252) with the searches in worker threads, 250-310
+    (median 289) on the event loop.
+    """
+    if index.searches_hold_interpreter:
+        return search()
+    return await anyio.to_thread.run_sync(search)
 
 
 async def first_admitted(

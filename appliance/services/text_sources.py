@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import anyio.to_thread
 
 from appliance.backends.indexes.protocol import VectorIndex
 from appliance.domain import Hit, Selection
-from appliance.services.sources import Plan
+from appliance.services.sources import Plan, run_search
 
 
 class KeywordSource:
@@ -24,8 +26,9 @@ class KeywordSource:
         """Search the index's keyword vectors; nothing without a context."""
         if not plan.context:
             return []
-        return await anyio.to_thread.run_sync(
-            self._index.keyword_search, plan.context, plan.limit, plan.selection
+        return await run_search(
+            self._index,
+            partial(self._index.keyword_search, plan.context, plan.limit, plan.selection),
         )
 
 

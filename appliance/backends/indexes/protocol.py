@@ -31,10 +31,15 @@ class VectorIndex(Protocol):
 
     Everything in it can be rebuilt from the store, so implementations may favour speed over
     durability of their own. Methods are synchronous and thread-safe; callers run them off the
-    event loop.
+    event loop, except the searches of an index that holds the interpreter lock through them.
     """
 
     dimension: int
+    searches_hold_interpreter: bool
+    """Whether ``search`` and ``keyword_search`` keep Python's interpreter lock while they run, as
+    an in-process engine that never releases it does. Nothing else runs meanwhile wherever they
+    are called, so callers run them on the event loop: a worker thread would add two hand-offs
+    and no parallelism. An index that waits on the network must say False."""
 
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         """Insert or replace items (vector, fingerprint and filterable metadata)."""
