@@ -364,8 +364,7 @@ class ImpressionStore:
         with self._lock:
             head = self._rows(
                 "SELECT request_id, user_id, created_at, strategy, has_context, fusion, top_k, "
-                "candidates_of, coalesce(names_items, false) FROM impressions "
-                "WHERE request_id = ?",
+                "candidates_of, names_items FROM impressions WHERE request_id = ?",
                 [request_id],
             )
             if not head:
@@ -439,8 +438,7 @@ class ImpressionStore:
                 f"""
                 CREATE OR REPLACE TEMP TABLE training AS
                 WITH scope AS (
-                    SELECT request_id, user_id, created_at, has_context,
-                           coalesce(names_items, false) AS names_items, candidates_of
+                    SELECT request_id, user_id, created_at, has_context, names_items, candidates_of
                     FROM impressions ORDER BY created_at DESC, request_id LIMIT ?
                 ),
                 {_LABELLED},
