@@ -223,6 +223,11 @@ class FeedbackSettings(_Section, frozen=True):
     """Ratings above this count as positive, below it as negative (scale 0 to 5)."""
     half_life_days: PositiveFloat = 90.0
     """Age at which an event weighs half as much in the preference vector as a new one."""
+    preference_flush_seconds: PositiveFloat = 1.0
+    """How often the users' changed preference vectors are written to the database, all in one
+    transaction. An event is durable when it is acknowledged, and a restart after a crash folds
+    the events that the written vectors lack back in: longer saves writes, at the cost of more
+    events to fold in then."""
 
 
 class CacheSettings(_Section, frozen=True):

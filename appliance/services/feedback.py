@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,8 @@ from appliance.domain import FeedbackEvent, InteractionType, PreferenceState, in
 from appliance.errors import InvalidInputError, NotFoundError
 from appliance.services.preferences import apply_event, preference_direction
 from appliance.settings import FeedbackSettings
+
+log = logging.getLogger(__name__)
 
 #: Clock skew tolerated between a client and the appliance for event timestamps.
 FUTURE_TOLERANCE = timedelta(minutes=5)
@@ -117,13 +120,55 @@ class FeedbackService:
         # the same user from overwriting each other.
         self._update_lock = asyncio.Lock()
         self._waiting: collections.deque[_Pending] = collections.deque()
+        self._flusher: asyncio.Task[None] | None = None
         self.groups = GroupStats()
         """How single events were grouped into commits since start-up."""
+
+    async def start(self) -> None:
+        """Fold in the events that the stored preferences lack, then write changed ones regularly.
+
+        Events lack from the stored preferences only when the process stopped before it wrote
+        them; the vectors of their items must be in the index, so this runs once the index
+        agrees with the store, before serving.
+        """
+        folded = await anyio.to_thread.run_sync(self._fold_unfolded)
+        if folded:
+            log.info("%d feedback events folded into preferences written before they came", folded)
+        self._flusher = asyncio.create_task(self._flush_regularly(), name="preference-flush")
+
+    async def close(self) -> None:
+        """Stop the regular writes and write what changed since the last one."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+            self._flusher = None
+        await anyio.to_thread.run_sync(self._store.flush_preferences)
+
+    async def _flush_regularly(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.preference_flush_seconds)
+            try:
+                await anyio.to_thread.run_sync(self._store.flush_preferences)
+            except Exception:
+                # The states stay in memory and go with the next write; the events are stored.
+                log.exception("writing the users' preference vectors failed; trying again")
+
+    def _fold_unfolded(self) -> int:
+        events = self._store.unfolded_events()
+        if not events:
+            return 0
+        vectors = self._index.vectors(sorted({e.item_id for e in events}))
+        states = self._store.preferences(sorted({e.user_id for e in events}))
+        self._fold(states, events, vectors)
+        self._store.put_preferences(list(states.values()))
+        return len(events)
 
     async def record(self, event: FeedbackInput) -> FeedbackReceipt:
         """Store a feedback event and update the user's preference vector.
 
-        The event and the new preference are committed before this returns. Events that arrive
+        The event is committed before this returns, and the new preference is in use from then
+        on (it is written to the database with the next regular write, and after a crash it is
+        folded in again from the events at start-up). Events that arrive
         while a commit is running are committed together by the next caller to get the update
         lock (group commit): one transaction, each caller acknowledged only once it is durable.
 
@@ -193,9 +238,9 @@ class FeedbackService:
     async def import_events(self, events: Sequence[FeedbackInput]) -> int:
         """Record many historical events at once, e.g. an export from another system.
 
-        The whole batch is checked first and then stored in one transaction, together with the
-        preference vectors of its users, exactly as recording the events one by one would
-        leave them (the update does not depend on the order of events).
+        The whole batch is checked first and then stored in one transaction, and the
+        preference vectors of its users become exactly what recording the events one by one
+        would make them (the update does not depend on the order of events).
 
         Returns:
             How many events were stored.
@@ -416,7 +461,7 @@ class FeedbackService:
                     raise NotFoundError(f"user {uid!r} has no feedback")
                 rebuilt = await anyio.to_thread.run_sync(self._replay, before)
                 deviation = max(deviation, _distance(before, rebuilt))
-                await anyio.to_thread.run_sync(self._store.put_preference, rebuilt)
+                await anyio.to_thread.run_sync(self._store.put_preferences, [rebuilt])
                 self._on_users_changed([uid])
         return RebuildSummary(users=len(users), max_deviation=deviation)
 

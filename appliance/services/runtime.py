@@ -359,6 +359,8 @@ async def open_runtime(
             summary.removed,
             summary.failed,
         )
+        await feedback.start()
+        stack.push_async_callback(feedback.close)
         started = time.perf_counter()
         items = await anyio.to_thread.run_sync(store.warm_items)
         users = await anyio.to_thread.run_sync(store.warm_users)

@@ -1,3 +1,4 @@
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -197,7 +198,7 @@ def test_content_hashes(store: DuckDBStore) -> None:
 # -- feedback and users ---------------------------------------------------------------------
 
 
-def test_record_feedback_and_preference_round_trip(store: DuckDBStore) -> None:
+def test_record_feedback_and_preference_round_trip(db_path: Path) -> None:
     state = PreferenceState(
         user_id="alice",
         vector_sum=np.array([0.1, -1 / 3, 1e-300, 12345.678901234567], dtype=np.float64),
@@ -207,8 +208,11 @@ def test_record_feedback_and_preference_round_trip(store: DuckDBStore) -> None:
         created_at=NOW - timedelta(days=1, microseconds=7),
         vector_updated_at=NOW,
     )
-    store.record_feedback(_event("alice", "item-000"), state)
-    got = store.preference("alice")
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        store.record_feedback(_event("alice", "item-000"), state)
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        got = store.preference("alice")
+        assert store.preference("bob") is None
     assert got is not None
     assert got.vector_sum.dtype == np.float64
     np.testing.assert_array_equal(got.vector_sum, state.vector_sum)
@@ -217,13 +221,14 @@ def test_record_feedback_and_preference_round_trip(store: DuckDBStore) -> None:
     assert got.feedback_count == 2
     assert got.created_at == state.created_at
     assert got.vector_updated_at == state.vector_updated_at
-    assert store.preference("bob") is None
 
 
-def test_preference_without_vector_round_trips(store: DuckDBStore) -> None:
+def test_preference_without_vector_round_trips(db_path: Path) -> None:
     state = PreferenceState(user_id="carol", vector_sum=None, feedback_count=1, created_at=NOW)
-    store.record_feedback(_event("carol", "gone"), state)
-    got = store.preference("carol")
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        store.record_feedback(_event("carol", "gone"), state)
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        got = store.preference("carol")
     assert got is not None
     assert got.vector_sum is None
     assert got.anchor is None
@@ -241,10 +246,140 @@ def test_recording_again_replaces_the_preference(store: DuckDBStore) -> None:
     assert got.feedback_count == 2
     np.testing.assert_array_equal(got.vector_sum, [1.0, 2.0, 3.0])
     assert store.user_ids() == ["alice"]
-    store.put_preference(_state("alice", count=7))
+    store.put_preferences([_state("alice", count=7)])
     got = store.preference("alice")
     assert got is not None
     assert got.feedback_count == 7
+
+
+def _users_table(store: DuckDBStore) -> dict[str, int]:
+    """The users table as stored (not as the store answers), user id to feedback count."""
+    reader = store.connection()
+    try:
+        return dict(reader.execute("SELECT user_id, feedback_count FROM users").fetchall())
+    finally:
+        reader.close()
+
+
+def test_states_wait_in_memory_until_a_flush_writes_them_together(store: DuckDBStore) -> None:
+    store.record_feedback(_event("alice", "item-000"), _state("alice", count=1))
+    store.record_feedback_batch(
+        [_event("bob", "item-001"), _event("alice", "item-002")],
+        [_state("bob", count=1), _state("alice", count=2)],
+    )
+
+    assert _users_table(store) == {}
+    assert [(e.user_id, e.item_id) for e in store.unfolded_events()] == [
+        ("alice", "item-000"),
+        ("bob", "item-001"),
+        ("alice", "item-002"),
+    ]
+    state = store.preference("alice")
+    assert state is not None
+    assert state.feedback_count == 2
+
+    assert store.flush_preferences() == 2
+    assert _users_table(store) == {"alice": 2, "bob": 1}
+    assert store.unfolded_events() == []
+    assert store.flush_preferences() == 0
+
+
+def test_reads_of_the_users_table_include_the_states_in_memory(store: DuckDBStore) -> None:
+    store.record_feedback(_event("alice", "item-000"), _state("alice", count=1))
+    assert [u.user_id for u in store.list_users(None, 10)] == ["alice"]
+    store.record_feedback(_event("bob", "item-000"), _state("bob", count=1))
+    assert store.user_ids() == ["alice", "bob"]
+    store.record_feedback(_event("carol", "item-000"), _state("carol", count=1))
+    assert store.counts().users == 3
+    store.record_feedback(_event("dave", "item-000"), _state("dave", count=1))
+    assert store.user_feedback("dave", None, 10) is not None
+
+
+def test_a_user_deleted_before_the_flush_is_not_written_back(store: DuckDBStore) -> None:
+    store.record_feedback(_event("alice", "item-000"), _state("alice"))
+    store.record_feedback(_event("bob", "item-000"), _state("bob"))
+    assert store.delete_user("alice") == 1
+    store.flush_preferences()
+    assert _users_table(store) == {"bob": 1}
+    assert store.preference("alice") is None
+
+
+def test_states_lost_with_the_process_leave_their_events_to_fold_in(db_path: Path) -> None:
+    # The process ends without closing the store, as a crash would end it.
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from datetime import UTC, datetime
+        import numpy as np
+        from appliance.backends.stores.duckdb_store import DuckDBStore
+        from appliance.domain import FeedbackEvent, InteractionType, PreferenceState
+
+        store = DuckDBStore(__import__("pathlib").Path(sys.argv[1]))
+        def record(user, item, count):
+            at = datetime(2024, 6, 1, tzinfo=UTC)
+            store.record_feedback(
+                FeedbackEvent(user, item, InteractionType.LIKE, None, 1.0, at),
+                PreferenceState(user, np.ones(3), 1.0, at.timestamp(), count, at, at),
+            )
+        record("alice", "item-000", 1)
+        store.flush_preferences()
+        record("bob", "item-001", 1)
+        record("alice", "item-002", 2)
+        os._exit(0)
+        """
+    )
+    result = subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stderr
+
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        alice = store.preference("alice")
+        assert alice is not None
+        assert alice.feedback_count == 1
+        assert store.preference("bob") is None
+        assert [(e.user_id, e.item_id) for e in store.unfolded_events()] == [
+            ("bob", "item-001"),
+            ("alice", "item-002"),
+        ]
+        store.put_preferences([_state("alice", count=2), _state("bob", count=1)])
+        assert store.unfolded_events() == []
+        assert _users_table(store) == {"alice": 2, "bob": 1}
+
+
+def test_a_database_from_before_kept_states_has_nothing_to_fold_in(db_path: Path) -> None:
+    # Before migration 5 every state was written with its events.
+    db_path.parent.mkdir(parents=True)
+    with duckdb.connect(str(db_path)) as db:
+        db.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
+        )
+        for migration in MIGRATIONS[:4]:
+            db.execute(migration.sql)
+            db.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                [migration.version, migration.name, NOW.replace(tzinfo=None)],
+            )
+        db.execute(
+            "INSERT INTO feedback (user_id, item_id, interaction_type, weight, event_time, "
+            "received_at) VALUES ('alice', 'item-000', 'like', 1.0, ?, ?)",
+            [NOW.replace(tzinfo=None)] * 2,
+        )
+        db.execute(
+            "INSERT INTO users VALUES ('alice', [1.0, 0.0], 1.0, 0.0, 1, ?, ?)",
+            [NOW.replace(tzinfo=None)] * 2,
+        )
+
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        assert store.schema_version() == len(MIGRATIONS)
+        assert store.unfolded_events() == []
+        store.record_feedback(_event("alice", "item-001"), _state("alice", count=2))
+        assert [e.item_id for e in store.unfolded_events()] == ["item-001"]
 
 
 def test_seen_item_ids(store: DuckDBStore) -> None:
@@ -496,6 +631,8 @@ def test_an_export_imports_into_an_identical_store(
     )
     # ``then`` ran inside the transaction, with the rows already in.
     assert ran == [counts] == [Counts(items=5, users=1, feedback_events=2)]
+    # The exported users hold their events: none is folded in again at the next start.
+    assert other.unfolded_events() == []
     assert other.list_items(None, 10) == store.list_items(None, 10)
     assert other.user_events("alice") == store.user_events("alice")
     assert other.feedback_after(None, 10) == store.feedback_after(None, 10)
@@ -582,7 +719,7 @@ def test_a_read_after_a_write_sees_the_write(store: DuckDBStore) -> None:
     assert {h.item_id for h in store.user_history("alice")} == {"item-000", "item-002"}
     assert store.preference("bob") is not None
 
-    store.put_preference(_state("alice", 7))
+    store.put_preferences([_state("alice", 7)])
     state = store.preference("alice")
     assert state is not None
     assert state.feedback_count == 7

@@ -9,6 +9,7 @@ be missing, and no accepted request may fail.
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import signal
@@ -181,10 +182,18 @@ def test_sigkill_during_feedback_loses_no_acknowledged_event(tmp_path: Path, see
 
     with serving(tmp_path / "data", tmp_path / "second.log") as again:
         stored = all_events(again.url)
+        counts = {
+            user: httpx.get(f"{again.url}/users/{user}").json()["feedback_count"]
+            for user in {u for u, _, _ in stored}
+        }
+        rebuilt = httpx.post(f"{again.url}/admin/users/rebuild", timeout=60).json()
     expected = [(user, item) for user, item, _ in out.acknowledged]
     # Every acknowledged event, in order; at most the one request in flight may also be there.
     assert [(u, i) for u, i, _ in stored[: len(expected)]] == expected
     assert len(stored) - len(expected) in {0, 1}
+    # The preferences hold every stored event, also those whose preference the kill lost.
+    assert counts == collections.Counter(u for u, _, _ in stored)
+    assert rebuilt["max_deviation"] < 1e-6
 
 
 @pytest.mark.parametrize("seed", SEEDS[:2])

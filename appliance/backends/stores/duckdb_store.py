@@ -141,6 +141,12 @@ class DuckDBStore:
     since: a query costs milliseconds and holds the store's lock, which feedback commits need.
     Each write forgets what it changed, under the same lock as the reads that fill the caches,
     so a cached read is never older than the last commit.
+
+    A feedback commit stores the events; the users' new preference states wait in memory and
+    are written together every so often (``flush_preferences``), and before anything reads the
+    users table. A state follows from its user's events, which are durable once committed, so
+    this only keeps a state's write (most of a small commit's cost) out of every commit: after a
+    crash, ``unfolded_events`` are the events the stored states lack.
     """
 
     def __init__(
@@ -160,7 +166,12 @@ class DuckDBStore:
         self._items: _ReadCache[StoredItem] = _ReadCache(cached_items)
         self._preferences: _ReadCache[PreferenceState | None] = _ReadCache(cached_users)
         self._histories: _ReadCache[tuple[HistoryEntry, ...]] = _ReadCache(cached_users)
+        # Committed users' states not yet in the users table, under the store's lock.
+        self._unsaved: dict[str, PreferenceState] = {}
+        # Taken before the store's lock by whatever writes the users table.
+        self._flush_lock = threading.RLock()
         self._migrate()
+        self._flusher = self._db.cursor()
         self._known_users = self._load_known_users()
 
     def _migrate(self) -> None:
@@ -364,17 +375,21 @@ class DuckDBStore:
     # -- feedback and users ------------------------------------------------------------------
 
     def record_feedback(self, event: FeedbackEvent, state: PreferenceState) -> None:
-        """Store an event and the user's updated preference in one durable transaction."""
+        """Store an event durably, and the user's state with it as of that event.
+
+        The event is committed before this returns; the state is kept in memory and written
+        with the next ``flush_preferences`` (it follows from the events).
+        """
         with self._writing_users([state]):
             self._insert_event(event)
-            self._write_state(state)
 
     def record_feedback_batch(
         self, events: Sequence[FeedbackEvent], states: Sequence[PreferenceState]
     ) -> None:
-        """Store many events and the final states of their users in one transaction, via Arrow.
+        """Store many events in one transaction, via Arrow, and the final states of their users.
 
         Events keep their order: replaying a user's events (``user_events``) sees them as given.
+        The states are kept as ``record_feedback`` keeps one.
         """
         if not events:
             return
@@ -393,32 +408,8 @@ class DuckDBStore:
                 "request_id": pa.array([e.request_id for e in events], type=pa.string()),
             }
         )
-        state_table = pa.table(
-            {
-                "user_id": [s.user_id for s in states],
-                "preference": pa.array(
-                    [None if s.vector_sum is None else np.asarray(s.vector_sum) for s in states],
-                    type=pa.list_(pa.float64()),
-                ),
-                "weight_sum": pa.array([s.weight_sum for s in states], type=pa.float64()),
-                "anchor": pa.array([s.anchor for s in states], type=pa.float64()),
-                "feedback_count": pa.array([s.feedback_count for s in states], type=pa.int64()),
-                "created_at": pa.array(
-                    [_naive_utc(s.created_at or datetime.now(UTC)) for s in states],
-                    type=pa.timestamp("us"),
-                ),
-                "vector_updated_at": pa.array(
-                    [
-                        None if s.vector_updated_at is None else _naive_utc(s.vector_updated_at)
-                        for s in states
-                    ],
-                    type=pa.timestamp("us"),
-                ),
-            }
-        )
         with self._writing_users(states):
             self._db.register("incoming_events", event_table)
-            self._db.register("incoming_states", state_table)
             try:
                 self._rows(
                     "INSERT INTO feedback (user_id, item_id, interaction_type, rating, weight, "
@@ -427,10 +418,8 @@ class DuckDBStore:
                     "request_id, ? FROM incoming_events ORDER BY position",
                     [now],
                 )
-                self._rows("INSERT OR REPLACE INTO users SELECT * FROM incoming_states")
             finally:
                 self._db.unregister("incoming_events")
-                self._db.unregister("incoming_states")
 
     def _insert_event(self, event: FeedbackEvent) -> None:
         self._rows(
@@ -448,25 +437,47 @@ class DuckDBStore:
             ],
         )
 
-    def _write_state(self, state: PreferenceState) -> None:
-        vector = None if state.vector_sum is None else np.asarray(state.vector_sum).tolist()
-        self._rows(
-            "INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                state.user_id,
-                vector,
-                state.weight_sum,
-                state.anchor,
-                state.feedback_count,
-                _naive_utc(state.created_at or datetime.now(UTC)),
-                None if state.vector_updated_at is None else _naive_utc(state.vector_updated_at),
-            ],
-        )
+    def put_preferences(self, states: Sequence[PreferenceState]) -> None:
+        """Replace users' stored preference states (e.g. rebuilt from their events) now."""
+        with self._lock:
+            self._forget_users([s.user_id for s in states])
+            self._preferences.put_many({s.user_id: s for s in states})
+            self._unsaved.update({s.user_id: s for s in states})
+        self.flush_preferences()
 
-    def put_preference(self, state: PreferenceState) -> None:
-        """Replace a user's stored preference state."""
-        with self._writing_users([state]):
-            self._write_state(state)
+    def flush_preferences(self) -> int:
+        """Write the states kept since the last flush to the users table, in one transaction.
+
+        The write goes through a connection of its own, so feedback commits and reads go on
+        meanwhile (it writes only the users table, which they do not).
+
+        Returns:
+            How many users' states were written.
+
+        """
+        with self._flush_lock:
+            with self._lock:
+                kept = dict(self._unsaved)
+                if not kept:
+                    return 0
+                # Every event committed so far is in ``kept`` or in the users table already.
+                row = self._first("SELECT coalesce(max(event_id), 0) FROM feedback")
+                through = int(row[0]) if row else 0
+            with transaction(self._flusher):
+                _write_states(self._flusher, list(kept.values()), through)
+            with self._lock:
+                for user, state in kept.items():
+                    if self._unsaved.get(user) is state:  # else a newer one came meanwhile
+                        del self._unsaved[user]
+        return len(kept)
+
+    def unfolded_events(self) -> list[FeedbackEvent]:
+        """Return the events that the users table's states lack, in the order received.
+
+        There are some only when the process stopped before writing the states it kept.
+        """
+        with self._lock:
+            return self._events("event_id > (SELECT through_event_id FROM preferences_folded)", [])
 
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
@@ -482,6 +493,7 @@ class DuckDBStore:
 
     def _read_preferences(self, user_ids: list[str]) -> dict[str, PreferenceState | None]:
         """Each user's stored state, ``None`` for one without: that is worth keeping too."""
+        kept = {u: self._unsaved[u] for u in user_ids if u in self._unsaved}
         rows = self._rows(
             "SELECT user_id, preference, weight_sum, anchor, feedback_count, created_at, "
             "vector_updated_at FROM users WHERE user_id IN (SELECT unnest(?::VARCHAR[]))",
@@ -499,6 +511,7 @@ class DuckDBStore:
             )
             for row in rows
         }
+        states.update(kept)
         return {u: states.get(u) for u in user_ids}
 
     def list_users(self, after: str | None, limit: int, query: str | None = None) -> list[UserRow]:
@@ -510,6 +523,7 @@ class DuckDBStore:
             query: Only users whose id contains this, ignoring case.
 
         """
+        self.flush_preferences()
         with self._lock:
             rows = self._rows(
                 """
@@ -538,7 +552,10 @@ class DuckDBStore:
 
         """
         with self._lock:
-            if self._first("SELECT 1 FROM users WHERE user_id = ?", [user_id]) is None:
+            if (
+                user_id not in self._unsaved
+                and self._first("SELECT 1 FROM users WHERE user_id = ?", [user_id]) is None
+            ):
                 return None
             rows = self._rows(
                 f"""
@@ -584,6 +601,7 @@ class DuckDBStore:
 
     def user_ids(self) -> list[str]:
         """Return every known user id."""
+        self.flush_preferences()
         with self._lock:
             return [r[0] for r in self._rows("SELECT user_id FROM users ORDER BY user_id")]
 
@@ -626,6 +644,7 @@ class DuckDBStore:
         keep = min(self._preferences.max_entries, self._histories.max_entries)
         if keep == 0:
             return 0
+        self.flush_preferences()
         with self._lock:
             recent = [
                 r[0]
@@ -661,11 +680,14 @@ class DuckDBStore:
     def user_events(self, user_id: str) -> list[FeedbackEvent]:
         """Return a user's events in the order they were received."""
         with self._lock:
-            rows = self._rows(
-                "SELECT user_id, item_id, interaction_type, rating, weight, event_time, request_id "
-                "FROM feedback WHERE user_id = ? ORDER BY event_id",
-                [user_id],
-            )
+            return self._events("user_id = ?", [user_id])
+
+    def _events(self, where: str, params: Sequence[Any]) -> list[FeedbackEvent]:
+        rows = self._rows(
+            "SELECT user_id, item_id, interaction_type, rating, weight, event_time, request_id "  # noqa: S608 - callers' constants
+            f"FROM feedback WHERE {where} ORDER BY event_id",
+            params,
+        )
         return [
             FeedbackEvent(
                 user_id=r[0],
@@ -686,12 +708,16 @@ class DuckDBStore:
             How many feedback events were deleted.
 
         """
-        with self._transaction():
-            row = self._first("SELECT count(*) FROM feedback WHERE user_id = ?", [user_id])
-            self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
-            self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
-            self._preferences.forget([user_id])
-            self._histories.forget([user_id])
+        # No flush may write the user back meanwhile.
+        with self._flush_lock, self._lock:
+            with transaction(self._db):
+                row = self._first("SELECT count(*) FROM feedback WHERE user_id = ?", [user_id])
+                self._rows("DELETE FROM feedback WHERE user_id = ?", [user_id])
+                self._rows("DELETE FROM users WHERE user_id = ?", [user_id])
+                self._preferences.forget([user_id])
+                self._histories.forget([user_id])
+            # After the commit: had it failed, the kept state would still be the user's.
+            self._unsaved.pop(user_id, None)
         return int(row[0]) if row else 0
 
     def popularity(self, half_life_days: float) -> list[tuple[str, float]]:
@@ -732,6 +758,7 @@ class DuckDBStore:
 
     def counts(self) -> Counts:
         """Return how many items, users and feedback events are stored."""
+        self.flush_preferences()
         with self._lock:
             row = self._first(
                 "SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM users), "
@@ -757,7 +784,12 @@ class DuckDBStore:
         with self._lock:
             reader = self._db.cursor()
         try:
-            reader.execute("BEGIN TRANSACTION")
+            with self._flush_lock, self._lock:
+                # The snapshot starts (at its first read) with every kept state written, before
+                # the next commit: the users it exports hold exactly the events it exports.
+                self.flush_preferences()
+                reader.execute("BEGIN TRANSACTION")
+                reader.execute("SELECT count(*) FROM users").fetchall()
             files: dict[str, Path] = {}
             rows: dict[str, int] = {}
             for table, key in EXPORTED_TABLES.items():
@@ -826,26 +858,31 @@ class DuckDBStore:
             InvalidInputError: A file does not fit its table (columns, types, duplicate keys).
 
         """
-        with self._transaction():
-            self.ensure_empty()
-            for table in EXPORTED_TABLES:
-                try:
-                    self._rows(
-                        f"INSERT INTO {table} BY NAME "  # noqa: S608 - a constant
-                        "SELECT * FROM read_parquet(?)",
-                        [str(files[table])],
-                    )
-                except _UNFIT_ROWS as e:
-                    raise InvalidInputError(
-                        f"the {table} file does not fit this appliance's {table} table: {e}"
-                    ) from e
-            row = self._first("SELECT coalesce(max(event_id), 0) FROM feedback")
-            newest = max(last_event_id, int(row[0]) if row else 0)
-            if newest:
-                self._rows("SELECT setval('feedback_event_id', ?)", [newest])
-            self._forget_everything()
-            then()
-            return self.counts()
+        with self._flush_lock, self._lock:
+            self.flush_preferences()  # kept states are users too
+            with transaction(self._db):
+                self.ensure_empty()
+                for table in EXPORTED_TABLES:
+                    try:
+                        self._rows(
+                            f"INSERT INTO {table} BY NAME "  # noqa: S608 - a constant
+                            "SELECT * FROM read_parquet(?)",
+                            [str(files[table])],
+                        )
+                    except _UNFIT_ROWS as e:
+                        raise InvalidInputError(
+                            f"the {table} file does not fit this appliance's {table} table: {e}"
+                        ) from e
+                row = self._first("SELECT coalesce(max(event_id), 0) FROM feedback")
+                stored = int(row[0]) if row else 0
+                # An export's users hold every one of its events.
+                self._rows("UPDATE preferences_folded SET through_event_id = ?", [stored])
+                newest = max(last_event_id, stored)
+                if newest:
+                    self._rows("SELECT setval('feedback_event_id', ?)", [newest])
+                self._forget_everything()
+                then()
+                return self.counts()
 
     def _read_through(
         self,
@@ -867,16 +904,17 @@ class DuckDBStore:
 
     @contextmanager
     def _writing_users(self, states: Sequence[PreferenceState]) -> Iterator[None]:
-        """Run the block in one transaction that stores these states (and the users' events).
+        """Run the block (the users' events) in one transaction; once committed, keep the states.
 
-        What was read about the users is forgotten, and once committed their new states are
-        kept: the next event of the same user then folds into them without a query.
+        What was read about the users is forgotten, and their new states are kept, to be written
+        by the next flush: the next event of the same user then folds into them without a query.
         """
         with self._lock:
             with transaction(self._db):
                 yield
                 self._forget_users([s.user_id for s in states])
             self._preferences.put_many({s.user_id: s for s in states})
+            self._unsaved.update({s.user_id: s for s in states})
 
     def _forget_users(self, user_ids: Sequence[str]) -> None:
         """Forget what was read about users who were just written (they are known now)."""
@@ -896,7 +934,8 @@ class DuckDBStore:
             self._known_users = known
 
     def _load_known_users(self) -> set[str] | None:
-        # Every user with feedback has a row in users (events and state are written together).
+        # Every user with feedback has a row in users once the kept states are written (at
+        # start-up, after a crash, folding the unfolded events in writes the missing ones).
         with self._lock:
             row = self._first("SELECT count(*) FROM users")
             if row is None or int(row[0]) > MAX_KNOWN_USERS:
@@ -909,13 +948,53 @@ class DuckDBStore:
             return self._known_users is None or user_id in self._known_users
 
     def close(self) -> None:
-        """Checkpoint and close the database file; closing twice is harmless."""
-        with self._lock:
+        """Write the kept states, checkpoint and close the database file.
+
+        Closing twice is harmless.
+        """
+        with self._flush_lock, self._lock:
             if self._closed:
                 return
+            self.flush_preferences()
+            self._flusher.close()
             self._rows("CHECKPOINT")
             self._db.close()
             self._closed = True
+
+
+def _write_states(
+    db: duckdb.DuckDBPyConnection, states: Sequence[PreferenceState], through_event_id: int
+) -> None:
+    """Write states, and that with them the users table holds the events up to this id."""
+    table = pa.table(
+        {
+            "user_id": [s.user_id for s in states],
+            "preference": pa.array(
+                [None if s.vector_sum is None else np.asarray(s.vector_sum) for s in states],
+                type=pa.list_(pa.float64()),
+            ),
+            "weight_sum": pa.array([s.weight_sum for s in states], type=pa.float64()),
+            "anchor": pa.array([s.anchor for s in states], type=pa.float64()),
+            "feedback_count": pa.array([s.feedback_count for s in states], type=pa.int64()),
+            "created_at": pa.array(
+                [_naive_utc(s.created_at or datetime.now(UTC)) for s in states],
+                type=pa.timestamp("us"),
+            ),
+            "vector_updated_at": pa.array(
+                [
+                    None if s.vector_updated_at is None else _naive_utc(s.vector_updated_at)
+                    for s in states
+                ],
+                type=pa.timestamp("us"),
+            ),
+        }
+    )
+    db.register("incoming_states", table)
+    try:
+        db.execute("INSERT OR REPLACE INTO users SELECT * FROM incoming_states").fetchall()
+    finally:
+        db.unregister("incoming_states")
+    db.execute("UPDATE preferences_folded SET through_event_id = ?", [through_event_id]).fetchall()
 
 
 def _stored_event(row: tuple[Any, ...]) -> StoredEvent:

@@ -97,4 +97,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE impressions ADD COLUMN names_items BOOLEAN DEFAULT false;
         """,
     ),
+    Migration(
+        5,
+        "m005_preferences_folded",
+        # Users' preference states are written in bulk every so often, not with each event: the
+        # stored states hold the events up to this id, the later ones are folded in again after
+        # a crash. Until now every state was written with its event, so all are folded in.
+        """
+        CREATE TABLE preferences_folded (through_event_id BIGINT NOT NULL);
+        INSERT INTO preferences_folded SELECT coalesce(max(event_id), 0) FROM feedback;
+        """,
+    ),
 )
