@@ -30,7 +30,7 @@ from appliance.api.feedback import FeedbackController
 from appliance.api.fusion import FusionController
 from appliance.api.items import ItemController
 from appliance.api.limits import TimeoutMiddleware, rate_limit_config, too_many_requests
-from appliance.api.metrics import MetricsController, prometheus_config
+from appliance.api.metrics import MetricsController, RequestMetrics
 from appliance.api.openapi import ErrorAnswers, WireSchemas
 from appliance.api.recommendations import RecommendationController
 from appliance.api.system import SystemController
@@ -178,7 +178,7 @@ def create_app(
                 await timeouts.drain()
 
     # Outermost first: every request is counted, then limited in rate, then in time.
-    middleware: list[Middleware] = [prometheus_config().middleware]
+    middleware: list[Middleware] = [RequestMetrics()]
     if server.rate_limit_per_minute:
         middleware.append(rate_limit_config(server).middleware)
     if server.request_timeout_seconds:
