@@ -23,7 +23,7 @@ from litestar.types import Middleware
 
 from appliance import collector
 from appliance.api.admin import AdminController, ErrorLog
-from appliance.api.auth import OPENAPI_SECURITY, openapi_components, require_key
+from appliance.api.auth import OPENAPI_SECURITY, AccessMiddleware, openapi_components
 from appliance.api.backup import BackupController
 from appliance.api.bodies import StrictBodies
 from appliance.api.feedback import FeedbackController
@@ -177,12 +177,15 @@ def create_app(
                 # Requests answered early by the timeout still use the runtime.
                 await timeouts.drain()
 
-    # Outermost first: every request is counted, then limited in rate, then in time.
+    # Outermost first: every request is counted, then limited in rate, then in time, then its
+    # key is checked.
     middleware: list[Middleware] = [RequestMetrics()]
     if server.rate_limit_per_minute:
         middleware.append(rate_limit_config(server).middleware)
     if server.request_timeout_seconds:
         middleware.append(timeouts)
+    if keyring.enabled:
+        middleware.append(AccessMiddleware(keyring))
 
     return Litestar(
         route_handlers=[
@@ -205,7 +208,6 @@ def create_app(
             HTTPException: _http_error_response,
             Exception: _unexpected_error_response,
         },
-        guards=[require_key],
         middleware=middleware,
         # Bodies decoded strictly; the published schema is msgspec's and declares every error.
         plugins=[StrictBodies(), WireSchemas(), ErrorAnswers()],
