@@ -76,9 +76,9 @@ _IN_PROGRESS = Gauge(
 class RequestMetrics(ASGIMiddleware):
     """Count and time each request by method, route template and status.
 
-    The series of Litestar's Prometheus middleware, which spent more of the event loop on each
-    request than a feedback write's own work there: this one builds no request object and looks
-    each route's series up once.
+    The series of Litestar's Prometheus middleware, which took about a tenth of the event loop's
+    time on a feedback write: this one builds no request object and looks each route's series up
+    once.
     """
 
     scopes = (ScopeType.HTTP,)

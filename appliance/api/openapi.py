@@ -8,7 +8,7 @@ Two Litestar plugins:
   (an integer is also a number), and every constraint, including those Litestar's own
   translation drops (a minimum of 0, the bounds of a dict or of a list inside a union).
 - ``ErrorAnswers`` declares on every route the errors any route may give: 400 for bad input,
-  401 and 403 from the key guard, 413 for a body over the size limit, 429 from the rate limit,
+  401 and 403 from the key check, 413 for a body over the size limit, 429 from the rate limit,
   503 when an answer takes too long or a store fails. A route declares the errors only it gives
   (404, 409) with ``responses=error_responses(...)``.
 
@@ -73,7 +73,7 @@ def error_responses(*statuses: HTTPStatus) -> dict[int, ResponseSpec]:
 
 
 def _common_errors(handler: HTTPRouteHandler) -> tuple[HTTPStatus, ...]:
-    # The same route options the key guard and the limits read.
+    # The same route options the key check and the limits read.
     access = handler.opt.get(ACCESS)
     takes_input = any(
         name not in handler.resolve_dependencies()
