@@ -105,8 +105,13 @@ class IndexSettings(_Section, frozen=True):
     """HNSW graph degree: higher is more accurate and uses more memory."""
     hnsw_ef_construct: PositiveInt = 100
     """HNSW build-time beam width."""
-    hnsw_ef: PositiveInt = 128
+    hnsw_ef: PositiveInt = 160
     """HNSW query-time beam width: higher is more accurate and slower."""
+    quantized: bool = True
+    """Search on an int8 copy of the vectors held in memory (a quarter of the float vectors'
+    size), the best candidates rescored with the float vectors: faster for as accurate an answer
+    (with hnsw_ef 160 against 128 without). A change applies to an existing index at the next
+    start."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as

@@ -4,7 +4,8 @@
   the server's size, the ceiling of what ingest can reach end to end.
 - Vector search: the data directory's vectors queried through qdrant-client's local mode (what a
   straightforward implementation would use) and through the appliance's own Qdrant Edge index,
-  in-process, one query at a time.
+  in-process, one query at a time; and how many of the exact nearest neighbours (local mode
+  compares the query with every vector) the appliance's approximate search finds.
 
 Both run while no server holds the data directory, so that they have the cores to themselves.
 """
@@ -113,6 +114,7 @@ def search_reference(
             points = index.count()
             ids, vectors = read_vectors(index, max_points)
             ours = latencies(lambda q: index.search(q, LIMIT, Selection()), queries, budget_s=10)
+            found = [[h.item_id for h in index.search(q, LIMIT, Selection())] for q in queries]
             counter = itertools.count()
             ours_filtered = latencies(
                 lambda q: index.search(
@@ -141,10 +143,20 @@ def search_reference(
         budget_s=budget_s,
         at_least=3,
     )
+    exact = [
+        [ids[p.id] for p in local.query_points(_COLLECTION, query=q.tolist(), limit=LIMIT).points]
+        for q in queries
+    ]
     local.close()
     return {
         "limit": LIMIT,
-        "qdrant_edge": {"points": points, "search": ours, "filtered": ours_filtered},
+        "qdrant_edge": {
+            "points": points,
+            "search": ours,
+            "filtered": ours_filtered,
+            # Only meaningful when local mode holds every point of the index.
+            "recall": _recall(found, exact) if len(ids) == points else None,
+        },
         "qdrant_client_local": {
             "points": len(ids),
             "load_seconds": round(load_s, 1),
@@ -152,6 +164,12 @@ def search_reference(
             "filtered": theirs_filtered,
         },
     }
+
+
+def _recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]]) -> dict[str, Any]:
+    """Share of the exact nearest neighbours that the approximate search found, per query."""
+    shares = [len(set(f) & set(e)) / len(e) for f, e in zip(found, exact, strict=True) if e]
+    return {"queries": len(shares), "mean": round(statistics.fmean(shares), 4)}
 
 
 def _qdrant_local(ids: Sequence[str], vectors: Vectors) -> tuple[Any, float]:

@@ -323,6 +323,13 @@ def reference_table(report: dict[str, Any]) -> str:
                 f"| {record['requests_per_second']:,} "
                 f"| {_share(record['p50_ms'], base['p50_ms'])} |"
             )
+    recall = edge.get("recall")
+    if recall:
+        lines.append(
+            f"\nQdrant Edge found {recall['mean']:.3f} of the exact {ref['limit']} nearest "
+            f"neighbours (mean recall over {recall['queries']} queries; qdrant-client local mode "
+            "compares each query with every vector)."
+        )
     return "\n".join(lines)
 
 

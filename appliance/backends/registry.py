@@ -85,6 +85,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         hnsw_m=settings.index.hnsw_m,
         hnsw_ef_construct=settings.index.hnsw_ef_construct,
         hnsw_ef=settings.index.hnsw_ef,
+        quantized=settings.index.quantized,
         text_language=settings.index.text_language,
     )
 
