@@ -316,7 +316,10 @@ class RecommendationService:
     async def _named(self, context: str) -> tuple[str, ...]:
         if not context:
             return ()
-        mentions = await anyio.to_thread.run_sync(self._titles.find, context)
+        # Matching takes less than a trip to a worker thread, unless an update holds the titles.
+        mentions = self._titles.find_now(context)
+        if mentions is None:
+            mentions = await anyio.to_thread.run_sync(self._titles.find, context)
         named = dict.fromkeys(i for m in mentions for i in m.item_ids)
         return tuple(named)[:MAX_NAMED]
 
@@ -364,9 +367,9 @@ class RecommendationService:
         while len(present) < wanted and read < len(candidates):
             window = candidates[read : read + wanted - len(present)]
             read += len(window)
-            found = await anyio.to_thread.run_sync(
-                self._store.get_items, [c.item_id for c in window]
-            )
+            found, unread = self._store.kept_items([c.item_id for c in window])
+            if unread:
+                found.update(await anyio.to_thread.run_sync(self._store.get_items, unread))
             items.update(found)
             present.extend(c for c in window if c.item_id in found)
         return present + candidates[read:], items

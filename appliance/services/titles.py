@@ -257,6 +257,17 @@ class TitleDictionary:
         with self._lock:
             return self._find(text, words)
 
+    def find_now(self, text: str) -> list[Mention] | None:
+        """Return what ``find`` would, or ``None`` rather than wait while an update runs."""
+        text = unicodedata.normalize("NFC", text)
+        words = _words(text)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._find(text, words)
+        finally:
+            self._lock.release()
+
     def _find(self, text: str, words: list[_Word]) -> list[Mention]:
         mentions: list[Mention] = []
         position = 0

@@ -195,6 +195,19 @@ def test_content_hashes(store: DuckDBStore) -> None:
     assert store.content_hashes(["item-002", "missing"]) == {"item-002": items[2].content_hash}
 
 
+def test_kept_items_are_what_memory_holds_and_the_rest_is_left_to_read(
+    store: DuckDBStore,
+) -> None:
+    store.put_items(_items(3))
+    store.get_items(["item-000", "item-001"])
+    kept, unread = store.kept_items(["item-001", "item-002", "item-000", "nope"])
+    assert sorted(kept) == ["item-000", "item-001"]
+    assert kept["item-001"] == store.get_items(["item-001"])["item-001"]
+    assert unread == ["item-002", "nope"]
+    store.delete_items(["item-000"])
+    assert store.kept_items(["item-000"]) == ({}, ["item-000"])
+
+
 # -- feedback and users ---------------------------------------------------------------------
 
 

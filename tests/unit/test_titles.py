@@ -150,3 +150,14 @@ def test_large_catalog_lookup_is_a_dictionary_probe() -> None:
     item_id, title, _ = catalog[12_345]
     found = {i for m in titles.find(f"Something like {title} (again)") for i in m.item_ids}
     assert item_id in found
+
+
+def test_find_now_answers_as_find_does_unless_an_update_holds_the_titles(
+    titles: TitleDictionary,
+) -> None:
+    text = "something like The Matrix or Toy Story, please"
+    assert titles.find_now(text) == titles.find(text)
+    assert titles.find_now(text)
+    with titles._lock:  # noqa: SLF001 - what an update holds while it changes the entries
+        assert titles.find_now(text) is None
+    assert titles.find_now(text) == titles.find(text)

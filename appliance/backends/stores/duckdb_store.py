@@ -311,6 +311,13 @@ class DuckDBStore:
 
         return self._read_through(self._items, item_ids, read)
 
+    def kept_items(self, item_ids: Sequence[str]) -> tuple[dict[str, StoredItem], list[str]]:
+        """Return the given items that memory holds, and the ids that ``get_items`` must read.
+
+        Never waits for the database: callers on the event loop use it to skip a worker thread.
+        """
+        return self._items.get_many(item_ids)
+
     def warm_items(self) -> int:
         """Read the newest items into memory, as many as the item cache keeps.
 
