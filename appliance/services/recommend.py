@@ -16,7 +16,15 @@ import numpy as np
 from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore, StoredItem
 from appliance.backends.stores.impressions import Impression, LoggedCandidate, SourceRank
-from appliance.domain import Candidate, FieldCondition, Hit, Item, Selection
+from appliance.domain import (
+    Candidate,
+    FieldCondition,
+    HistoryEntry,
+    Hit,
+    Item,
+    PreferenceState,
+    Selection,
+)
 from appliance.errors import ConflictError, InvalidInputError
 from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
@@ -183,11 +191,8 @@ class RecommendationService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         context = query.context.strip()
-        state, history, context_vector, named = await asyncio.gather(
-            anyio.to_thread.run_sync(self._store.preference, query.user_id),
-            anyio.to_thread.run_sync(self._store.user_history, query.user_id),
-            self._encode(context),
-            self._named(context),
+        (state, history), context_vector, named = await asyncio.gather(
+            self._user(query.user_id), self._encode(context), self._named(context)
         )
         seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
@@ -312,6 +317,16 @@ class RecommendationService:
                 f"sources is empty; name at least one of {', '.join(self.source_names)}"
             )
         return [s for s in self._sources if s.name in names]
+
+    async def _user(self, user_id: str) -> tuple[PreferenceState | None, list[HistoryEntry]]:
+        kept = self._store.kept_user(user_id)
+        if kept is not None:
+            return kept
+        state, history = await asyncio.gather(
+            anyio.to_thread.run_sync(self._store.preference, user_id),
+            anyio.to_thread.run_sync(self._store.user_history, user_id),
+        )
+        return state, history
 
     async def _named(self, context: str) -> tuple[str, ...]:
         if not context:

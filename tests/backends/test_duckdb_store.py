@@ -395,6 +395,22 @@ def test_a_database_from_before_kept_states_has_nothing_to_fold_in(db_path: Path
         assert [e.item_id for e in store.unfolded_events()] == ["item-001"]
 
 
+def test_kept_user_answers_from_memory_or_says_a_read_is_needed(db_path: Path) -> None:
+    with contextlib.closing(DuckDBStore(db_path)) as store:
+        assert store.kept_user("nobody") == (None, [])
+        store.record_feedback(_event("alice", "item-000"), _state("alice", count=1))
+        # The commit keeps her state; her history is read once, then kept too.
+        assert store.kept_user("alice") is None
+        history = store.user_history("alice")
+        kept = store.kept_user("alice")
+        assert kept is not None
+        assert kept[0] == store.preference("alice")
+        assert kept[1] == history
+    with contextlib.closing(DuckDBStore(db_path, cached_users=0)) as store:
+        assert store.kept_user("alice") is None
+        assert store.kept_user("nobody") == (None, [])
+
+
 def test_seen_item_ids(store: DuckDBStore) -> None:
     for item in ("item-000", "item-001", "item-000"):
         store.record_feedback(_event("alice", item), _state("alice"))

@@ -486,6 +486,23 @@ class DuckDBStore:
         with self._lock:
             return self._events("event_id > (SELECT through_event_id FROM preferences_folded)", [])
 
+    def kept_user(self, user_id: str) -> tuple[PreferenceState | None, list[HistoryEntry]] | None:
+        """Return a user's state and history when memory holds both, or ``None``.
+
+        A user who never sent feedback has neither, which memory knows too. Never waits for the
+        database: callers on the event loop use it to skip worker threads (``None`` then sends
+        them to ``preference`` and ``user_history``).
+        """
+        if not self._may_know(user_id):
+            return None, []
+        states, missing = self._preferences.get_many([user_id])
+        if missing:
+            return None
+        histories, missing = self._histories.get_many([user_id])
+        if missing:
+            return None
+        return states[user_id], list(histories[user_id])
+
     def preference(self, user_id: str) -> PreferenceState | None:
         """Return a user's stored preference state, or ``None`` for an unknown user."""
         return self.preferences([user_id]).get(user_id)
