@@ -27,6 +27,7 @@ own forms.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 import threading
@@ -180,6 +181,10 @@ def _prepare(item_id: str, title: str, text: str) -> _Prepared:
     return _Prepared(item_id, list(forms.items()), vocabulary)
 
 
+def _form_of(entry: _Entry) -> int:
+    return entry.form
+
+
 class TitleDictionary:
     """Finds the catalog items a text names, kept in step with the catalog item by item.
 
@@ -189,6 +194,7 @@ class TitleDictionary:
 
     def __init__(self, items: Iterable[tuple[str, str, str]] = ()) -> None:
         self._lock = threading.Lock()
+        # Each key's entries in order of form, nearest the title first.
         self._entries: dict[str, list[_Entry]] = {}
         self._forms_of: dict[str, tuple[str, ...]] = {}
         self._vocabulary_of: dict[str, tuple[str, ...]] = {}
@@ -207,7 +213,7 @@ class TitleDictionary:
             for item in prepared:
                 self._remove(item.item_id)
                 for key, entry in item.forms:
-                    self._entries.setdefault(key, []).append(entry)
+                    bisect.insort(self._entries.setdefault(key, []), entry, key=_form_of)
                     head, _, _ = key.partition(" ")
                     length = len(entry.capitals)
                     self._longest_from[head] = max(self._longest_from.get(head, 0), length)
@@ -291,8 +297,8 @@ class TitleDictionary:
             entries = self._entries.get(" ".join(w.folded for w in span))
             if not entries:
                 continue
-            nearest = min(e.form for e in entries)
-            chosen = [e for e in entries if e.form == nearest]
+            nearest = entries[0].form
+            chosen = entries[: bisect.bisect_right(entries, nearest, key=_form_of)]
             remark = _REMARK.match(text, span[-1].end)
             confirmed = self._confirmed_by(chosen, remark.group(1)) if remark else []
             if confirmed:
