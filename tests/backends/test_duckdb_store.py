@@ -17,6 +17,7 @@ from appliance.backends.stores.duckdb_store import Counts, DuckDBStore
 from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, Item, PreferenceState
 from appliance.errors import ConflictError, InvalidInputError
+from tests.stores import database_at, written_users
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -61,6 +62,17 @@ def _state(user: str, count: int = 1) -> PreferenceState:
         feedback_count=count,
         created_at=NOW,
         vector_updated_at=NOW,
+    )
+
+
+def _run(script: str, db_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` in another Python process, with the database's path as its argument."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and script
+        [sys.executable, "-c", script, str(db_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
     )
 
 
@@ -265,15 +277,6 @@ def test_recording_again_replaces_the_preference(store: DuckDBStore) -> None:
     assert got.feedback_count == 7
 
 
-def _users_table(store: DuckDBStore) -> dict[str, int]:
-    """The users table as stored (not as the store answers), user id to feedback count."""
-    reader = store.connection()
-    try:
-        return dict(reader.execute("SELECT user_id, feedback_count FROM users").fetchall())
-    finally:
-        reader.close()
-
-
 def test_states_wait_in_memory_until_a_flush_writes_them_together(store: DuckDBStore) -> None:
     store.record_feedback(_event("alice", "item-000"), _state("alice", count=1))
     store.record_feedback_batch(
@@ -281,7 +284,7 @@ def test_states_wait_in_memory_until_a_flush_writes_them_together(store: DuckDBS
         [_state("bob", count=1), _state("alice", count=2)],
     )
 
-    assert _users_table(store) == {}
+    assert written_users(store) == {}
     assert [(e.user_id, e.item_id) for e in store.unfolded_events()] == [
         ("alice", "item-000"),
         ("bob", "item-001"),
@@ -292,7 +295,7 @@ def test_states_wait_in_memory_until_a_flush_writes_them_together(store: DuckDBS
     assert state.feedback_count == 2
 
     assert store.flush_preferences() == 2
-    assert _users_table(store) == {"alice": 2, "bob": 1}
+    assert written_users(store) == {"alice": 2, "bob": 1}
     assert store.unfolded_events() == []
     assert store.flush_preferences() == 0
 
@@ -313,7 +316,7 @@ def test_a_user_deleted_before_the_flush_is_not_written_back(store: DuckDBStore)
     store.record_feedback(_event("bob", "item-000"), _state("bob"))
     assert store.delete_user("alice") == 1
     store.flush_preferences()
-    assert _users_table(store) == {"bob": 1}
+    assert written_users(store) == {"bob": 1}
     assert store.preference("alice") is None
 
 
@@ -341,13 +344,7 @@ def test_states_lost_with_the_process_leave_their_events_to_fold_in(db_path: Pat
         os._exit(0)
         """
     )
-    result = subprocess.run(  # noqa: S603 - our own interpreter and script
-        [sys.executable, "-c", script, str(db_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    result = _run(script, db_path)
     assert result.returncode == 0, result.stderr
 
     with contextlib.closing(DuckDBStore(db_path)) as store:
@@ -361,23 +358,13 @@ def test_states_lost_with_the_process_leave_their_events_to_fold_in(db_path: Pat
         ]
         store.put_preferences([_state("alice", count=2), _state("bob", count=1)])
         assert store.unfolded_events() == []
-        assert _users_table(store) == {"alice": 2, "bob": 1}
+        assert written_users(store) == {"alice": 2, "bob": 1}
 
 
 def test_a_database_from_before_kept_states_has_nothing_to_fold_in(db_path: Path) -> None:
     # Before migration 5 every state was written with its events.
     db_path.parent.mkdir(parents=True)
-    with duckdb.connect(str(db_path)) as db:
-        db.execute(
-            "CREATE TABLE schema_migrations "
-            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
-        )
-        for migration in MIGRATIONS[:4]:
-            db.execute(migration.sql)
-            db.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                [migration.version, migration.name, NOW.replace(tzinfo=None)],
-            )
+    with database_at(db_path, 4, NOW.replace(tzinfo=None)) as db:
         db.execute(
             "INSERT INTO feedback (user_id, item_id, interaction_type, weight, event_time, "
             "received_at) VALUES ('alice', 'item-000', 'like', 1.0, ?, ?)",
@@ -613,13 +600,7 @@ def test_another_process_cannot_open_an_open_database(store: DuckDBStore, db_pat
             sys.exit(3)
         """
     )
-    result = subprocess.run(  # noqa: S603 - our own interpreter and script
-        [sys.executable, "-c", script, str(db_path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=Path(__file__).resolve().parents[2],
-    )
+    result = _run(script, db_path)
     assert result.returncode == 3, result.stderr
     assert "Another appliance process may own this data directory" in result.stdout
     assert store.schema_version() == len(MIGRATIONS)

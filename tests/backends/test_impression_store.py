@@ -5,7 +5,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from appliance.backends.stores.impressions import (
 )
 from appliance.backends.stores.migrations import MIGRATIONS
 from appliance.domain import FeedbackEvent, InteractionType, PreferenceState
+from tests.stores import database_at
 
 NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
 WEEK = timedelta(days=7)
@@ -182,17 +182,7 @@ def test_impressions_logged_before_the_named_kind_read_as_naming_nothing(
 ) -> None:
     path = tmp_path / "appliance.duckdb"
     # A database as the appliance left it before migration 4.
-    with duckdb.connect(str(path)) as db:
-        db.execute(
-            "CREATE TABLE schema_migrations "
-            "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP)"
-        )
-        for migration in MIGRATIONS[:3]:
-            db.execute(migration.sql)
-            db.execute(
-                "INSERT INTO schema_migrations VALUES (?, ?, ?)",
-                [migration.version, migration.name, NOW.replace(tzinfo=None)],
-            )
+    with database_at(path, 3, NOW.replace(tzinfo=None)) as db:
         db.execute(
             "INSERT INTO impressions VALUES ('old', 'u', ?, 'context', true, 'rrf', 2, NULL)",
             [NOW.replace(tzinfo=None)],

@@ -10,11 +10,11 @@ from pathlib import Path
 import anyio
 import pytest
 
-from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.domain import InteractionType, Item
 from appliance.services.feedback import FeedbackInput
 from appliance.services.runtime import open_runtime
 from tests.conftest import make_settings
+from tests.stores import written_users
 
 
 @pytest.fixture
@@ -23,15 +23,6 @@ def anyio_backend() -> str:
 
 
 ITEMS = [Item(f"i{n}", f"item {n}", f"a story about thing number {n}") for n in range(12)]
-
-
-def _stored_counts(store: DuckDBStore) -> dict[str, int]:
-    """The users table as written, user id to feedback count."""
-    reader = store.connection()
-    try:
-        return dict(reader.execute("SELECT user_id, feedback_count FROM users").fetchall())
-    finally:
-        reader.close()
 
 
 @pytest.mark.anyio
@@ -48,7 +39,7 @@ async def test_the_states_are_written_within_the_flush_interval(tmp_path: Path) 
         receipt = await runtime.feedback.record(FeedbackInput("bo", "i5", InteractionType.LIKE))
         assert receipt.feedback_count == 1
         deadline = time.monotonic() + 10
-        while _stored_counts(runtime.store) != {"ann": 3, "bo": 1}:
-            assert time.monotonic() < deadline, _stored_counts(runtime.store)
+        while written_users(runtime.store) != {"ann": 3, "bo": 1}:
+            assert time.monotonic() < deadline, written_users(runtime.store)
             await anyio.sleep(0.05)
         assert runtime.store.unfolded_events() == []

@@ -158,6 +158,7 @@ def test_find_now_answers_as_find_does_unless_an_update_holds_the_titles(
     text = "something like The Matrix or Toy Story, please"
     assert titles.find_now(text) == titles.find(text)
     assert titles.find_now(text)
-    with titles._lock:  # noqa: SLF001 - what an update holds while it changes the entries
+    # What an update holds while it changes the entries.
+    with titles._lock:
         assert titles.find_now(text) is None
     assert titles.find_now(text) == titles.find(text)
