@@ -1,7 +1,9 @@
-"""An index written before keyword search existed opens, and reports what needs rewriting."""
+"""An index written by an earlier version opens: without keyword vectors it reports what needs
+rewriting, without int8 vectors it gets them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +131,40 @@ def _fields(entry: IndexEntry) -> dict[str, object]:
         "metadata": entry.metadata,
         "text": entry.text,
     }
+
+
+def test_an_index_of_float_vectors_only_opens_with_int8_ones_and_answers_alike(
+    tmp_path: Path,
+) -> None:
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(400, DIM)).astype(np.float32)
+    entries = [
+        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {}, text=f"item {i}")
+        for i in range(len(vectors))
+    ]
+    path = tmp_path / "index"
+    floats = QdrantEdgeIndex(path, dimension=DIM, quantized=False)
+    floats.upsert(entries)
+    floats.optimize()
+    floats.close()
+
+    quantized = QdrantEdgeIndex(path, dimension=DIM)
+    try:
+        quantized.optimize()  # what the next start does: the int8 vectors are built
+        config = json.loads((path / "edge_config.json").read_text())
+        assert config["quantization_config"] == {"scalar": {"type": "int8", "always_ram": True}}
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        found = 0
+        for query in rng.normal(size=(30, DIM)).astype(np.float32):
+            hits = quantized.search(query, 10, Selection())
+            # Scores are the float vectors' cosines (rescored), best first.
+            scores = [h.score for h in hits]
+            assert scores == sorted(scores, reverse=True)
+            exact = np.argsort(-(unit @ (query / np.linalg.norm(query))))[:10]
+            np.testing.assert_allclose(
+                scores[0], float(unit[exact[0]] @ (query / np.linalg.norm(query))), rtol=1e-5
+            )
+            found += len({h.item_id for h in hits} & {f"item-{i}" for i in exact})
+        assert found / (30 * 10) >= 0.95
+    finally:
+        quantized.close()
