@@ -286,8 +286,9 @@ class FeedbackService:
         states = self._store.preferences(sorted({e.user_id for e in events}))
         self._fold(states, events, vectors)
         if len(events) == 1:
-            # One row through plain SQL commits faster than through Arrow (measured about
-            # 9 ms against 14 ms), and an idle appliance's events come one at a time.
+            # One row through plain SQL commits faster than through Arrow (measured on the
+            # bench database: 1.0 ms against 2.1 ms), and an idle appliance's events come one at
+            # a time.
             self._store.record_feedback(events[0], states[events[0].user_id])
         else:
             self._store.record_feedback_batch(list(events), list(states.values()))
