@@ -448,8 +448,7 @@ class DuckDBStore:
         """Replace users' stored preference states (e.g. rebuilt from their events) now."""
         with self._lock:
             self._forget_users([s.user_id for s in states])
-            self._preferences.put_many({s.user_id: s for s in states})
-            self._unsaved.update({s.user_id: s for s in states})
+            self._keep(states)
         self.flush_preferences()
 
     def flush_preferences(self) -> int:
@@ -937,8 +936,13 @@ class DuckDBStore:
             with transaction(self._db):
                 yield
                 self._forget_users([s.user_id for s in states])
-            self._preferences.put_many({s.user_id: s for s in states})
-            self._unsaved.update({s.user_id: s for s in states})
+            self._keep(states)
+
+    def _keep(self, states: Sequence[PreferenceState]) -> None:
+        """Answer these users' states from memory and write them with the next flush."""
+        by_user = {s.user_id: s for s in states}
+        self._preferences.put_many(by_user)
+        self._unsaved.update(by_user)
 
     def _forget_users(self, user_ids: Sequence[str]) -> None:
         """Forget what was read about users who were just written (they are known now)."""
