@@ -16,6 +16,7 @@ from appliance.backends.indexes.protocol import Vector, VectorIndex
 from appliance.backends.stores.duckdb_store import DuckDBStore, StoredEvent, UserRow
 from appliance.domain import FeedbackEvent, InteractionType, PreferenceState, interaction_weight
 from appliance.errors import InvalidInputError, NotFoundError
+from appliance.services.background import stop
 from appliance.services.preferences import apply_event, preference_direction
 from appliance.settings import FeedbackSettings
 
@@ -138,10 +139,8 @@ class FeedbackService:
 
     async def close(self) -> None:
         """Stop the regular writes (closing the store writes what changed since the last one)."""
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        await stop(self._flusher)
+        self._flusher = None
 
     async def _flush_regularly(self) -> None:
         while True:

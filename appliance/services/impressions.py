@@ -24,6 +24,7 @@ from appliance.backends.stores.impressions import (
     StoredImpression,
     TrainingSet,
 )
+from appliance.services.background import stop
 from appliance.settings import FusionSettings
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,8 @@ class ImpressionLog:
 
     async def close(self) -> None:
         """Stop the writer and write what still waits."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        await stop(self._worker)
+        self._worker = None
         with anyio.CancelScope(shield=True):
             await self.flush()
 

@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from appliance.backends.stores.impressions import TrainingSet
+from appliance.services.background import stop
 from appliance.services.fusion import FitResult, fit_weights
 from appliance.services.impressions import ImpressionLog
 from appliance.settings import FusionSettings
@@ -139,10 +140,8 @@ class FusionLearner:
 
     async def close(self) -> None:
         """Stop the scheduled learning."""
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        await stop(self._worker)
+        self._worker = None
 
     async def train(self) -> FusionState:
         """Learn each kind's weights from the stored impressions now; use those that qualify.
