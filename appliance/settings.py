@@ -112,6 +112,11 @@ class IndexSettings(_Section, frozen=True):
     size), the best candidates rescored with the float vectors: faster for as accurate an answer
     (with hnsw_ef 160 against 128 without). A change applies to an existing index at the next
     start."""
+    precision: Literal["float16", "float32"] = "float16"
+    """How the vectors are stored for rescoring and graph building: float16 takes half the
+    memory of float32 (0.7 GB against 1.5 GB at 1M items of 384 dimensions) and moves a cosine
+    by less than 0.001. A new index takes it; an existing one keeps the precision it was
+    written with until `appliance reindex` rebuilds it."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as

@@ -86,6 +86,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         hnsw_ef_construct=settings.index.hnsw_ef_construct,
         hnsw_ef=settings.index.hnsw_ef,
         quantized=settings.index.quantized,
+        precision=settings.index.precision,
         text_language=settings.index.text_language,
     )
 

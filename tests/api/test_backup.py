@@ -341,7 +341,8 @@ async def test_a_backup_taken_under_load_is_one_consistent_snapshot(
 
     assert_same_answers(after, before)
     assert ids(found)[0] == "manual"
-    assert found["recommendations"][0]["sources"]["vector"] == pytest.approx(1.0, abs=1e-5)
+    # float16 vectors: a cosine within 1e-3.
+    assert found["recommendations"][0]["sources"]["vector"] == pytest.approx(1.0, abs=1e-3)
     # The snapshot holds a prefix of the event log: every event acknowledged before the backup
     # was asked for, none acknowledged after it was answered (but one then in its commit).
     events = restored_tail["events"]

@@ -21,7 +21,14 @@ GENRES = ("drama", "comedy", "horror", "scifi", "western")
 
 FACTORIES: dict[str, Callable[[Path, int], VectorIndex]] = {
     "qdrant-edge": lambda path, dimension: QdrantEdgeIndex(path, dimension=dimension),
+    "qdrant-edge-float32": lambda path, dimension: QdrantEdgeIndex(
+        path, dimension=dimension, precision="float32"
+    ),
 }
+#: How each kind stores a vector, and how far a stored vector, and so a score, may be from what
+#: was written: float16 keeps three significant digits of a unit vector's components.
+STORED_AS = {"qdrant-edge": np.float16, "qdrant-edge-float32": np.float32}
+STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-5}
 
 Matrix = npt.NDArray[np.float32]
 
@@ -29,6 +36,11 @@ Matrix = npt.NDArray[np.float32]
 @pytest.fixture(scope="module", params=sorted(FACTORIES))
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def atol(kind: str) -> float:
+    return STORED_ATOL[kind]
 
 
 @pytest.fixture
@@ -74,10 +86,24 @@ def _ids(hits: Sequence[Hit]) -> list[str]:
     return [h.item_id for h in hits]
 
 
-def _exact(vectors: Matrix, query: Matrix, admitted: Sequence[int], limit: int) -> list[str]:
-    """The true nearest admitted items, by brute force."""
-    ranked = sorted(admitted, key=lambda i: -float(vectors[i] @ query))
-    return [f"item-{i}" for i in ranked[:limit]]
+Exact = Callable[[Matrix, Matrix, Sequence[int], int], list[str]]
+
+
+@pytest.fixture
+def exact(kind: str) -> Exact:
+    """The true nearest admitted items, by brute force at the precision the index stores.
+
+    Qdrant compares float16 vectors with the query in float16 too.
+    """
+    dtype = STORED_AS[kind]
+
+    def nearest(vectors: Matrix, query: Matrix, admitted: Sequence[int], limit: int) -> list[str]:
+        stored = vectors.astype(dtype).astype(np.float32)
+        asked = query.astype(dtype).astype(np.float32)
+        ranked = sorted(admitted, key=lambda i: -float(stored[i] @ asked))
+        return [f"item-{i}" for i in ranked[:limit]]
+
+    return nearest
 
 
 def _fill(index: VectorIndex) -> Matrix:
@@ -116,28 +142,30 @@ def test_empty_index(index: VectorIndex) -> None:
     assert index.vectors(["missing"]) == {}
 
 
-def test_search_returns_nearest_first_with_cosine_scores(index: VectorIndex) -> None:
+def test_search_returns_nearest_first_with_cosine_scores(
+    index: VectorIndex, atol: float, exact: Exact
+) -> None:
     vectors = _unit_vectors(50)
     index.upsert(_entries(vectors))
     query = vectors[7]
     hits = index.search(query, 50, Selection())
     assert _ids(hits)[0] == "item-7"
-    assert hits[0].score == pytest.approx(1.0, abs=1e-5)
-    assert _ids(hits) == _exact(vectors, query, range(50), 50)
+    assert hits[0].score == pytest.approx(1.0, abs=atol)
+    assert _ids(hits) == exact(vectors, query, range(50), 50)
     scores = [h.score for h in hits]
     assert scores == sorted(scores, reverse=True)
-    assert all(-1.0 - 1e-6 <= s <= 1.0 + 1e-6 for s in scores)
+    assert all(-1.0 - atol <= s <= 1.0 + atol for s in scores)
     for hit in hits:
         i = int(hit.item_id.removeprefix("item-"))
-        assert hit.score == pytest.approx(float(vectors[i] @ query), abs=1e-5)
+        assert hit.score == pytest.approx(float(vectors[i] @ query), abs=atol)
 
 
-def test_opposite_vector_scores_minus_one(index: VectorIndex) -> None:
+def test_opposite_vector_scores_minus_one(index: VectorIndex, atol: float) -> None:
     vectors = _unit_vectors(5)
     index.upsert(_entries(vectors))
     hits = index.search(-vectors[2], 5, Selection())
     assert _ids(hits)[-1] == "item-2"
-    assert hits[-1].score == pytest.approx(-1.0, abs=1e-5)
+    assert hits[-1].score == pytest.approx(-1.0, abs=atol)
 
 
 def test_limit_caps_the_hits(index: VectorIndex) -> None:
@@ -147,17 +175,17 @@ def test_limit_caps_the_hits(index: VectorIndex) -> None:
     assert len(index.search(vectors[0], 100, Selection())) == 20
 
 
-def test_upsert_replaces_an_item(index: VectorIndex) -> None:
+def test_upsert_replaces_an_item(index: VectorIndex, atol: float) -> None:
     vectors = _unit_vectors(10)
     index.upsert(_entries(vectors))
     replacement = IndexEntry("item-3", vectors[8], "hash-new", 4, {"genre": "western"})
     index.upsert([replacement])
     assert index.count() == 10
-    np.testing.assert_allclose(index.vectors(["item-3"])["item-3"], vectors[8], atol=1e-6)
+    np.testing.assert_allclose(index.vectors(["item-3"])["item-3"], vectors[8], atol=atol)
     assert index.fingerprints()["item-3"] == "hash-new"
     hits = index.search(vectors[8], 2, Selection())
     assert sorted(_ids(hits)) == ["item-3", "item-8"]
-    assert all(h.score == pytest.approx(1.0, abs=1e-5) for h in hits)
+    assert all(h.score == pytest.approx(1.0, abs=atol) for h in hits)
     # The replaced metadata is what filters see.
     drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
     assert "item-3" not in _ids(index.search(vectors[3], 10, drama))
@@ -179,23 +207,25 @@ def test_delete(index: VectorIndex) -> None:
 
 
 def test_exclusion_of_the_nearest_thousand_still_fills_the_limit(
-    filled: tuple[VectorIndex, Matrix],
+    filled: tuple[VectorIndex, Matrix], exact: Exact
 ) -> None:
     index, vectors = filled
     query = vectors[0]
-    nearest = _exact(vectors, query, range(3000), 1000)
+    nearest = exact(vectors, query, range(3000), 1000)
     selection = Selection(exclude=frozenset(nearest))
     hits = index.search(query, 10, selection)
     assert len(hits) == 10
     assert not set(_ids(hits)) & selection.exclude
     admitted = [i for i in range(3000) if f"item-{i}" not in selection.exclude]
-    assert _ids(hits) == _exact(vectors, query, admitted, 10)
+    assert _ids(hits) == exact(vectors, query, admitted, 10)
     newest = index.newest(10, selection)
     assert len(newest) == 10
     assert not set(newest) & selection.exclude
 
 
-def test_narrow_filter_still_fills_the_limit(filled: tuple[VectorIndex, Matrix]) -> None:
+def test_narrow_filter_still_fills_the_limit(
+    filled: tuple[VectorIndex, Matrix], exact: Exact
+) -> None:
     index, vectors = filled
     rare = _matching(lambda m: m["rare"] == "yes")
     assert len(rare) == 30
@@ -203,7 +233,7 @@ def test_narrow_filter_still_fills_the_limit(filled: tuple[VectorIndex, Matrix])
     for query in (vectors[0], vectors[1500], -vectors[7]):
         hits = index.search(query, 10, selection)
         assert len(hits) == 10
-        assert _ids(hits) == _exact(vectors, query, rare, 10)
+        assert _ids(hits) == exact(vectors, query, rare, 10)
     assert len(index.search(vectors[0], 100, selection)) == 30
 
 
@@ -269,18 +299,19 @@ def test_metadata_filters(
     filled: tuple[VectorIndex, Matrix],
     condition: FieldCondition,
     predicate: Callable[[dict[str, Any]], bool],
+    exact: Exact,
 ) -> None:
     index, vectors = filled
     admitted = _matching(predicate)
     selection = Selection(conditions=(condition,))
     query = vectors[11]
     hits = index.search(query, 20, selection)
-    assert _ids(hits) == _exact(vectors, query, admitted, 20)
+    assert _ids(hits) == exact(vectors, query, admitted, 20)
     newest = index.newest(20, selection)
     assert newest == [f"item-{i}" for i in sorted(admitted, reverse=True)[:20]]
 
 
-def test_conditions_combine_with_and(filled: tuple[VectorIndex, Matrix]) -> None:
+def test_conditions_combine_with_and(filled: tuple[VectorIndex, Matrix], exact: Exact) -> None:
     index, vectors = filled
     selection = Selection(
         conditions=(
@@ -296,16 +327,16 @@ def test_conditions_combine_with_and(filled: tuple[VectorIndex, Matrix]) -> None
     )
     assert 0 < len(admitted) < 3000
     hits = index.search(vectors[5], 25, selection)
-    assert _ids(hits) == _exact(vectors, vectors[5], admitted, 25)
+    assert _ids(hits) == exact(vectors, vectors[5], admitted, 25)
 
 
-def test_only_restricts_to_the_given_ids(index: VectorIndex) -> None:
+def test_only_restricts_to_the_given_ids(index: VectorIndex, exact: Exact) -> None:
     vectors = _unit_vectors(40)
     index.upsert(_entries(vectors))
     only = frozenset({"item-3", "item-17", "item-29", "not-in-index"})
     hits = index.search(vectors[0], 10, Selection(only=only))
     assert sorted(_ids(hits)) == ["item-17", "item-29", "item-3"]
-    assert _ids(hits) == _exact(vectors, vectors[0], [3, 17, 29], 10)
+    assert _ids(hits) == exact(vectors, vectors[0], [3, 17, 29], 10)
     assert index.search(vectors[0], 10, Selection(only=frozenset())) == []
     assert index.newest(10, Selection(only=frozenset())) == []
     assert index.newest(10, Selection(only=only)) == ["item-29", "item-17", "item-3"]
@@ -313,12 +344,14 @@ def test_only_restricts_to_the_given_ids(index: VectorIndex) -> None:
     assert sorted(_ids(index.search(vectors[0], 10, both))) == ["item-29", "item-3"]
 
 
-def test_recommend_ranks_by_the_nearest_example(index: VectorIndex) -> None:
+def test_recommend_ranks_by_the_nearest_example(index: VectorIndex, kind: str) -> None:
     vectors = _unit_vectors(60)
     index.upsert(_entries(vectors))
     examples = frozenset({"item-0", "item-1", "item-2"})
     hits = index.recommend(["item-0", "item-1"], ["item-2"], 57, Selection(exclude=examples))
     assert len(hits) == 57
+    # The examples are stored vectors too, compared at the stored precision.
+    vectors = vectors.astype(STORED_AS[kind]).astype(np.float32)
     nearest_liked = {
         f"item-{j}": max(vectors[j] @ vectors[0], vectors[j] @ vectors[1]) for j in range(3, 60)
     }
@@ -339,12 +372,14 @@ def test_recommend_ranks_by_the_nearest_example(index: VectorIndex) -> None:
         )
 
 
-def test_recommend_respects_the_selection_and_needs_a_liked_example(index: VectorIndex) -> None:
+def test_recommend_respects_the_selection_and_needs_a_liked_example(
+    index: VectorIndex, exact: Exact
+) -> None:
     vectors = _unit_vectors(40)
     index.upsert(_entries(vectors))
     drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
     hits = index.recommend(["item-1", "missing"], [], 5, drama)
-    assert _ids(hits) == _exact(vectors, vectors[1], range(0, 40, 5), 5)
+    assert _ids(hits) == exact(vectors, vectors[1], range(0, 40, 5), 5)
     assert {h.via for h in hits} == {"item-1"}
     assert index.recommend(["missing"], ["item-2"], 5, Selection()) == []
     assert index.recommend([], ["item-2"], 5, Selection()) == []
@@ -366,7 +401,7 @@ def test_newest_orders_by_descending_seq(index: VectorIndex) -> None:
     assert index.newest(3, selection) == ["item-20", "item-15", "item-10"]
 
 
-def test_vectors_returns_the_stored_unit_vectors(index: VectorIndex) -> None:
+def test_vectors_returns_the_stored_unit_vectors(index: VectorIndex, atol: float) -> None:
     vectors = _unit_vectors(10)
     index.upsert(_entries(vectors))
     found = index.vectors(["item-1", "item-4", "missing"])
@@ -374,12 +409,12 @@ def test_vectors_returns_the_stored_unit_vectors(index: VectorIndex) -> None:
     for item_id, vector in found.items():
         assert vector.dtype == np.float32
         assert vector.shape == (DIM,)
-        np.testing.assert_allclose(vector, vectors[int(item_id[5:])], atol=1e-6)
+        np.testing.assert_allclose(vector, vectors[int(item_id[5:])], atol=atol)
     assert index.vectors([]) == {}
 
 
 def test_hashed_vectors_pair_each_vector_with_the_hash_it_was_written_with(
-    index: VectorIndex,
+    index: VectorIndex, atol: float
 ) -> None:
     vectors = _unit_vectors(10)
     index.upsert(_entries(vectors[:5]))
@@ -388,9 +423,9 @@ def test_hashed_vectors_pair_each_vector_with_the_hash_it_was_written_with(
     found = index.hashed_vectors(["item-1", "item-2", "missing"])
     assert found.keys() == {"item-1", "item-2"}
     assert found["item-1"][1] == "hash-1"
-    np.testing.assert_allclose(found["item-1"][0], vectors[1], atol=1e-6)
+    np.testing.assert_allclose(found["item-1"][0], vectors[1], atol=atol)
     assert found["item-2"][1] == "hash-new"
-    np.testing.assert_allclose(found["item-2"][0], vectors[9], atol=1e-6)
+    np.testing.assert_allclose(found["item-2"][0], vectors[9], atol=atol)
     assert index.hashed_vectors([]) == {}
 
 
@@ -409,13 +444,13 @@ def test_count(index: VectorIndex) -> None:
     assert index.count() == 25
 
 
-def test_search_after_optimize(index: VectorIndex) -> None:
+def test_search_after_optimize(index: VectorIndex, exact: Exact) -> None:
     vectors = _fill(index)
     index.optimize()
     assert index.count() == 3000
     hits = index.search(vectors[42], 10, Selection())
     assert _ids(hits)[0] == "item-42"
-    exact = _exact(vectors, vectors[42], range(3000), 10)
+    exact = exact(vectors, vectors[42], range(3000), 10)
     # An approximate graph may now answer; it must still find nearly all true neighbours.
     assert len(set(_ids(hits)) & set(exact)) >= 9
     selection = Selection(conditions=(FieldCondition("rare", equals="yes"),))
@@ -428,7 +463,7 @@ def test_search_after_optimize(index: VectorIndex) -> None:
     assert _ids(index.search(_unit_vectors(5, seed=9)[2], 1, Selection())) == ["item-3002"]
 
 
-def test_reopening_keeps_everything(kind: str, tmp_path: Path) -> None:
+def test_reopening_keeps_everything(kind: str, tmp_path: Path, atol: float, exact: Exact) -> None:
     path = tmp_path / "index"
     vectors = _unit_vectors(40)
     first = FACTORIES[kind](path, DIM)
@@ -440,10 +475,10 @@ def test_reopening_keeps_everything(kind: str, tmp_path: Path) -> None:
         assert again.count() == 39
         assert again.fingerprints() == {f"item-{i}": f"hash-{i}" for i in range(39)}
         assert _ids(again.search(vectors[12], 1, Selection())) == ["item-12"]
-        np.testing.assert_allclose(again.vectors(["item-5"])["item-5"], vectors[5], atol=1e-6)
+        np.testing.assert_allclose(again.vectors(["item-5"])["item-5"], vectors[5], atol=atol)
         assert again.newest(2, Selection()) == ["item-38", "item-37"]
         horror = Selection(conditions=(FieldCondition("genre", equals="horror"),))
-        assert _ids(again.search(vectors[0], 100, horror)) == _exact(
+        assert _ids(again.search(vectors[0], 100, horror)) == exact(
             vectors, vectors[0], [i for i in range(39) if i % 5 == 2], 100
         )
         # Writing after a reopen still works, including a field first seen now.

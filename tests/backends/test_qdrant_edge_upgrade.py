@@ -1,5 +1,5 @@
 """An index written by an earlier version opens: without keyword vectors it reports what needs
-rewriting, without int8 vectors it gets them."""
+rewriting, without int8 vectors it gets them, with float32 vectors it keeps them until rebuilt."""
 
 from __future__ import annotations
 
@@ -143,7 +143,8 @@ def test_an_index_of_float_vectors_only_opens_with_int8_ones_and_answers_alike(
         for i in range(len(vectors))
     ]
     path = tmp_path / "index"
-    floats = QdrantEdgeIndex(path, dimension=DIM, quantized=False)
+    # As written before int8 vectors (and float16 ones) were the default.
+    floats = QdrantEdgeIndex(path, dimension=DIM, quantized=False, precision="float32")
     floats.upsert(entries)
     floats.optimize()
     floats.close()
@@ -168,3 +169,50 @@ def test_an_index_of_float_vectors_only_opens_with_int8_ones_and_answers_alike(
         assert found / (30 * 10) >= 0.95
     finally:
         quantized.close()
+
+
+def _stored_datatype(path: Path) -> str:
+    config = json.loads((path / "edge_config.json").read_text())
+    # A config without a datatype has Qdrant's default.
+    return str(config["vectors"][""].get("datatype", "float32"))
+
+
+def test_an_index_keeps_the_precision_it_was_written_with_until_rebuilt(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    vectors = rng.normal(size=(300, DIM)).astype(np.float32)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    entries = [
+        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {}, text=f"item {i}")
+        for i in range(len(vectors))
+    ]
+    queries = rng.normal(size=(20, DIM)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+
+    def best_scores(index: QdrantEdgeIndex) -> tuple[np.ndarray, np.ndarray]:
+        found = [index.search(query, 1, Selection())[0] for query in queries]
+        exact = [float(np.max(unit @ query)) for query in queries]
+        assert [h.item_id for h in found] == [
+            f"item-{int(np.argmax(unit @ query))}" for query in queries
+        ]
+        return np.array([h.score for h in found]), np.array(exact)
+
+    path = tmp_path / "index"
+    written = QdrantEdgeIndex(path, dimension=DIM, precision="float32")
+    written.upsert(entries)
+    written.optimize()
+    written.close()
+
+    index = QdrantEdgeIndex(path, dimension=DIM)  # float16 for new indexes
+    try:
+        assert _stored_datatype(path) == "float32"
+        found, exact = best_scores(index)
+        np.testing.assert_allclose(found, exact, rtol=1e-6)
+
+        index.clear()  # what `appliance reindex` does before writing every item again
+        index.upsert(entries)
+        index.optimize()
+        assert _stored_datatype(path) == "float16"
+        found, exact = best_scores(index)
+        np.testing.assert_allclose(found, exact, atol=1e-3)
+    finally:
+        index.close()

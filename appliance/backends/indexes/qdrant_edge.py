@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
@@ -34,6 +35,30 @@ NO_LANGUAGE = "none"
 _UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 
 
+#: Stored precisions of the dense vectors, by the name the settings and the shard's config use.
+_DATATYPES = {
+    "float32": qe.VectorStorageDatatype.Float32,
+    "float16": qe.VectorStorageDatatype.Float16,
+}
+#: The shard's own record of its configuration, in its folder.
+_SHARD_CONFIG = "edge_config.json"
+
+
+def _stored_precision(path: Path) -> str:
+    """Return the precision an existing shard's dense vectors are stored in.
+
+    The shard records its configuration as JSON; one that names no datatype has Qdrant's
+    default, float32 (indexes written before the precision was a setting).
+    """
+    try:
+        config = json.loads((path / _SHARD_CONFIG).read_text(encoding="utf-8"))
+        stored = str(config["vectors"][_DENSE].get("datatype", "float32"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        # Without a readable record the load itself checks the vectors against float32.
+        return "float32"
+    return stored if stored in _DATATYPES else "float32"
+
+
 class QdrantEdgeIndex:
     """Qdrant's engine in-process: an ``EdgeShard`` in a folder of the data directory."""
 
@@ -50,13 +75,14 @@ class QdrantEdgeIndex:
         hnsw_ef_construct: int = 100,
         hnsw_ef: int = 160,
         quantized: bool = True,
+        precision: str = "float16",
         text_language: str = "english",
     ) -> None:
         self.dimension = dimension
         self._path = path
         self._bm25 = qe.Bm25(_bm25_config(text_language))
         self._analyser = f"bm25-{_ANALYSER_VERSION}-{text_language.lower()}"
-        self._dense = qe.EdgeVectorParams(size=dimension, distance=qe.Distance.Cosine)
+        self._precision = precision
         self._hnsw = qe.HnswIndexConfig(
             m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
         )
@@ -83,35 +109,22 @@ class QdrantEdgeIndex:
     def _open(self) -> qe.EdgeShard:
         try:
             if self._path.exists() and any(self._path.iterdir()):
-                # Loading with the config checks that the stored vectors have our dimension.
-                # The keyword vectors are left out of it, since an index written before they
-                # existed lacks them: they are added if missing (a no-op otherwise), and the
-                # entries without them are listed by ``outdated`` until rewritten.
-                # A changed quantization applies to the stored points at the next optimize.
+                # Loading with the config checks that the stored vectors have our dimension and
+                # applies the graph and quantization settings (a changed quantization at the
+                # next optimize). The precision is the stored one: vectors are not converted in
+                # place (`appliance reindex` rebuilds them). The keyword vectors are left out,
+                # since an index written before they existed lacks them: they are added if
+                # missing (a no-op otherwise), and the entries without them are listed by
+                # ``outdated`` until rewritten.
                 shard = qe.EdgeShard.load(
-                    str(self._path),
-                    qe.EdgeConfig(
-                        vectors=self._dense,
-                        hnsw_config=self._hnsw,
-                        quantization_config=self._quantization,
-                    ),
+                    str(self._path), self._config(_stored_precision(self._path), keywords=False)
                 )
                 shard.update(
                     qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
                 )
             else:
                 shard = qe.EdgeShard.create(
-                    str(self._path),
-                    qe.EdgeConfig(
-                        vectors=self._dense,
-                        # IDF is computed by the engine over the points it holds, so it follows
-                        # the catalog as items come and go.
-                        sparse_vectors={
-                            _KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)
-                        },
-                        hnsw_config=self._hnsw,
-                        quantization_config=self._quantization,
-                    ),
+                    str(self._path), self._config(self._precision, keywords=True)
                 )
                 shard.update(
                     qe.UpdateOperation.create_field_index(
@@ -124,6 +137,22 @@ class QdrantEdgeIndex:
                 "changed, run `appliance reindex` to rebuild it"
             ) from e
         return shard
+
+    def _config(self, precision: str, *, keywords: bool) -> qe.EdgeConfig:
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(
+                size=self.dimension,
+                distance=qe.Distance.Cosine,
+                datatype=_DATATYPES[precision],
+            ),
+            # IDF is computed by the engine over the points it holds, so it follows the catalog
+            # as items come and go.
+            sparse_vectors={_KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+            if keywords
+            else None,
+            hnsw_config=self._hnsw,
+            quantization_config=self._quantization,
+        )
 
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         """Insert or replace items, indexing new metadata fields for filtering."""
