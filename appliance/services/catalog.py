@@ -274,8 +274,8 @@ class CatalogService:
 
     async def reload_titles(self) -> None:
         """Rebuild the dictionary of titles from the store (at start-up, after a restore)."""
-        texts = await anyio.to_thread.run_sync(self._store.item_texts)
-        self.titles.replace(await anyio.to_thread.run_sync(TitleDictionary, texts))
+        titles = await anyio.to_thread.run_sync(lambda: TitleDictionary(self._store.item_texts()))
+        self.titles.replace(titles)
         # Answers kept from before may have missed (or named) items the dictionary now knows.
         self._on_change()
 

@@ -28,6 +28,7 @@ own forms.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import re
 import threading
@@ -57,6 +58,8 @@ _CAPITALISED_RARITY = 0.5
 _CAPITALISED_WORD_RARITY = 0.75
 _PLAIN_RARITY = 1.25
 _PLAIN_WORDS = 3
+#: Items prepared together before the lock is taken to add them.
+_UPDATE_CHUNK = 4096
 
 
 class Form:
@@ -208,8 +211,16 @@ class TitleDictionary:
         return len(self._forms_of)
 
     def update(self, items: Iterable[tuple[str, str, str]]) -> None:
-        """Add items, or replace what is known of them, as ``(item_id, title, text)``."""
-        prepared = [_prepare(*item) for item in items]
+        """Add items, or replace what is known of them, as ``(item_id, title, text)``.
+
+        Items are prepared and added a chunk at a time: what a whole catalog's preparation would
+        hold at once is several times what the dictionary keeps of it.
+        """
+        remaining = iter(items)
+        while chunk := list(itertools.islice(remaining, _UPDATE_CHUNK)):
+            self._add([_prepare(*item) for item in chunk])
+
+    def _add(self, prepared: list[_Prepared]) -> None:
         with self._lock:
             for item in prepared:
                 self._remove(item.item_id)

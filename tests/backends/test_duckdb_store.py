@@ -111,6 +111,22 @@ def test_creates_the_data_directory(tmp_path: Path) -> None:
 # -- items ----------------------------------------------------------------------------------
 
 
+def test_item_texts_yield_every_item_while_writes_go_on(
+    store: DuckDBStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(duckdb_store, "_TEXT_BATCH", 4)
+    store.put_items(_items(10))
+    texts = store.item_texts()
+    first = [next(texts) for _ in range(5)]
+    # Mid-read, in the same thread: the reader holds no lock a write needs.
+    store.put_items(_items(1, start=10))
+    store.delete_items(["item-000"])
+    read = first + list(texts)
+    # The read sees the catalog as it was when it started.
+    assert sorted(read) == [(f"item-{i:03d}", f"Title {i}", f"Text {i}") for i in range(10)]
+    assert len(list(store.item_texts())) == 10
+
+
 def test_put_items_assigns_increasing_seq_to_new_items(store: DuckDBStore) -> None:
     first = store.put_items(_items(3))
     assert [s.seq for s in first] == [1, 2, 3]

@@ -33,6 +33,8 @@ _EVENTS_WITH_TITLES = """
            p.event_time, p.request_id, p.received_at, i.title
     FROM page AS p LEFT JOIN items AS i ON i.item_id = p.item_id
 """
+#: Rows a reader of every item's text holds at a time.
+_TEXT_BATCH = 8192
 #: The tables an export carries, each with the key its rows are written in order of.
 EXPORTED_TABLES: dict[str, str] = {"items": "seq", "feedback": "event_id", "users": "user_id"}
 
@@ -336,12 +338,20 @@ class DuckDBStore:
             self._items.put_many({r[0]: _stored_item(r) for r in reversed(rows)})
         return len(rows)
 
-    def item_texts(self) -> list[tuple[str, str, str]]:
-        """Return every item's id, title and text."""
+    def item_texts(self) -> Iterator[tuple[str, str, str]]:
+        """Yield every item's id, title and text, read a batch at a time.
+
+        A catalog of a million items is never in memory whole. The rows come through a cursor
+        of their own (its own snapshot), so writes go on while a caller works through them.
+        """
         with self._lock:
-            return [
-                (r[0], r[1], r[2]) for r in self._rows("SELECT item_id, title, text FROM items")
-            ]
+            cursor = self._db.cursor()
+        try:
+            texts = cursor.sql("SELECT item_id, title, text FROM items")
+            for batch in texts.to_arrow_reader(_TEXT_BATCH):
+                yield from zip(*(column.to_pylist() for column in batch.columns), strict=True)
+        finally:
+            cursor.close()
 
     def list_items(
         self, after: str | None, limit: int, query: str | None = None
