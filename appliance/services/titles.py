@@ -34,7 +34,7 @@ import re
 import threading
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 #: Apostrophes, typographic ones included (U+2019, U+02BC): "She's" and "Shes" meet.
@@ -96,8 +96,9 @@ class _Word:
 class _Entry:
     item_id: str
     form: int
-    capitals: tuple[bool, ...]
-    """For each word of the form, whether the title writes it with a capital letter."""
+    capitals: int
+    """Bit i set where the title writes the form's word i with a capital letter (an int, not a
+    tuple of flags: a million titles' forms are kept)."""
 
 
 def fold(text: str) -> str:
@@ -179,8 +180,8 @@ def _prepare(item_id: str, title: str, text: str) -> _Prepared:
         words = [(fold(w), w[0].isupper()) for w in _WORD.findall(form_text)]
         key = " ".join(folded for folded, _ in words if folded)
         if key and key not in forms:
-            capitals = tuple(capital for folded, capital in words if folded)
-            forms[key] = _Entry(item_id, form, capitals)
+            flags = [capital for folded, capital in words if folded]
+            forms[key] = _Entry(item_id, form, sum(1 << i for i, c in enumerate(flags) if c))
     vocabulary = " ".join(_vocabulary(title) | _vocabulary(text))
     return _Prepared(item_id, list(forms.items()), vocabulary)
 
@@ -198,8 +199,9 @@ class TitleDictionary:
 
     def __init__(self, items: Iterable[tuple[str, str, str]] = ()) -> None:
         self._lock = threading.Lock()
-        # Each key's entries in order of form, nearest the title first.
-        self._entries: dict[str, list[_Entry]] = {}
+        # Each key's entries in order of form, nearest the title first; a key most titles have
+        # to themselves holds its one entry without a list around it (see ``_entries_at``).
+        self._entries: dict[str, _Entry | list[_Entry]] = {}
         self._forms_of: dict[str, tuple[str, ...]] = {}
         self._vocabulary_of: dict[str, str] = {}
         self._item_frequency: Counter[str] = Counter()
@@ -225,9 +227,9 @@ class TitleDictionary:
             for item in prepared:
                 self._remove(item.item_id)
                 for key, entry in item.forms:
-                    bisect.insort(self._entries.setdefault(key, []), entry, key=_form_of)
+                    self._insert(key, entry)
                     head, _, _ = key.partition(" ")
-                    length = len(entry.capitals)
+                    length = key.count(" ") + 1
                     self._longest_from[head] = max(self._longest_from.get(head, 0), length)
                 self._forms_of[item.item_id] = tuple(key for key, _ in item.forms)
                 self._vocabulary_of[item.item_id] = item.vocabulary
@@ -242,6 +244,21 @@ class TitleDictionary:
             self._item_frequency = other._item_frequency
             self._longest_from = other._longest_from
 
+    def _insert(self, key: str, entry: _Entry) -> None:
+        found = self._entries.get(key)
+        if found is None:
+            self._entries[key] = entry
+            return
+        entries = found if isinstance(found, list) else [found]
+        bisect.insort(entries, entry, key=_form_of)
+        self._entries[key] = entries
+
+    def _entries_at(self, key: str) -> Sequence[_Entry]:
+        found = self._entries.get(key)
+        if found is None:
+            return ()
+        return found if isinstance(found, list) else (found,)
+
     def remove(self, item_ids: Iterable[str]) -> None:
         """Forget items; unknown ids are ignored."""
         with self._lock:
@@ -253,11 +270,11 @@ class TitleDictionary:
         if keys is None:
             return
         for key in keys:
-            remaining = [e for e in self._entries[key] if e.item_id != item_id]
-            if remaining:
-                self._entries[key] = remaining
-            else:
+            remaining = [e for e in self._entries_at(key) if e.item_id != item_id]
+            if not remaining:
                 del self._entries[key]
+            else:
+                self._entries[key] = remaining[0] if len(remaining) == 1 else remaining
         # A bound on form lengths left too large by a removal only costs a few extra probes.
         for word in self._vocabulary_of.pop(item_id).split():
             self._item_frequency[word] -= 1
@@ -306,7 +323,7 @@ class TitleDictionary:
         longest = min(self._longest_from.get(words[position].folded, 0), len(words) - position)
         for length in range(longest, 0, -1):
             span = words[position : position + length]
-            entries = self._entries.get(" ".join(w.folded for w in span))
+            entries = self._entries_at(" ".join(w.folded for w in span))
             if not entries:
                 continue
             nearest = entries[0].form
@@ -321,12 +338,12 @@ class TitleDictionary:
                 return length, tuple(e.item_id for e in chosen)
         return None
 
-    def _confirmed_by(self, entries: list[_Entry], remark: str) -> list[_Entry]:
+    def _confirmed_by(self, entries: Sequence[_Entry], remark: str) -> list[_Entry]:
         """Return the entries whose item has every word of ``remark`` ("1995") among its own."""
         wanted = _vocabulary(remark)
         return [e for e in entries if wanted <= set(self._vocabulary_of[e.item_id].split())]
 
-    def _has_evidence(self, span: list[_Word], entries: list[_Entry]) -> bool:
+    def _has_evidence(self, span: list[_Word], entries: Sequence[_Entry]) -> bool:
         one_in_n = math.log(len(self._forms_of) + 1)
         rarity = sum(self._rarity(w.folded) for w in span)
         if any(_capitalised_as(span, e.capitals) for e in entries):
@@ -346,11 +363,11 @@ class TitleDictionary:
         return math.log((items + 1) / (self._item_frequency[word] + 1))
 
 
-def _capitalised_as(span: list[_Word], capitals: tuple[bool, ...]) -> bool:
+def _capitalised_as(span: list[_Word], capitals: int) -> bool:
     """Whether the request writes capitals where the title does, beyond a sentence's start."""
     informative = False
-    for word, capital in zip(span, capitals, strict=True):
-        if not capital:
+    for i, word in enumerate(span):
+        if not capitals >> i & 1:
             continue
         if len(word.folded) <= _SHORT_WORD:
             # Titles capitalise short words that requests often do not ("the Matrix"), and
