@@ -2,6 +2,9 @@
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +13,7 @@ import pytest
 from appliance import model_files
 from appliance.backends.embedders.onnx_runtime import OnnxEmbedder
 from appliance.backends.embedders.protocol import Embedder
+from appliance.backends.registry import DERIVED_DIR
 from appliance.errors import ConfigError
 from tests.conftest import EMBEDDER, MODELS_DIR
 
@@ -28,6 +32,32 @@ def test_gives_the_vectors_torch_gives(minilm: Embedder, minilm_torch: Embedder)
     np.testing.assert_allclose(minilm.embed(TEXTS), minilm_torch.embed(TEXTS), atol=1e-5)
     for text in TEXTS:
         np.testing.assert_allclose(minilm.embed([text]), minilm_torch.embed([text]), atol=1e-5)
+
+
+def test_encodes_without_importing_torch(minilm: Embedder) -> None:
+    # transformers' tokenizer would import torch: hundreds of MB in a process that never uses it.
+    del minilm  # its graph, derived by the fixture, is what the process below loads
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from appliance import model_files
+        from appliance.backends.embedders.onnx_runtime import OnnxEmbedder
+        from pathlib import Path
+
+        models = Path({str(MODELS_DIR)!r})
+        embedder = OnnxEmbedder(
+            model_files.require(models, {EMBEDDER!r}),
+            models / {DERIVED_DIR!r},
+            name={EMBEDDER!r},
+        )
+        print(embedder.embed(["time travel"]).shape)
+        print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+        """
+    )
+    done = subprocess.run(  # noqa: S603 - the script above
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.split("\n")[:2] == ["(1, 384)", "[]"]
 
 
 @pytest.mark.slow

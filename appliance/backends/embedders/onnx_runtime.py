@@ -58,7 +58,6 @@ class OnnxEmbedder:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
         import onnxruntime  # noqa: PLC0415 - only the server needs it
-        from transformers import AutoTokenizer  # noqa: PLC0415
 
         _check_supported(model_path)
         config = _read_json(model_path / "sentence_bert_config.json")
@@ -77,9 +76,7 @@ class OnnxEmbedder:
             self._session = onnxruntime.InferenceSession(
                 str(graph), options, providers=["CPUExecutionProvider"]
             )
-            self._tokenizer: Any = AutoTokenizer.from_pretrained(
-                str(model_path), local_files_only=True
-            )
+            self._tokenizer = _tokenizer(model_path, self._max_length)
         except Exception as e:  # onnxruntime raises its own untyped errors for a bad file
             raise ConfigError(f"cannot load the encoder graph {graph}: {e}") from e
         self._wanted = [i.name for i in self._session.get_inputs()]
@@ -90,14 +87,15 @@ class OnnxEmbedder:
         """Encode texts into unit-length float32 rows."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        batch = self._tokenizer(
-            [t.lower() for t in texts] if self._lower else list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self._max_length,
-            return_tensors="np",
+        encodings = self._tokenizer.encode_batch(
+            [t.lower() for t in texts] if self._lower else list(texts)
         )
-        feed = {k: np.asarray(batch[k], dtype=np.int64) for k in self._wanted}
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
+        feed = {k: np.asarray(columns[k], dtype=np.int64) for k in self._wanted}
         (tokens,) = self._session.run(["last_hidden_state"], feed)
         return _mean_normalised(tokens, feed["attention_mask"])
 
@@ -173,6 +171,28 @@ def export(model_path: Path, graph: Path) -> None:
                 "set embedder.runtime = 'torch'"
             )
         staged.replace(graph)
+
+
+def _tokenizer(model_path: Path, max_length: int) -> Any:
+    """Return the model's fast tokenizer, truncating at ``max_length`` and padding to the longest.
+
+    The ``tokenizers`` library reads the same tokenizer.json as transformers' fast tokenizer,
+    without importing transformers, which imports torch: several hundred MB of memory that
+    encoding through ONNX Runtime never uses.
+    """
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+    # The file's own settings (a fixed length of 128 for this model) give way to the model's
+    # window and to padding a batch to its longest text, as sentence-transformers does.
+    padding = tokenizer.padding or {}
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.enable_padding(
+        pad_id=padding.get("pad_id", 0),
+        pad_type_id=padding.get("pad_type_id", 0),
+        pad_token=padding.get("pad_token", "[PAD]"),
+    )
+    return tokenizer
 
 
 def _mean_normalised(tokens: Any, mask: Any) -> Vectors:
