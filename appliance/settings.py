@@ -243,10 +243,10 @@ class FeedbackSettings(_Section, frozen=True):
 class CacheSettings(_Section, frozen=True):
     """Caches that answer repeated requests without the encoder or the index."""
 
-    items: Annotated[int, Meta(ge=0)] = 200_000
-    """Catalog items the store keeps in memory for answers (about 0.8 kB each), read at start-up
-    up to this many; an answer's items are otherwise read from the database, which costs
-    milliseconds per request. 0 turns this cache off."""
+    items: Annotated[int, Meta(ge=0)] = 100_000
+    """Catalog items the store keeps in memory for answers (about 1 kB each), read at start-up
+    up to this many, the most recently read kept; an answer's items are otherwise read from the
+    database, which costs milliseconds per request. 0 turns this cache off."""
     context_vectors: Annotated[int, Meta(ge=0)] = 10_000
     """Request contexts whose vector is kept (about 1.5 kB each), least recently used dropped
     first; 0 turns this cache off."""

@@ -152,7 +152,7 @@ class DuckDBStore:
     """
 
     def __init__(
-        self, path: Path, *, cached_items: int = 200_000, cached_users: int = 20_000
+        self, path: Path, *, cached_items: int = 100_000, cached_users: int = 20_000
     ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
