@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from appliance.backends.embedders.protocol import Vectors
 from appliance.errors import ConfigError
@@ -173,15 +174,13 @@ def export(model_path: Path, graph: Path) -> None:
         staged.replace(graph)
 
 
-def _tokenizer(model_path: Path, max_length: int) -> Any:
+def _tokenizer(model_path: Path, max_length: int) -> Tokenizer:
     """Return the model's fast tokenizer, truncating at ``max_length`` and padding to the longest.
 
     The ``tokenizers`` library reads the same tokenizer.json as transformers' fast tokenizer,
     without importing transformers, which imports torch: several hundred MB of memory that
     encoding through ONNX Runtime never uses.
     """
-    from tokenizers import Tokenizer  # noqa: PLC0415
-
     tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
     # The file's own settings (a fixed length of 128 for this model) give way to the model's
     # window and to padding a batch to its longest text, as sentence-transformers does.
