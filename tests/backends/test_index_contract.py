@@ -28,7 +28,7 @@ FACTORIES: dict[str, Callable[[Path, int], VectorIndex]] = {
 #: How each kind stores a vector, and how far a stored vector, and so a score, may be from what
 #: was written: float16 keeps three significant digits of a unit vector's components.
 STORED_AS = {"qdrant-edge": np.float16, "qdrant-edge-float32": np.float32}
-STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-5}
+STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6}
 
 Matrix = npt.NDArray[np.float32]
 
