@@ -117,6 +117,11 @@ class IndexSettings(_Section, frozen=True):
     memory of float32 (0.7 GB against 1.5 GB at 1M items of 384 dimensions) and moves a cosine
     by less than 0.001. A new index takes it; an existing one keeps the precision it was
     written with until `appliance reindex` rebuilds it."""
+    segment_items: Annotated[int, Meta(ge=14_000)] = 50_000
+    """Most items one search graph is built over: a bulk load builds a graph each time this
+    many items were written, and segments merge up to this size. A graph's build time and
+    memory grow faster than its size; a search visits every segment (20 at 1M items). A
+    segment of fewer than 14,000 (10 MB of float16 vectors) is scanned instead."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as

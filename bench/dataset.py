@@ -30,8 +30,9 @@ from bench.server import RssSampler, appliance_command, serving
 MANIFEST = "bench-manifest.json"
 #: Bump when what a build puts into the data directory changes. 2: the index stores float16
 #: vectors (an index keeps the precision it was written with, so a format-1 one would measure
-#: float32 search).
-BUILD_FORMAT = 2
+#: float32 search). 3: the index builds its graphs in segments of at most
+#: ``index.segment_items`` (a format-2 one holds the whole catalog in one).
+BUILD_FORMAT = 3
 KNOWN_USERS = 1000
 LIKES_PER_USER = 10
 #: Items whose tokens are counted for the report.
@@ -143,6 +144,7 @@ def build(
         "continued_an_interrupted_build": continued,
         "optimize_seconds": round(optimize_s, 1),
         "build_peak_rss_mb": round(rss.peak_mb),
+        "build_peak_anon_mb": round(rss.anon_peak_mb),
         "feedback_events": events,
         "mean_tokens_per_item": round(tokens, 1),
     }

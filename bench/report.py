@@ -342,10 +342,12 @@ def _built(build: dict[str, Any]) -> str:
             f"Built by continuing an interrupted build ({build['build_seconds']:,.0f} s for the "
             f"rest{graphs_text}; the interrupted part's time is not recorded)."
         )
+    anon = build.get("build_peak_anon_mb")
+    anon_text = "" if anon is None else f", {anon:,} MB of it not in mapped files"
     return (
         f"Built in {build['build_seconds']:,.0f} s ({build['ingest_items_per_second']} items/s "
         f"through `appliance ingest`{graphs_text}, server peak RSS "
-        f"{build['build_peak_rss_mb']:,} MB)."
+        f"{build['build_peak_rss_mb']:,} MB{anon_text})."
     )
 
 

@@ -31,14 +31,18 @@ def appliance_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
 
 
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process now (VmRSS), in MiB; 0 once it has exited."""
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """Resident memory of a process now, in MiB; 0 once it has exited.
+
+    ``VmRSS`` is all of it; ``RssAnon`` leaves out pages of mapped files (the index's), which the
+    kernel may drop and read again when memory runs short.
+    """
     try:
         status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
     except OSError:
         return 0.0
     for line in status.splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -64,6 +68,7 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self.peak_mb = 0.0
         self.last_mb = 0.0
+        self.anon_peak_mb = 0.0
 
     def _run(self) -> None:
         while True:
@@ -75,6 +80,7 @@ class RssSampler:
         value = rss_mb(self._pid)
         self.last_mb = value
         self.peak_mb = max(self.peak_mb, value)
+        self.anon_peak_mb = max(self.anon_peak_mb, rss_mb(self._pid, "RssAnon"))
 
     def __enter__(self) -> Self:
         self._thread.start()

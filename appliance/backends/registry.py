@@ -88,6 +88,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         quantized=settings.index.quantized,
         precision=settings.index.precision,
         text_language=settings.index.text_language,
+        segment_items=settings.index.segment_items,
     )
 
 

@@ -307,10 +307,11 @@ class CatalogService:
         await anyio.to_thread.run_sync(self._index.clear)
         return await self.reconcile()
 
-    # Optimizing holds the index's write lock for as long as building the graphs takes (a minute
-    # and more at 100K items on a busy machine), so it waits for a pause in the writes: the
-    # quiet period counts from the end of the last upsert, and a new upsert (which spends most of
-    # its time encoding, before it writes) puts it off again.
+    # Optimizing holds the index's write lock for as long as building the graphs takes (qdrant-
+    # edge-py holds the interpreter lock too, so nothing else in the process runs meanwhile: a
+    # few seconds for a segment of 50K items, see ``index.segment_items``), so it waits for a
+    # pause in the writes: the quiet period counts from the end of the last upsert, and a new
+    # upsert (which spends most of its time encoding, before it writes) puts it off again.
     def _write_started(self) -> None:
         self._writing += 1
         if self._optimizer is not None:
