@@ -40,8 +40,6 @@ _DATATYPES = {
     "float32": qe.VectorStorageDatatype.Float32,
     "float16": qe.VectorStorageDatatype.Float16,
 }
-#: Bytes a stored vector takes per dimension, by precision.
-_ELEMENT_BYTES = {"float32": 4, "float16": 2}
 #: The shard's own record of its configuration, in its folder.
 _SHARD_CONFIG = "edge_config.json"
 
@@ -159,10 +157,11 @@ class QdrantEdgeIndex:
             hnsw_config=self._hnsw,
             quantization_config=self._quantization,
             # Segments are merged only up to ``segment_items`` points, so that no graph is built
-            # over more of them at once (Qdrant's bound is in kilobytes of dense vectors).
+            # over more of them at once (Qdrant's bound is in kilobytes of dense vectors; the
+            # precisions are named as numpy names their dtypes).
             optimizers=qe.EdgeOptimizersConfig(
                 max_segment_size=-(
-                    -self._segment_items * self.dimension * _ELEMENT_BYTES[precision] // 1024
+                    -self._segment_items * self.dimension * np.dtype(precision).itemsize // 1024
                 )
             ),
         )
