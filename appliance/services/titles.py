@@ -245,19 +245,22 @@ class TitleDictionary:
             self._longest_from = other._longest_from
 
     def _insert(self, key: str, entry: _Entry) -> None:
-        found = self._entries.get(key)
-        if found is None:
-            self._entries[key] = entry
-            return
-        entries = found if isinstance(found, list) else [found]
+        entries = list(self._entries_at(key))
         bisect.insort(entries, entry, key=_form_of)
-        self._entries[key] = entries
+        self._put(key, entries)
 
     def _entries_at(self, key: str) -> Sequence[_Entry]:
         found = self._entries.get(key)
         if found is None:
             return ()
         return found if isinstance(found, list) else (found,)
+
+    def _put(self, key: str, entries: list[_Entry]) -> None:
+        """Keep a key's entries: one without a list around it, none by forgetting the key."""
+        if not entries:
+            del self._entries[key]
+        else:
+            self._entries[key] = entries[0] if len(entries) == 1 else entries
 
     def remove(self, item_ids: Iterable[str]) -> None:
         """Forget items; unknown ids are ignored."""
@@ -270,11 +273,7 @@ class TitleDictionary:
         if keys is None:
             return
         for key in keys:
-            remaining = [e for e in self._entries_at(key) if e.item_id != item_id]
-            if not remaining:
-                del self._entries[key]
-            else:
-                self._entries[key] = remaining[0] if len(remaining) == 1 else remaining
+            self._put(key, [e for e in self._entries_at(key) if e.item_id != item_id])
         # A bound on form lengths left too large by a removal only costs a few extra probes.
         for word in self._vocabulary_of.pop(item_id).split():
             self._item_frequency[word] -= 1
