@@ -31,20 +31,26 @@ def appliance_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "appliance"]
 
 
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """Resident memory of a process now, in MiB; 0 once it has exited.
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process now (VmRSS), in MiB; 0 once it has exited."""
+    return memory_mb(pid).get("VmRSS", 0.0)
 
-    ``VmRSS`` is all of it; ``RssAnon`` leaves out pages of mapped files (the index's), which the
-    kernel may drop and read again when memory runs short.
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """Return a process's memory figures now, in MiB by /proc status field; {} once it exited.
+
+    ``VmRSS`` is all of its resident memory; ``RssAnon`` leaves out pages of mapped files (the
+    index's), which the kernel may drop and read again when memory runs short.
     """
     try:
         status = Path(f"/proc/{pid}/status").read_text(encoding="ascii")
     except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+        return {}
+    return {
+        name: int(value.split()[0]) / 1024
+        for name, _, value in (line.partition(":") for line in status.splitlines())
+        if value.endswith(" kB")
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -77,10 +83,10 @@ class RssSampler:
                 return
 
     def _take(self) -> None:
-        value = rss_mb(self._pid)
-        self.last_mb = value
-        self.peak_mb = max(self.peak_mb, value)
-        self.anon_peak_mb = max(self.anon_peak_mb, rss_mb(self._pid, "RssAnon"))
+        memory = memory_mb(self._pid)
+        self.last_mb = memory.get("VmRSS", 0.0)
+        self.peak_mb = max(self.peak_mb, self.last_mb)
+        self.anon_peak_mb = max(self.anon_peak_mb, memory.get("RssAnon", 0.0))
 
     def __enter__(self) -> Self:
         self._thread.start()
