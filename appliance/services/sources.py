@@ -104,7 +104,8 @@ class PopularitySource:
         self._refresh_seconds = refresh_seconds
         self._ranking: list[tuple[str, float]] = []
         self._scores: dict[str, float] = {}
-        self._computed_at = float("-inf")
+        # None: to be computed at the next request, whatever ``refresh_seconds`` (even infinite).
+        self._computed_at: float | None = None
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Return popular admitted items (topped up with the newest ones at cold start)."""
@@ -141,11 +142,14 @@ class PopularitySource:
 
     def forget(self) -> None:
         """Drop the cached ranking, e.g. after the feedback was replaced by a restore."""
-        self._computed_at = float("-inf")
+        self._computed_at = None
 
     async def _current_ranking(self) -> list[tuple[str, float]]:
         """Return (item id, score) pairs of the most popular items, most popular first."""
-        if time.monotonic() - self._computed_at > self._refresh_seconds:
+        if (
+            self._computed_at is None
+            or time.monotonic() - self._computed_at > self._refresh_seconds
+        ):
             ranking = await anyio.to_thread.run_sync(self._store.popularity, self._half_life_days)
             self._scores = dict(ranking)
             self._ranking = ranking[:POPULAR_POOL]

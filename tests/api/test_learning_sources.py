@@ -4,6 +4,7 @@ test catalog and on a generated catalog of hardware-store products."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -376,3 +377,23 @@ def test_history_source_leaves_the_items_a_request_names_to_the_named_source(
     assert {r["via"]["history"] for r in history["recommendations"]} == {"sku-baki-0"}
     named = recommend(client, sources=["named"], **asked)
     assert {r["via"]["named"] for r in named["recommendations"]} == {"sku-camp-0"}
+
+
+def test_popularity_refreshed_never_by_the_clock_is_still_computed_once(
+    open_client: Callable[[Settings], Client], tmp_path: Path, test_items: list[dict[str, Any]]
+) -> None:
+    # An infinite refresh period means "not by the clock" (the evaluation refreshes it at set
+    # points): the first request still computes the ranking.
+    client = open_client(
+        make_settings(tmp_path / "data", recommend={"popularity_refresh_seconds": math.inf})
+    )
+    upsert(client, test_items)
+    like_all(client, together(["p1", "p2", "p3"], "ro-4"))
+    like_all(client, together(["p1", "p2"], "sf-2"))
+
+    alone = recommend(client, user_id="reader", context="time travel", sources=["popularity"])
+    assert ids(alone)[:2] == ["ro-4", "sf-2"]
+    # Kept since: feedback after the first request does not reorder it.
+    like_all(client, together(["p4", "p5", "p6", "p7"], "sf-2"))
+    again = recommend(client, user_id="reader", context="space", sources=["popularity"])
+    assert ids(again)[:2] == ["ro-4", "sf-2"]
