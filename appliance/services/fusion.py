@@ -107,10 +107,17 @@ def preference_pairs(
     """Build the preference pairs of every impression that can teach the fusion anything.
 
     A positive is a candidate its feedback liked (positive summed weight), wherever it stood.
-    A negative is a candidate its feedback disliked, or one that was shown and got no positive
-    answer; a candidate that was not shown and got no answer says nothing. An impression
-    teaches the fusion only when it has a positive and a negative and at least two sources
-    proposed its candidates: the weights cannot change the order of a single source's list.
+    A negative is a candidate its feedback disliked, or one that was shown and got no answer; a
+    candidate that was not shown and got no answer says nothing. A pair compares candidates the
+    user could choose between alike: a disliked candidate goes with every liked one, a
+    passed-over one only with the liked ones that were shown too. A liked candidate that was not
+    shown was found some other way; set against the shown ones, which are shown because the
+    fusion in use put them first, it would teach the fusion to undo whatever order it had.
+    (Measured on the evaluation's simulated use, with unshown liked candidates paired with
+    passed-over ones: on the newest impressions the learned and the plain fusion ordered 0.31
+    and 0.27 of the pairs right, below chance.) An impression teaches the fusion only when it
+    has such a pair and at least two sources proposed its candidates: the weights cannot change
+    the order of a single source's list.
 
     Returns:
         The pairs, and the sorted ids of the impressions they come from.
@@ -118,7 +125,8 @@ def preference_pairs(
     """
     rng = np.random.default_rng(seed)
     positive = data.label > 0
-    negative = (data.label < 0) | (data.shown & (data.label == 0))
+    disliked = data.label < 0
+    negative = disliked | (data.shown & (data.label == 0))
     starts = np.flatnonzero(np.r_[True, np.diff(data.impression) != 0])
     ends = np.r_[starts[1:], len(data.impression)]
     diffs: list[FloatArray] = []
@@ -134,6 +142,10 @@ def preference_pairs(
             continue
         left, right = np.meshgrid(pos, neg, indexing="ij")
         left, right = left.ravel(), right.ravel()
+        alike = data.shown[left] | disliked[right]
+        left, right = left[alike], right[alike]
+        if not len(left):
+            continue
         if len(left) > MAX_PAIRS_PER_IMPRESSION:
             keep = rng.choice(len(left), MAX_PAIRS_PER_IMPRESSION, replace=False)
             left, right = left[keep], right[keep]

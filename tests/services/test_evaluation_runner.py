@@ -336,12 +336,18 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
     ]
     train, holdout = time_split(campers)
     tasks = [Task("holdout", holdout, (("HR", 10), ("NDCG", 10)))]
-    # A schedule that would fire many times during the run: the harness turns it off.
+    # A schedule that would fire many times during the run: the harness turns it off. Twelve
+    # campers give few pairs of candidates shown alike: a little evidence has to do, and a
+    # weaker pull towards plain RRF than the default lets it show.
     settings = make_settings(
         tmp_path / "data",
         embedder={"kind": "hashing"},
         recommend={"popularity_refresh_seconds": 0},
-        fusion={"train_interval_seconds": 0.01, "min_labelled_impressions": 8},
+        fusion={
+            "train_interval_seconds": 0.01,
+            "min_labelled_impressions": 4,
+            "prior_strength": 2.0,
+        },
     )
 
     report = await run(settings, catalog, train, tasks, visits=4)
