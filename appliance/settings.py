@@ -222,8 +222,9 @@ class FusionSettings(_Section, frozen=True):
     """How often the fusion weights are learned again from the impressions; 0 turns the
     scheduled learning off (POST /admin/fusion/train still learns)."""
     min_labelled_impressions: PositiveInt = 100
-    """Impressions that can teach the fusion (a liked and a passed-over candidate, from at least
-    two sources) needed before learned weights replace plain reciprocal-rank fusion."""
+    """Impressions that can teach the fusion (a liked candidate and a disliked one, or
+    two shown candidates, one liked and one passed over; from at least two sources) needed
+    before learned weights replace plain reciprocal-rank fusion."""
     max_training_impressions: PositiveInt = 20_000
     """The newest impressions looked at when learning."""
     prior_strength: Annotated[float, Meta(ge=0.0)] = 10.0

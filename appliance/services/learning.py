@@ -203,7 +203,8 @@ class FusionLearner:
                 status=TrainingStatus.TOO_LITTLE_DATA,
                 fit=fit,
                 detail=f"{teaching} of the {needed} impressions needed can teach the fusion "
-                "(a liked and a passed-over candidate, from at least two sources); plain RRF",
+                "(a liked candidate and a disliked one, or two shown candidates, one liked and one "
+                "passed over; from at least two sources); plain RRF",
             )
         learned, plain = fit.validation_learned, fit.validation_rrf
         if learned is None or plain is None or learned < plain:
