@@ -36,7 +36,9 @@ the paired bootstrap difference from the RRF one. Only impressions where two or 
 proposed candidates can teach the fusion anything, and the learner keeps one set of weights
 per kind of request: the wordless visits teach requests without words (leave-last-out), the
 naming ones teach requests that name items (most ReDial requests). Nothing teaches requests
-whose words name no item (the tag queries): they stay plain RRF, and there the two rows agree.
+whose words name no item (the tag queries, and ReDial requests naming no movie) weights of
+their own: they borrow the weights learned from all the visits together, as an appliance does
+for any kind of request its users have not yet answered enough of.
 """
 
 from __future__ import annotations

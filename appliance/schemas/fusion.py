@@ -36,13 +36,15 @@ class FusionKindOut(Response):
     default: str
     """The fusion such a request gets when it does not choose: learned once learned, else rrf."""
     status: str
-    """The latest training's outcome: untrained, too-little-data, not-better or trained."""
+    """The latest training's outcome: untrained, too-little-data, not-better, shared (too little
+    feedback of its own: the weights learned from every kind together are in use) or trained."""
     detail: str
     """Why, in words."""
     weights: dict[str, float] = {}
-    """The per-source weights of learned fusion, when in use (a source absent here weighs 1)."""
+    """The per-source weights of learned fusion, when in use (a source absent here weighs 1):
+    this kind's own, or the shared ones."""
     learned_weights: dict[str, float] = {}
-    """The weights the latest training found, in use or not."""
+    """The weights the latest training found for this kind alone, in use or not."""
     temperature: float | None = None
     """How sharply the learned model separates liked from passed-over candidates."""
     teaching_impressions: int = 0

@@ -1,10 +1,11 @@
 """The learned fusion: weights learned in the background from the appliance's own impressions.
 
 Each kind of request (with a context, with one that names catalog items, or without) has
-weights of its own. Until enough of its
-impressions have been answered by feedback, and whenever the learned weights do worse than plain
-reciprocal-rank fusion on the newest impressions, requests of that kind are fused by plain RRF.
-A failed training keeps whatever was in use before.
+weights of its own once enough of its impressions have been answered by feedback. Until then it
+borrows the weights learned from every kind's impressions together, when those order the newest
+impressions better than plain reciprocal-rank fusion; failing that, and whenever a kind's own
+weights do worse than plain RRF on its newest impressions, requests of that kind are fused by
+plain RRF. A failed training keeps whatever was in use before.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class TrainingStatus(enum.StrEnum):
     """Fewer teaching impressions than fusion.min_labelled_impressions."""
     NOT_BETTER = "not-better"
     """The weights ordered held-out impressions worse than plain RRF."""
+    SHARED = "shared"
+    """Too few teaching impressions of its own: the weights learned from every kind's
+    impressions together are in use."""
     TRAINED = "trained"
     """The learned weights are in use."""
 
@@ -55,7 +59,11 @@ class RequestKind(enum.StrEnum):
 
     Which sources are worth most depends on what a request carries: the words of a context are
     best matched by some, the items a request names ("something like ...") or a user's history
-    by others. The weights learned from one kind never move another's.
+    by others. The weights learned from one kind never move another's own; a kind with too
+    little feedback of its own borrows the weights learned from all of them together. (In the
+    evaluation's simulated use nearly every worded request names an item, so ``CONTEXT`` has
+    almost nothing of its own: borrowing raised the learned fusion's NDCG@10 on the tag queries
+    from 0.060 to 0.066 and R@10 on the ReDial requests from 0.092 to 0.103.)
     """
 
     CONTEXT = "context"
@@ -154,7 +162,7 @@ class FusionLearner:
             trainings = self.state.trainings + 1
             try:
                 data = await self._impressions.training_set()
-                fits = await anyio.to_thread.run_sync(self._fit, data)
+                fits, pooled = await anyio.to_thread.run_sync(self._fit, data)
             except Exception as e:
                 log.exception("learning the fusion weights failed")
                 self.state = replace(
@@ -163,7 +171,7 @@ class FusionLearner:
                 return self.state
             self._replace(
                 FusionState(
-                    kinds={kind: self._judge(fit) for kind, fit in fits.items()},
+                    kinds={kind: self._judge(fit, pooled) for kind, fit in fits.items()},
                     trained_at=datetime.now(UTC),
                     trainings=trainings,
                 )
@@ -183,46 +191,73 @@ class FusionLearner:
         if {kind: s.weights for kind, s in state.kinds.items()} != before:
             self._on_weights_changed()
 
-    def _fit(self, data: TrainingSet) -> dict[RequestKind, FitResult | None]:
+    def _fit(
+        self, data: TrainingSet
+    ) -> tuple[dict[RequestKind, FitResult | None], FitResult | None]:
+        """Learn each kind's weights from its own impressions, and one set from all of them."""
         rows = {
             RequestKind.NAMED: data.names_items,
             RequestKind.CONTEXT: data.has_context & ~data.names_items,
             RequestKind.NO_CONTEXT: ~data.has_context,
         }
-        return {
-            kind: fit_weights(data.where(rows[kind]), prior_strength=self._settings.prior_strength)
-            for kind in RequestKind
-        }
+        strength = self._settings.prior_strength
+        own = {kind: fit_weights(data.where(rows[kind]), prior_strength=strength) for kind in rows}
+        return own, fit_weights(data, prior_strength=strength)
 
-    def _judge(self, fit: FitResult | None) -> KindState:
-        """Decide whether the weights just learned replace plain RRF."""
+    def _judge(self, fit: FitResult | None, pooled: FitResult | None) -> KindState:
+        """Decide whether a kind's own weights, or the pooled ones, replace plain RRF."""
         needed = self._settings.min_labelled_impressions
         teaching = 0 if fit is None else fit.impressions
         if fit is None or teaching < needed:
-            return KindState(
-                status=TrainingStatus.TOO_LITTLE_DATA,
-                fit=fit,
-                detail=f"{teaching} of the {needed} impressions needed can teach the fusion "
+            too_little = (
+                f"{teaching} of the {needed} impressions needed can teach the fusion "
                 "(a liked candidate and a disliked one, or two shown candidates, one liked and one "
-                "passed over; from at least two sources); plain RRF",
+                "passed over; from at least two sources)"
             )
-        learned, plain = fit.validation_learned, fit.validation_rrf
-        if learned is None or plain is None or learned < plain:
+            if pooled is not None and pooled.impressions >= needed and _better(pooled):
+                return KindState(
+                    status=TrainingStatus.SHARED,
+                    weights=pooled.weights,
+                    fit=fit,
+                    detail=f"{too_little}; in use: the weights learned from the requests of "
+                    f"every kind, {_evidence(pooled)}",
+                )
+            return KindState(
+                status=TrainingStatus.TOO_LITTLE_DATA, fit=fit, detail=f"{too_little}; plain RRF"
+            )
+        if not _better(fit):
+            learned, plain = fit.validation_learned, fit.validation_rrf
             return KindState(
                 status=TrainingStatus.NOT_BETTER,
                 fit=fit,
-                detail=f"on the newest impressions the learned weights ordered {learned:.3f} of "
+                detail="a single teaching impression, none left to check the weights on; plain RRF"
+                if learned is None or plain is None
+                else f"on the newest impressions the learned weights ordered {learned:.3f} of "
                 f"the pairs right against {plain:.3f} for plain RRF; plain RRF",
             )
         return KindState(
             status=TrainingStatus.TRAINED,
             weights=fit.weights,
             fit=fit,
-            detail=f"learned from {teaching} impressions ({fit.pairs} pairs); on the newest "
-            f"ones {learned:.3f} of the pairs ordered right against {plain:.3f} for plain RRF",
+            detail=f"learned from {_evidence(fit)}",
         )
 
     async def _run(self) -> None:
         while True:
             await anyio.sleep(self._settings.train_interval_seconds)
             await self.train()
+
+
+def _better(fit: FitResult) -> bool:
+    """Whether the weights ordered the held-out impressions at least as well as plain RRF."""
+    learned, plain = fit.validation_learned, fit.validation_rrf
+    return learned is not None and plain is not None and learned >= plain
+
+
+def _evidence(fit: FitResult) -> str:
+    """Say what a fit was learned from and how it did on the newest impressions."""
+    return (
+        f"{fit.impressions} impressions ({fit.pairs} pairs); on the newest ones "
+        f"{fit.validation_learned:.3f} of the pairs ordered right against "
+        f"{fit.validation_rrf:.3f} for plain RRF"
+    )

@@ -266,14 +266,18 @@ def test_learned_weights_follow_what_users_pick(
     assert set(weights) == set(BOTH)
     assert weights[favoured] > 1.0 > weights[other]
     assert state["validation_learned"] >= state["validation_rrf"]
-    # Requests without words, or naming items, are other kinds: nothing taught them, they keep
-    # plain RRF.
+    # Requests without words, or naming items, are other kinds: nothing taught them weights of
+    # their own, so they borrow those learned from every kind's requests, here worded ones only.
     for kind in ("no-context", "named"):
-        assert trained["kinds"][kind]["status"] == "too-little-data"
-        assert trained["kinds"][kind]["default"] == "rrf"
-    wordless = recommend(shop, user_id=f"{favoured}-fan-0", **OWN_LISTS, fusion="learned")
+        borrowed = trained["kinds"][kind]
+        assert borrowed["status"] == "shared", borrowed["detail"]
+        assert borrowed["default"] == "learned"
+        assert borrowed["weights"] == weights
+        assert "learned_weights" not in borrowed
+    wordless = recommend(shop, user_id=f"{favoured}-fan-0", **OWN_LISTS)
     assert wordless["strategy"] == "preference"
-    assert wordless["fusion"] == "rrf"
+    assert wordless["fusion"] == "learned"
+    assert wordless["fusion_weights"] == weights
 
     def positions(answer: dict[str, Any], only: str) -> list[int]:
         """Where the candidates that only ``only`` proposed ended up, among all candidates."""
@@ -312,8 +316,11 @@ def test_requests_that_name_items_learn_weights_of_their_own(shop: TestClient[An
     assert named["status"] == "trained", named["detail"]
     assert named["teaching_impressions"] == answered
     assert named["weights"]["popularity"] > 1.0 > named["weights"]["vector"]
-    # Worded requests that name nothing learned nothing from them.
-    assert trained["kinds"]["context"]["status"] == "too-little-data"
+    # Worded requests that name nothing learned nothing of their own from them: until they do,
+    # they borrow the weights learned from every kind's requests, here the naming ones.
+    worded = trained["kinds"]["context"]
+    assert worded["status"] == "shared", worded["detail"]
+    assert "teaching_impressions" not in worded
     naming = recommend(
         shop, user_id="judge", context="Anything like the Soap Dish?", top_k=4, **OWN_LISTS
     )
@@ -321,7 +328,8 @@ def test_requests_that_name_items_learn_weights_of_their_own(shop: TestClient[An
     assert naming["fusion_weights"] == named["weights"]
     assert logged(shop, naming["request_id"])["kind"] == "named"
     plain = recommend(shop, user_id="judge", context=JUDGED, top_k=4, **OWN_LISTS)
-    assert plain["fusion"] == "rrf"
+    assert plain["fusion"] == "learned"
+    assert plain["fusion_weights"] == worded["weights"]
     assert logged(shop, plain["request_id"])["kind"] == "context"
     wordless = recommend(shop, user_id="judge", top_k=4, **OWN_LISTS)
     assert logged(shop, wordless["request_id"])["kind"] == "no-context"

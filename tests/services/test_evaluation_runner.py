@@ -360,7 +360,8 @@ async def test_the_fusion_learns_from_simulated_usage_before_the_queries(
     assert usage.fusion.trainings == 1
     # Every second visit asked for something like the camper's latest kettle, by its name,
     # and was understood: those taught the weights of requests that name items; the others
-    # had no words and taught those of wordless requests. Nothing taught other worded ones.
+    # had no words and taught those of wordless requests. Nothing taught other worded ones
+    # weights of their own.
     assert usage.named == 2 * 12
     assert usage.fusion.kinds[RequestKind.NAMED].fit is not None
     wordless = usage.fusion.kinds[RequestKind.NO_CONTEXT]

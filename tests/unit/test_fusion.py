@@ -1,3 +1,7 @@
+import asyncio
+from dataclasses import replace
+from typing import TYPE_CHECKING, cast
+
 import numpy as np
 import pytest
 
@@ -10,6 +14,11 @@ from appliance.services.fusion import (
     rank_features,
     reciprocal_rank_fusion,
 )
+from appliance.services.learning import FusionLearner, FusionState, RequestKind, TrainingStatus
+from appliance.settings import FusionSettings
+
+if TYPE_CHECKING:
+    from appliance.services.impressions import ImpressionLog
 
 
 def _hits(*pairs: tuple[str, float]) -> list[Hit]:
@@ -295,3 +304,94 @@ def test_a_third_source_without_teaching_data_keeps_weight_one() -> None:
     ranked = {"gamma": _hits(("g", 1.0)), "beta": _hits(("b", 1.0))}
     # An unlisted source weighs 1: above the disfavoured beta.
     assert _ids(reciprocal_rank_fusion(ranked, fit.weights)) == ["g", "b"]
+
+
+# -- which weights each kind of request gets -------------------------------------------------
+
+
+class _Impressions:
+    """Stands in for the impression log: the learner only reads its training set."""
+
+    def __init__(self, data: TrainingSet) -> None:
+        self._data = data
+
+    async def training_set(self) -> TrainingSet:
+        return self._data
+
+
+def _of_kind(data: TrainingSet, *, has_context: bool, names_items: bool) -> TrainingSet:
+    rows = len(data.impression)
+    return replace(
+        data,
+        has_context=np.full(rows, has_context),
+        names_items=np.full(rows, names_items),
+    )
+
+
+def _in_turn(*parts: TrainingSet) -> TrainingSet:
+    """One training set of ``parts``' impressions, each part's after the one before."""
+    offsets = np.cumsum([0, *(part.impressions for part in parts[:-1])])
+    return TrainingSet(
+        sources=parts[0].sources,
+        impression=np.concatenate([p.impression + o for p, o in zip(parts, offsets, strict=True)]),
+        ranks=np.concatenate([p.ranks for p in parts]),
+        shown=np.concatenate([p.shown for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        has_context=np.concatenate([p.has_context for p in parts]),
+        names_items=np.concatenate([p.names_items for p in parts]),
+    )
+
+
+def _train(data: TrainingSet) -> FusionState:
+    """Learn with the default settings: 100 teaching impressions needed, prior strength 10."""
+    learner = FusionLearner(cast("ImpressionLog", _Impressions(data)), FusionSettings())
+    return asyncio.run(learner.train())
+
+
+def test_a_kind_without_feedback_of_its_own_borrows_the_weights_of_all() -> None:
+    worded = _of_kind(usage(200, liked_source=0, seed=3), has_context=True, names_items=False)
+    naming = _of_kind(usage(200, liked_source=0, seed=4), has_context=True, names_items=True)
+    state = _train(_in_turn(worded, naming))
+
+    for kind in (RequestKind.CONTEXT, RequestKind.NAMED):
+        own = state.kinds[kind]
+        assert own.status is TrainingStatus.TRAINED, own.detail
+        assert own.fit is not None
+        assert own.weights == own.fit.weights
+    pooled = fit_weights(_in_turn(worded, naming), prior_strength=10.0)
+    assert pooled is not None
+    wordless = state.kinds[RequestKind.NO_CONTEXT]
+    assert wordless.status is TrainingStatus.SHARED, wordless.detail
+    assert wordless.fit is None
+    assert wordless.weights == pooled.weights
+    assert wordless.weights["alpha"] > 1.5 > wordless.weights["beta"]
+    assert "0 of the 100 impressions needed" in wordless.detail
+    assert (
+        f"the weights learned from the requests of every kind, {pooled.impressions} impressions"
+        in wordless.detail
+    )
+
+
+def test_too_little_feedback_in_all_keeps_plain_rrf() -> None:
+    worded = _of_kind(usage(60, liked_source=0), has_context=True, names_items=False)
+    state = _train(worded)
+
+    for kind, kind_state in state.kinds.items():
+        assert kind_state.status is TrainingStatus.TOO_LITTLE_DATA, kind
+        assert kind_state.weights is None
+    assert state.kinds[RequestKind.CONTEXT].detail.endswith("; plain RRF")
+
+
+def test_a_kind_whose_own_weights_fail_their_check_does_not_borrow() -> None:
+    worded = _of_kind(usage(300, liked_source=0, seed=5), has_context=True, names_items=False)
+    # Wordless requests liked alpha's items, then, in the newest impressions held out to check
+    # the weights on, beta's: the weights learned from the older ones order those wrong.
+    turned = _in_turn(usage(160, liked_source=0, seed=6), usage(40, liked_source=1, seed=7))
+    wordless = _of_kind(turned, has_context=False, names_items=False)
+    state = _train(_in_turn(wordless, worded))
+
+    assert state.kinds[RequestKind.CONTEXT].status is TrainingStatus.TRAINED
+    assert state.kinds[RequestKind.NAMED].status is TrainingStatus.SHARED
+    own = state.kinds[RequestKind.NO_CONTEXT]
+    assert own.status is TrainingStatus.NOT_BETTER, own.detail
+    assert own.weights is None
