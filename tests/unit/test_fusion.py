@@ -342,9 +342,9 @@ def _in_turn(*parts: TrainingSet) -> TrainingSet:
     )
 
 
-def _train(data: TrainingSet) -> FusionState:
-    """Learn with the default settings: 100 teaching impressions needed, prior strength 10."""
-    learner = FusionLearner(cast("ImpressionLog", _Impressions(data)), FusionSettings())
+def _train(data: TrainingSet, settings: FusionSettings | None = None) -> FusionState:
+    """Learn, by default with 100 teaching impressions needed and a prior strength of 10."""
+    learner = FusionLearner(cast("ImpressionLog", _Impressions(data)), settings or FusionSettings())
     return asyncio.run(learner.train())
 
 
@@ -395,3 +395,15 @@ def test_a_kind_whose_own_weights_fail_their_check_does_not_borrow() -> None:
     own = state.kinds[RequestKind.NO_CONTEXT]
     assert own.status is TrainingStatus.NOT_BETTER, own.detail
     assert own.weights is None
+
+
+def test_a_single_teaching_impression_has_none_left_to_check_on() -> None:
+    one = _of_kind(usage(1, liked_source=0, like_rate=1.0), has_context=True, names_items=False)
+    state = _train(one, FusionSettings(min_labelled_impressions=1))
+
+    worded = state.kinds[RequestKind.CONTEXT]
+    assert worded.fit is not None
+    assert worded.fit.impressions == 1
+    assert worded.status is TrainingStatus.NOT_BETTER
+    assert worded.detail.startswith("a single teaching impression")
+    assert worded.weights is None
