@@ -3,9 +3,9 @@
 Each kind of request (with a context, with one that names catalog items, or without) has
 weights of its own once enough of its impressions have been answered by feedback. Until then it
 borrows the weights learned from every kind's impressions together, when those order the newest
-impressions better than plain reciprocal-rank fusion; failing that, and whenever a kind's own
-weights do worse than plain RRF on its newest impressions, requests of that kind are fused by
-plain RRF. A failed training keeps whatever was in use before.
+impressions at least as well as plain reciprocal-rank fusion; failing that, and whenever a
+kind's own weights do worse than plain RRF on its newest impressions, requests of that kind are
+fused by plain RRF. A failed training keeps whatever was in use before.
 """
 
 from __future__ import annotations
