@@ -205,6 +205,20 @@ def usage(
     )
 
 
+def _in_turn(*parts: TrainingSet) -> TrainingSet:
+    """One training set of ``parts``' impressions, each part's after the one before."""
+    offsets = np.cumsum([0, *(part.impressions for part in parts[:-1])])
+    return TrainingSet(
+        sources=parts[0].sources,
+        impression=np.concatenate([p.impression + o for p, o in zip(parts, offsets, strict=True)]),
+        ranks=np.concatenate([p.ranks for p in parts]),
+        shown=np.concatenate([p.shown for p in parts]),
+        label=np.concatenate([p.label for p in parts]),
+        has_context=np.concatenate([p.has_context for p in parts]),
+        names_items=np.concatenate([p.names_items for p in parts]),
+    )
+
+
 @pytest.mark.parametrize(("liked", "other"), [(0, 1), (1, 0)])
 def test_weights_move_towards_the_source_users_like(liked: int, other: int) -> None:
     data = usage(200, liked_source=liked)
@@ -241,16 +255,7 @@ def test_no_preference_means_no_change() -> None:
     # Users like both sources' shown items alike: nothing to learn.
     data = usage(300, liked_source=0, seed=1)
     mirrored = usage(300, liked_source=1, seed=2)
-    both = TrainingSet(
-        sources=data.sources,
-        impression=np.concatenate([data.impression, mirrored.impression + 300]),
-        ranks=np.concatenate([data.ranks, mirrored.ranks]),
-        shown=np.concatenate([data.shown, mirrored.shown]),
-        label=np.concatenate([data.label, mirrored.label]),
-        has_context=np.concatenate([data.has_context, mirrored.has_context]),
-        names_items=np.concatenate([data.names_items, mirrored.names_items]),
-    )
-    fit = fit_weights(both, prior_strength=10.0)
+    fit = fit_weights(_in_turn(data, mirrored), prior_strength=10.0)
     assert fit is not None
     assert fit.weights == pytest.approx({"alpha": 1.0, "beta": 1.0}, abs=0.1)
 
@@ -325,20 +330,6 @@ def _of_kind(data: TrainingSet, *, has_context: bool, names_items: bool) -> Trai
         data,
         has_context=np.full(rows, has_context),
         names_items=np.full(rows, names_items),
-    )
-
-
-def _in_turn(*parts: TrainingSet) -> TrainingSet:
-    """One training set of ``parts``' impressions, each part's after the one before."""
-    offsets = np.cumsum([0, *(part.impressions for part in parts[:-1])])
-    return TrainingSet(
-        sources=parts[0].sources,
-        impression=np.concatenate([p.impression + o for p, o in zip(parts, offsets, strict=True)]),
-        ranks=np.concatenate([p.ranks for p in parts]),
-        shown=np.concatenate([p.shown for p in parts]),
-        label=np.concatenate([p.label for p in parts]),
-        has_context=np.concatenate([p.has_context for p in parts]),
-        names_items=np.concatenate([p.names_items for p in parts]),
     )
 
 
