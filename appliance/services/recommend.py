@@ -7,7 +7,7 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import anyio.to_thread
@@ -32,7 +32,7 @@ from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.learning import FusionLearner, FusionMode, RequestKind
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
-from appliance.services.sources import CandidateSource, Plan, PriorSource
+from appliance.services.sources import CandidateSource, CoarseSource, Plan, PriorSource
 from appliance.services.titles import TitleDictionary
 from appliance.settings import RecommendSettings
 
@@ -157,6 +157,9 @@ class RecommendationService:
         self._learner = learner
         # Decided once: a check against a runtime protocol is slow enough to show per request.
         self._priors = frozenset(s for s in self._sources if isinstance(s, PriorSource))
+        self._prior_depths: dict[CandidateSource, int] = {
+            s: s.prior_depth for s in self._sources if isinstance(s, CoarseSource)
+        }
 
     @property
     def source_names(self) -> list[str]:
@@ -282,8 +285,9 @@ class RecommendationService:
         With ``prior``, a prior (the popularity source) ranks the candidates the other sources
         proposed rather than proposing its own: among the items that match the request, it
         favours the ones many people liked, where its own list would bring items unrelated to
-        the request. When no other source proposed anything (it is asked alone, or at cold
-        start), it proposes its own list.
+        the request. A coarse source (keyword search) is asked for more matches than its own
+        list keeps, for the prior to rank. When no other source proposed anything (it is asked
+        alone, or at cold start), the prior proposes its own list.
 
         Returns:
             Each source's hits, and whether a prior ranked the other sources' candidates.
@@ -291,17 +295,19 @@ class RecommendationService:
         """
         priors = [s for s in sources if prior and s in self._priors]
         proposing = [s for s in sources if s not in priors]
-        found = dict(
-            zip(
-                proposing,
-                await asyncio.gather(*(s.candidates(plan) for s in proposing)),
-                strict=True,
-            )
+        matches = await asyncio.gather(
+            *(s.candidates(self._deepened(s, plan) if priors else plan) for s in proposing)
         )
-        pool = list(dict.fromkeys(h.item_id for hits in found.values() for h in hits))
+        found = {s: hits[: plan.limit] for s, hits in zip(proposing, matches, strict=True)}
+        pool = list(dict.fromkeys(h.item_id for hits in matches for h in hits))
         for source in priors:
             found[source] = await source.rank_pool(pool) if pool else await source.candidates(plan)
         return [found[s] for s in sources], bool(priors and pool)
+
+    def _deepened(self, source: CandidateSource, plan: Plan) -> Plan:
+        """Return the plan to ask ``source`` with when a prior ranks its matches."""
+        depth = self._prior_depths.get(source, 1)
+        return plan if depth == 1 else replace(plan, limit=plan.limit * depth)
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
         if names is None:

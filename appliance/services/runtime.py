@@ -300,7 +300,7 @@ async def open_runtime(
             context_vectors,
             [
                 VectorSource(index),
-                KeywordSource(index),
+                KeywordSource(index, prior_depth=settings.recommend.keyword_prior_depth),
                 NamedItemSource(index),
                 CollaborativeSource(collaborative, index),
                 HistorySource(index, examples=settings.recommend.history_examples),

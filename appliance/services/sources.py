@@ -52,6 +52,19 @@ class CandidateSource(Protocol):
 
 
 @runtime_checkable
+class CoarseSource(CandidateSource, Protocol):
+    """A source whose scores tie many of its matches, so where its list is cut says little.
+
+    BM25 over a request of a few words gives the same score to every item that uses them once
+    in a text of the same length: the first ``plan.limit`` of a hundred equals are any of them.
+    A prior ranks ``prior_depth`` times as many of this source's matches as the source
+    proposes itself, and so chooses among them by its own evidence.
+    """
+
+    prior_depth: int
+
+
+@runtime_checkable
 class PriorSource(CandidateSource, Protocol):
     """A source that can also rank the candidates the other sources proposed (a prior)."""
 

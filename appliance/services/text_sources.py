@@ -19,8 +19,10 @@ class KeywordSource:
 
     name = "keyword"
 
-    def __init__(self, index: VectorIndex) -> None:
+    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
         self._index = index
+        self.prior_depth = prior_depth
+        """How many times as many matches as it proposes a prior ranks (see ``CoarseSource``)."""
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search the index's keyword vectors; nothing without a context."""

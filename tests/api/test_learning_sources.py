@@ -252,6 +252,51 @@ def test_popularity_is_a_prior_of_every_request(
     assert ids(cold) == ["ro-4", "sf-2", "gd-6"]
 
 
+def test_popularity_ranks_keyword_matches_beyond_the_keyword_list(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    # Twenty lamps whose texts use "lantern" once in as many words tie under BM25; the one
+    # everybody buys says more about itself, so it scores lower and falls past the cut of the
+    # keyword list (top_k 5: 10 candidates per source).
+    tied = [
+        {"item_id": f"lamp-{n:02d}", "title": f"Lamp {n:02d}", "text": "A lantern."}
+        for n in range(20)
+    ]
+    bestseller = {
+        "item_id": "lamp-best",
+        "title": "Lamp 99",
+        "text": "A lantern with a hook, a dimmer, a spare bulb and a strap for the tent.",
+    }
+    answers = {}
+    for depth in (1, 3):
+        client = open_client(
+            make_settings(
+                tmp_path / f"depth-{depth}",
+                recommend={"popularity_refresh_seconds": 0, "keyword_prior_depth": depth},
+            )
+        )
+        upsert(client, [*tied, bestseller])
+        like_all(client, together(["buyer-1", "buyer-2", "buyer-3"], "lamp-best"))
+        answers[depth] = recommend(
+            client,
+            user_id="reader",
+            context="lantern",
+            sources=["keyword", "popularity"],
+            top_k=5,
+        )
+        keyword_only = recommend(
+            client, user_id="reader", context="lantern", sources=["keyword"], top_k=5
+        )
+        assert "lamp-best" not in ids(keyword_only)
+
+    # Ranking only the keyword list, popularity has nothing to say about these lamps...
+    assert "lamp-best" not in ids(answers[1])
+    # ...ranking three times as many of its matches, it finds the bestseller among them.
+    found = {r["item_id"]: r for r in answers[3]["recommendations"]}
+    assert set(found["lamp-best"]["sources"]) == {"popularity"}
+    assert answers[3]["prior"] is True
+
+
 #: A generated catalog with nothing to do with films: products of a hardware store.
 DEPARTMENTS = {
     "camping": ["tent", "sleeping bag", "camp stove", "lantern", "water filter", "hiking pole"],
