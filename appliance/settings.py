@@ -226,8 +226,8 @@ class FusionSettings(_Section, frozen=True):
     """How often the fusion weights are learned again from the impressions; 0 turns the
     scheduled learning off (POST /admin/fusion/train still learns)."""
     min_labelled_impressions: PositiveInt = 100
-    """Impressions that can teach the fusion (a liked candidate and a disliked one, or
-    two shown candidates, one liked and one passed over; from at least two sources) needed
+    """Impressions that can teach the fusion (a liked candidate and a disliked one, or a liked
+    one and one without an answer, both shown or neither; from at least two sources) needed
     before learned weights replace plain reciprocal-rank fusion."""
     max_training_impressions: PositiveInt = 20_000
     """The newest impressions looked at when learning."""

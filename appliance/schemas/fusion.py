@@ -48,8 +48,8 @@ class FusionKindOut(Response):
     temperature: float | None = None
     """How sharply the learned model separates liked from passed-over candidates."""
     teaching_impressions: int = 0
-    """Impressions with a liked candidate and a disliked one, or two shown candidates, one liked
-    and one passed over; from at least two sources."""
+    """Impressions with a liked candidate and a disliked one, or a liked one and one without an
+    answer, both shown or neither; from at least two sources."""
     pairs: int = 0
     validation_learned: float | None = None
     """Share of the newest impressions' pairs the weights learned without them order right."""

@@ -107,17 +107,19 @@ def preference_pairs(
     """Build the preference pairs of every impression that can teach the fusion anything.
 
     A positive is a candidate its feedback liked (positive summed weight), wherever it stood.
-    A negative is a candidate its feedback disliked, or one that was shown and got no answer; a
-    candidate that was not shown and got no answer says nothing. A pair compares candidates the
-    user could choose between alike: a disliked candidate goes with every liked one, a
-    passed-over one only with the liked ones that were shown too. A liked candidate that was not
-    shown was found some other way; set against the shown ones, which are shown because the
-    fusion in use put them first, it would teach the fusion to undo whatever order it had.
-    (Measured on the evaluation's simulated use, with unshown liked candidates paired with
-    passed-over ones: on the newest impressions of requests without words, the learned and the
-    plain fusion ordered 0.297 and 0.261 of the pairs right, below chance.) An impression
-    teaches the fusion only when it has such a pair and at least two sources proposed its
-    candidates: the weights cannot change the order of a single source's list.
+    A negative is a candidate its feedback disliked, or one that got no answer. A pair compares
+    candidates the user could choose between alike: a disliked candidate goes with every liked
+    one; an unanswered one only with the liked ones that were exposed as it was, shown with
+    shown, not shown with not shown. A liked candidate that was not shown was found some other
+    way; set against the shown ones, which are shown because the fusion in use put them first,
+    it would teach the fusion to undo whatever order it had. (Measured on the evaluation's
+    simulated use, with unshown liked candidates paired with passed-over ones: on the newest
+    impressions of requests without words, the learned and the plain fusion ordered 0.297 and
+    0.261 of the pairs right, below chance.) Against the candidates that were not shown either,
+    it says which sources find what the user goes on to like beyond the first page, which is
+    where the fusion's weights decide what reaches it. An impression teaches the fusion only
+    when it has such a pair and at least two sources proposed its candidates: the weights
+    cannot change the order of a single source's list.
 
     Returns:
         The pairs, and the sorted ids of the impressions they come from.
@@ -126,7 +128,7 @@ def preference_pairs(
     rng = np.random.default_rng(seed)
     positive = data.label > 0
     disliked = data.label < 0
-    negative = disliked | (data.shown & (data.label == 0))
+    negative = disliked | (data.label == 0)
     starts = np.flatnonzero(np.r_[True, np.diff(data.impression) != 0])
     ends = np.r_[starts[1:], len(data.impression)]
     diffs: list[FloatArray] = []
@@ -142,7 +144,7 @@ def preference_pairs(
             continue
         left, right = np.meshgrid(pos, neg, indexing="ij")
         left, right = left.ravel(), right.ravel()
-        alike = data.shown[left] | disliked[right]
+        alike = disliked[right] | (data.shown[left] == data.shown[right])
         left, right = left[alike], right[alike]
         if not len(left):
             continue

@@ -211,8 +211,8 @@ class FusionLearner:
         if fit is None or teaching < needed:
             too_little = (
                 f"{teaching} of the {needed} impressions needed can teach the fusion "
-                "(a liked candidate and a disliked one, or two shown candidates, one liked and one "
-                "passed over; from at least two sources)"
+                "(a liked candidate and a disliked one, or a liked one and one without an answer, "
+                "both shown or neither; from at least two sources)"
             )
             if pooled is not None and pooled.impressions >= needed and _better(pooled):
                 return KindState(

@@ -261,30 +261,48 @@ def test_no_preference_means_no_change() -> None:
 
 
 def test_only_impressions_that_can_teach_make_pairs() -> None:
-    # Impression 0: a liked and a shown, passed-over candidate from two sources: one pair.
-    # 1: nothing liked. 2: one source only. 3: the passed-over candidate was not shown.
-    # 4: the liked candidate was not shown, the passed-over one was.
+    # Impression 0: a liked and a shown, unanswered candidate from two sources: one pair (the
+    # third candidate, not shown, goes with no liked one that was shown).
+    # 1: nothing liked. 2: one source only. 3: the liked candidate was shown, the unanswered one
+    # not. 4: the liked candidate was not shown, the unanswered one was. 5: neither was shown.
     data = TrainingSet(
         sources=("alpha", "beta"),
-        impression=np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4]),
+        impression=np.array([0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]),
         ranks=np.array(
-            [[1, 0], [0, 1], [2, 0], [1, 0], [0, 1], [1, 0], [2, 0], [1, 0], [0, 1], [0, 2], [1, 0]]
+            [
+                [1, 0],
+                [0, 1],
+                [2, 0],
+                [1, 0],
+                [0, 1],
+                [1, 0],
+                [2, 0],
+                [1, 0],
+                [0, 1],
+                [0, 2],
+                [1, 0],
+                [0, 12],
+                [11, 0],
+            ]
         ),
-        shown=np.array([True, True, False, True, True, True, True, True, False, False, True]),
-        label=np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
-        has_context=np.ones(11, dtype=bool),
-        names_items=np.zeros(11, dtype=bool),
+        shown=np.array(
+            [True, True, False, True, True, True, True, True, False, False, True, False, False]
+        ),
+        label=np.array([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
+        has_context=np.ones(13, dtype=bool),
+        names_items=np.zeros(13, dtype=bool),
     )
-    pairs, used = preference_pairs(data, rank_features(data.ranks))
-    assert used.tolist() == [0]
-    assert pairs.diff.tolist() == [[1.0, -1.0]]
-    # A disliked candidate is a negative even when it was not shown, and goes with a liked one
-    # that was not shown either.
-    disliked = data.where(np.ones(11, dtype=bool))
+    features = rank_features(data.ranks)
+    pairs, used = preference_pairs(data, features)
+    assert used.tolist() == [0, 5]
+    assert pairs.diff.tolist() == [[1.0, -1.0], (features[11] - features[12]).tolist()]
+    # A disliked candidate is a negative whether it was shown or not, and goes with every liked
+    # one.
+    disliked = data.where(np.ones(13, dtype=bool))
     disliked.label[8] = -1.0
     disliked.label[10] = -1.0
     _, used = preference_pairs(disliked, rank_features(disliked.ranks))
-    assert used.tolist() == [0, 3, 4]
+    assert used.tolist() == [0, 3, 4, 5]
 
 
 def test_nothing_to_learn_gives_no_fit() -> None:
