@@ -172,10 +172,12 @@ class RecommendSettings(_Section, frozen=True):
     """Share of the request context in the query vector when the user also has preferences."""
     candidate_factor: PositiveFloat = 2.0
     """Candidates retrieved per requested result, handed to the re-ranker."""
-    keyword_prior_depth: PositiveInt = 3
-    """The popularity prior ranks this many times as many of the keyword source's matches as
-    that source proposes itself. BM25 over a request of a few words gives many items the same
-    score, so which of them make the keyword list's cut says little; 1 ranks only that list."""
+    prior_depth: PositiveInt = 3
+    """For a request with words, the popularity prior ranks this many times as many of the
+    matches of the sources that rank by resemblance to them (vector, keyword, named) as each
+    proposes itself. Resemblance finds what fits the words, not which of the fitting items
+    people want (BM25 gives many items the same score), so where those lists are cut says
+    little; 1 ranks only the lists."""
     popularity_half_life_days: PositiveFloat = 30.0
     """Age at which a feedback event counts half towards an item's popularity."""
     popularity_refresh_seconds: Annotated[float, Meta(ge=0.0)] = 30.0

@@ -57,11 +57,12 @@ class RecommendationRequest(Request):
     """Trade relevance for variety (maximal marginal relevance over the items' vectors): 0 keeps
     the fused order, higher values push near-duplicates of better-placed items down."""
     prior: bool = True
-    """Popularity as a prior: it ranks the candidates the other sources proposed (and more of
-    the keyword source's matches than that source's own list, recommend.keyword_prior_depth),
-    favouring the popular ones among the items that match the request; false: it proposes its
-    own list of the most popular items, related to the request or not. Alone, or when the other
-    sources have nothing (cold start), it proposes its own list either way."""
+    """Popularity as a prior: it ranks the candidates the other sources proposed (and, for a
+    request with words, more of the matches of those that rank by resemblance to them than
+    their own lists hold, recommend.prior_depth), favouring the popular ones among the items
+    that match the request; false: it proposes its own list of the most popular items, related
+    to the request or not. Alone, or when the other sources have nothing (cold start), it
+    proposes its own list either way."""
 
 
 class RecommendedItem(Response):

@@ -32,7 +32,7 @@ from appliance.services.fusion import reciprocal_rank_fusion
 from appliance.services.learning import FusionLearner, FusionMode, RequestKind
 from appliance.services.preferences import preference_direction
 from appliance.services.reranking import RerankStage, RerankStatus
-from appliance.services.sources import CandidateSource, CoarseSource, Plan, PriorSource
+from appliance.services.sources import CandidateSource, Plan, PriorSource, ResemblanceSource
 from appliance.services.titles import TitleDictionary
 from appliance.settings import RecommendSettings
 
@@ -158,7 +158,7 @@ class RecommendationService:
         # Decided once: a check against a runtime protocol is slow enough to show per request.
         self._priors = frozenset(s for s in self._sources if isinstance(s, PriorSource))
         self._prior_depths: dict[CandidateSource, int] = {
-            s: s.prior_depth for s in self._sources if isinstance(s, CoarseSource)
+            s: s.prior_depth for s in self._sources if isinstance(s, ResemblanceSource)
         }
 
     @property
@@ -285,9 +285,10 @@ class RecommendationService:
         With ``prior``, a prior (the popularity source) ranks the candidates the other sources
         proposed rather than proposing its own: among the items that match the request, it
         favours the ones many people liked, where its own list would bring items unrelated to
-        the request. A coarse source (keyword search) is asked for more matches than its own
-        list keeps, for the prior to rank. When no other source proposed anything (it is asked
-        alone, or at cold start), the prior proposes its own list.
+        the request. When the request has words, a source that ranks by resemblance to them is
+        asked for more matches than its own list keeps, for the prior to rank. When no other
+        source proposed anything (it is asked alone, or at cold start), the prior proposes its
+        own list.
 
         Returns:
             Each source's hits, and whether a prior ranked the other sources' candidates.
@@ -307,7 +308,12 @@ class RecommendationService:
     def _deepened(self, source: CandidateSource, plan: Plan) -> Plan:
         """Return the plan to ask ``source`` with when a prior ranks its matches."""
         depth = self._prior_depths.get(source, 1)
-        return plan if depth == 1 else replace(plan, limit=plan.limit * depth)
+        # Without words, the vector source searches near the user's taste, which is evidence
+        # of what they want, not a resemblance to rank past (measured: leave-last-out HR@10
+        # 0.112 -> 0.100 when the prior ranked three times as many of those matches).
+        if depth == 1 or not plan.context:
+            return plan
+        return replace(plan, limit=plan.limit * depth)
 
     def _chosen_sources(self, names: frozenset[str] | None) -> list[CandidateSource]:
         if names is None:

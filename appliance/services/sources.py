@@ -52,13 +52,15 @@ class CandidateSource(Protocol):
 
 
 @runtime_checkable
-class CoarseSource(CandidateSource, Protocol):
-    """A source whose scores tie many of its matches, so where its list is cut says little.
+class ResemblanceSource(CandidateSource, Protocol):
+    """A source that ranks by resemblance to a request's words: where its list is cut says little.
 
-    BM25 over a request of a few words gives the same score to every item that uses them once
-    in a text of the same length: the first ``plan.limit`` of a hundred equals are any of them.
-    A prior ranks ``prior_depth`` times as many of this source's matches as the source
-    proposes itself, and so chooses among them by its own evidence.
+    Resemblance finds the items that fit the words, not which of them people want: BM25 over a
+    request of a few words gives the same score to every item that uses them once in a text of
+    the same length, and a sentence embedding's nearest hundred differ by hundredths of a
+    cosine. For a request with words, a prior ranks ``prior_depth`` times as many of this
+    source's matches as the source proposes itself, and so chooses among them by its own
+    evidence.
     """
 
     prior_depth: int
@@ -78,8 +80,9 @@ class VectorSource:
 
     name = "vector"
 
-    def __init__(self, index: VectorIndex) -> None:
+    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
         self._index = index
+        self.prior_depth = prior_depth
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search the index; nothing when the request has neither context nor preferences."""

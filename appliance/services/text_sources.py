@@ -22,7 +22,6 @@ class KeywordSource:
     def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
         self._index = index
         self.prior_depth = prior_depth
-        """How many times as many matches as it proposes a prior ranks (see ``CoarseSource``)."""
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search the index's keyword vectors; nothing without a context."""
@@ -43,8 +42,9 @@ class NamedItemSource:
 
     name = "named"
 
-    def __init__(self, index: VectorIndex) -> None:
+    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
         self._index = index
+        self.prior_depth = prior_depth
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search around each named item's vector; nothing when the request names none."""

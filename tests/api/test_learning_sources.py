@@ -252,49 +252,67 @@ def test_popularity_is_a_prior_of_every_request(
     assert ids(cold) == ["ro-4", "sf-2", "gd-6"]
 
 
-def test_popularity_ranks_keyword_matches_beyond_the_keyword_list(
-    open_client: Callable[[Settings], Client], tmp_path: Path
-) -> None:
-    # Twenty lamps whose texts use "lantern" once in as many words tie under BM25; the one
-    # everybody buys says more about itself, so it scores lower and falls past the cut of the
-    # keyword list (top_k 5: 10 candidates per source).
-    tied = [
+#: Twenty lamps whose texts are the same few words resemble "lantern" alike (the same BM25
+#: score, nearly the same vector); the one everybody buys says more about itself, so it
+#: resembles the word less and falls past the cut of a source's list (top_k 5: 10 candidates).
+LAMPS = [
+    *(
         {"item_id": f"lamp-{n:02d}", "title": f"Lamp {n:02d}", "text": "A lantern."}
         for n in range(20)
-    ]
-    bestseller = {
+    ),
+    {
         "item_id": "lamp-best",
         "title": "Lamp 99",
         "text": "A lantern with a hook, a dimmer, a spare bulb and a strap for the tent.",
-    }
+    },
+]
+
+
+def lamp_shop(open_client: Callable[[Settings], Client], data_dir: Path, depth: int) -> Client:
+    """An appliance selling LAMPS, where three buyers liked the bestseller."""
+    client = open_client(
+        make_settings(data_dir, recommend={"popularity_refresh_seconds": 0, "prior_depth": depth})
+    )
+    upsert(client, LAMPS)
+    like_all(client, together(["buyer-1", "buyer-2", "buyer-3"], "lamp-best"))
+    return client
+
+
+@pytest.mark.parametrize("source", ["keyword", "vector"])
+def test_popularity_ranks_matches_beyond_the_list_of_a_source_that_ranks_by_resemblance(
+    open_client: Callable[[Settings], Client], tmp_path: Path, source: str
+) -> None:
     answers = {}
     for depth in (1, 3):
-        client = open_client(
-            make_settings(
-                tmp_path / f"depth-{depth}",
-                recommend={"popularity_refresh_seconds": 0, "keyword_prior_depth": depth},
-            )
-        )
-        upsert(client, [*tied, bestseller])
-        like_all(client, together(["buyer-1", "buyer-2", "buyer-3"], "lamp-best"))
+        client = lamp_shop(open_client, tmp_path / f"depth-{depth}", depth)
         answers[depth] = recommend(
-            client,
-            user_id="reader",
-            context="lantern",
-            sources=["keyword", "popularity"],
-            top_k=5,
+            client, user_id="reader", context="lantern", sources=[source, "popularity"], top_k=5
         )
-        keyword_only = recommend(
-            client, user_id="reader", context="lantern", sources=["keyword"], top_k=5
-        )
-        assert "lamp-best" not in ids(keyword_only)
+        alone = recommend(client, user_id="reader", context="lantern", sources=[source], top_k=5)
+        assert "lamp-best" not in ids(alone)
 
-    # Ranking only the keyword list, popularity has nothing to say about these lamps...
+    # Ranking only the source's list, popularity has nothing to say about these lamps...
     assert "lamp-best" not in ids(answers[1])
     # ...ranking three times as many of its matches, it finds the bestseller among them.
     found = {r["item_id"]: r for r in answers[3]["recommendations"]}
     assert set(found["lamp-best"]["sources"]) == {"popularity"}
     assert answers[3]["prior"] is True
+
+
+def test_popularity_ranks_only_the_vector_list_of_a_request_without_words(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    # Without words the vector source searches near the user's taste, which is what they want,
+    # not a resemblance to rank past: the prior ranks its list alone.
+    client = lamp_shop(open_client, tmp_path / "data", depth=3)
+    feedback(client, "lamp-fan", "lamp-00", interaction_type="like")
+    worded = recommend(
+        client, user_id="lamp-fan", context="lantern", sources=["vector", "popularity"], top_k=5
+    )
+    assert "lamp-best" in ids(worded)
+    wordless = recommend(client, user_id="lamp-fan", sources=["vector", "popularity"], top_k=5)
+    assert wordless["strategy"] == "preference"
+    assert "lamp-best" not in ids(wordless)
 
 
 #: A generated catalog with nothing to do with films: products of a hardware store.
@@ -367,8 +385,12 @@ def test_every_learning_source_on_a_store_catalog(
 def test_popularity_ranks_the_candidates_of_the_other_sources(
     open_client: Callable[[Settings], Client], tmp_path: Path
 ) -> None:
+    # The prior ranks only the sources' own lists here: three times the vector list would be
+    # the whole catalog of 22 items.
     client = open_client(
-        make_settings(tmp_path / "data", recommend={"popularity_refresh_seconds": 0})
+        make_settings(
+            tmp_path / "data", recommend={"popularity_refresh_seconds": 0, "prior_depth": 1}
+        )
     )
     upsert(client, store_items())
     # The paint is the best seller; the camping goods sell less, the stove least.
