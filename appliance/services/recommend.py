@@ -310,7 +310,7 @@ class RecommendationService:
         depth = self._prior_depths.get(source, 1)
         # Without words, the vector source searches near the user's taste, which is evidence
         # of what they want, not a resemblance to rank past (measured: leave-last-out HR@10
-        # 0.112 -> 0.100 when the prior ranked three times as many of those matches).
+        # 0.112 -> 0.100 with the vector and history lists of wordless requests deepened too).
         if depth == 1 or not plan.context:
             return plan
         return replace(plan, limit=plan.limit * depth)

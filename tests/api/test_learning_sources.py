@@ -252,9 +252,10 @@ def test_popularity_is_a_prior_of_every_request(
     assert ids(cold) == ["ro-4", "sf-2", "gd-6"]
 
 
-#: Twenty lamps whose texts are the same few words resemble "lantern" alike (the same BM25
-#: score, nearly the same vector); the one everybody buys says more about itself, so it
-#: resembles the word less and falls past the cut of a source's list (top_k 5: 10 candidates).
+#: Twenty lamps whose texts are the same few words resemble "lantern", and one another, alike
+#: (the same BM25 score, nearly the same vector); the one everybody buys says more about itself,
+#: so it resembles the word and the other lamps less and falls past the cut of a source's list
+#: (top_k 5: 10 candidates).
 LAMPS = [
     *(
         {"item_id": f"lamp-{n:02d}", "title": f"Lamp {n:02d}", "text": "A lantern."}
@@ -278,17 +279,20 @@ def lamp_shop(open_client: Callable[[Settings], Client], data_dir: Path, depth: 
     return client
 
 
-@pytest.mark.parametrize("source", ["keyword", "vector"])
+@pytest.mark.parametrize(
+    ("source", "context"),
+    [("keyword", "lantern"), ("vector", "lantern"), ("named", "Something like Lamp 07")],
+)
 def test_popularity_ranks_matches_beyond_the_list_of_a_source_that_ranks_by_resemblance(
-    open_client: Callable[[Settings], Client], tmp_path: Path, source: str
+    open_client: Callable[[Settings], Client], tmp_path: Path, source: str, context: str
 ) -> None:
     answers = {}
     for depth in (1, 3):
         client = lamp_shop(open_client, tmp_path / f"depth-{depth}", depth)
         answers[depth] = recommend(
-            client, user_id="reader", context="lantern", sources=[source, "popularity"], top_k=5
+            client, user_id="reader", context=context, sources=[source, "popularity"], top_k=5
         )
-        alone = recommend(client, user_id="reader", context="lantern", sources=[source], top_k=5)
+        alone = recommend(client, user_id="reader", context=context, sources=[source], top_k=5)
         assert "lamp-best" not in ids(alone)
 
     # Ranking only the source's list, popularity has nothing to say about these lamps...
