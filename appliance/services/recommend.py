@@ -157,9 +157,7 @@ class RecommendationService:
         self._learner = learner
         # Decided once: a check against a runtime protocol is slow enough to show per request.
         self._priors = frozenset(s for s in self._sources if isinstance(s, PriorSource))
-        self._prior_depths: dict[CandidateSource, int] = {
-            s: s.prior_depth for s in self._sources if isinstance(s, ResemblanceSource)
-        }
+        self._resembling = frozenset(s for s in self._sources if isinstance(s, ResemblanceSource))
 
     @property
     def source_names(self) -> list[str]:
@@ -307,11 +305,11 @@ class RecommendationService:
 
     def _deepened(self, source: CandidateSource, plan: Plan) -> Plan:
         """Return the plan to ask ``source`` with when a prior ranks its matches."""
-        depth = self._prior_depths.get(source, 1)
+        depth = self._settings.prior_depth
         # Without words, the vector source searches near the user's taste, which is evidence
         # of what they want, not a resemblance to rank past (measured: leave-last-out HR@10
         # 0.112 -> 0.100 with the vector and history lists of wordless requests deepened too).
-        if depth == 1 or not plan.context:
+        if depth == 1 or not plan.context or source not in self._resembling:
             return plan
         return replace(plan, limit=plan.limit * depth)
 

@@ -45,14 +45,13 @@ from appliance.services.learning import FusionLearner
 from appliance.services.recommend import RecommendationService
 from appliance.services.reranking import RerankStage
 from appliance.services.sources import (
-    CandidateSource,
     CollaborativeSource,
     HistorySource,
     PopularitySource,
     VectorSource,
 )
 from appliance.services.text_sources import KeywordSource, NamedItemSource
-from appliance.settings import RecommendSettings, Settings
+from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -193,26 +192,6 @@ class Runtime:
         }
 
 
-def _candidate_sources(
-    settings: RecommendSettings,
-    index: VectorIndex,
-    collaborative: CollaborativeModel,
-    popularity: PopularitySource,
-) -> list[CandidateSource]:
-    """Every candidate source, in the order they are asked and listed."""
-    # How much deeper than their own lists the popularity prior looks into the matches of the
-    # sources that rank by resemblance to a request's words (see ResemblanceSource).
-    depth = settings.prior_depth
-    return [
-        VectorSource(index, prior_depth=depth),
-        KeywordSource(index, prior_depth=depth),
-        NamedItemSource(index, prior_depth=depth),
-        CollaborativeSource(collaborative, index),
-        HistorySource(index, examples=settings.history_examples),
-        popularity,
-    ]
-
-
 async def _open_learning(
     stack: AsyncExitStack,
     store: DuckDBStore,
@@ -319,7 +298,14 @@ async def open_runtime(
         recommender = RecommendationService(
             store,
             context_vectors,
-            _candidate_sources(settings.recommend, index, collaborative, popularity),
+            [
+                VectorSource(index),
+                KeywordSource(index),
+                NamedItemSource(index),
+                CollaborativeSource(collaborative, index),
+                HistorySource(index, examples=settings.recommend.history_examples),
+                popularity,
+            ],
             rerank,
             settings.recommend,
             titles=catalog.titles,

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import anyio.to_thread
 
@@ -58,12 +58,12 @@ class ResemblanceSource(CandidateSource, Protocol):
     Resemblance finds the items that fit the words, not which of them people want: BM25 over a
     request of a few words gives the same score to every item that uses them once in a text of
     the same length, and a sentence embedding's nearest hundred differ by hundredths of a
-    cosine. For a request with words, a prior ranks ``prior_depth`` times as many of this
-    source's matches as the source proposes itself, and so chooses among them by its own
+    cosine. For a request with words, a prior ranks ``recommend.prior_depth`` times as many of
+    this source's matches as the source proposes itself, and so chooses among them by its own
     evidence.
     """
 
-    prior_depth: int
+    ranks_by_resemblance: Literal[True]
 
 
 @runtime_checkable
@@ -79,10 +79,10 @@ class VectorSource:
     """Nearest neighbours of the blended context and preference vector."""
 
     name = "vector"
+    ranks_by_resemblance: Literal[True] = True
 
-    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
+    def __init__(self, index: VectorIndex) -> None:
         self._index = index
-        self.prior_depth = prior_depth
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search the index; nothing when the request has neither context nor preferences."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Literal
 
 import anyio.to_thread
 
@@ -18,10 +19,10 @@ class KeywordSource:
     """
 
     name = "keyword"
+    ranks_by_resemblance: Literal[True] = True
 
-    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
+    def __init__(self, index: VectorIndex) -> None:
         self._index = index
-        self.prior_depth = prior_depth
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search the index's keyword vectors; nothing without a context."""
@@ -41,10 +42,10 @@ class NamedItemSource:
     """
 
     name = "named"
+    ranks_by_resemblance: Literal[True] = True
 
-    def __init__(self, index: VectorIndex, *, prior_depth: int = 1) -> None:
+    def __init__(self, index: VectorIndex) -> None:
         self._index = index
-        self.prior_depth = prior_depth
 
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Search around each named item's vector; nothing when the request names none."""
