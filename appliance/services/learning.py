@@ -19,10 +19,11 @@ from datetime import UTC, datetime
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from appliance.backends.stores.impressions import TrainingSet
 from appliance.services.background import stop
-from appliance.services.fusion import FitResult, fit_weights
+from appliance.services.fusion import FitResult, fit_weights, preference_pairs
 from appliance.services.impressions import ImpressionLog
 from appliance.settings import FusionSettings
 
@@ -195,14 +196,21 @@ class FusionLearner:
         self, data: TrainingSet
     ) -> tuple[dict[RequestKind, FitResult | None], FitResult | None]:
         """Learn each kind's weights from its own impressions, and one set from all of them."""
-        rows = {
-            RequestKind.NAMED: data.names_items,
-            RequestKind.CONTEXT: data.has_context & ~data.names_items,
-            RequestKind.NO_CONTEXT: ~data.has_context,
+        pairs = preference_pairs(data)
+        # Each pair's request, through the first row of its impression (rows are grouped).
+        first = np.searchsorted(data.impression, pairs.impression)
+        named, worded = data.names_items[first], data.has_context[first]
+        of_kind = {
+            RequestKind.NAMED: named,
+            RequestKind.CONTEXT: worded & ~named,
+            RequestKind.NO_CONTEXT: ~worded,
         }
         strength = self._settings.prior_strength
-        own = {kind: fit_weights(data.where(rows[kind]), prior_strength=strength) for kind in rows}
-        return own, fit_weights(data, prior_strength=strength)
+        own = {
+            kind: fit_weights(pairs.where(mask), prior_strength=strength)
+            for kind, mask in of_kind.items()
+        }
+        return own, fit_weights(pairs, prior_strength=strength)
 
     def _judge(self, fit: FitResult | None, pooled: FitResult | None) -> KindState:
         """Decide whether a kind's own weights, or the pooled ones, replace plain RRF."""

@@ -152,7 +152,7 @@ def test_training_set_holds_the_labelled_impressions_in_time_order(
     assert data.shown.tolist() == [True, True, True, True, False]
     assert data.label.tolist() == [0.0, 1.0, 0.0, 0.0, -1.0]
     assert data.has_context.tolist() == [True, True, False, False, False]
-    assert data.where(~data.has_context).impression.tolist() == [1, 1, 1]
+    assert data.impression[~data.has_context].tolist() == [1, 1, 1]
     # The limit looks at the newest impressions only: "unanswered" and "second".
     assert impressions.training_set(WEEK, limit=2).impressions == 1
 

@@ -222,7 +222,7 @@ def _in_turn(*parts: TrainingSet) -> TrainingSet:
 @pytest.mark.parametrize(("liked", "other"), [(0, 1), (1, 0)])
 def test_weights_move_towards_the_source_users_like(liked: int, other: int) -> None:
     data = usage(200, liked_source=liked)
-    fit = fit_weights(data, prior_strength=10.0)
+    fit = fit_weights(preference_pairs(data), prior_strength=10.0)
     assert fit is not None
     names = data.sources
     assert fit.weights[names[liked]] > 1.5 > fit.weights[names[other]]
@@ -241,11 +241,11 @@ def test_weights_move_towards_the_source_users_like(liked: int, other: int) -> N
 
 
 def test_a_strong_prior_or_little_data_keeps_the_weights_near_rrf() -> None:
-    strong = fit_weights(usage(200, liked_source=0), prior_strength=1e6)
+    strong = fit_weights(preference_pairs(usage(200, liked_source=0)), prior_strength=1e6)
     assert strong is not None
     assert strong.weights == pytest.approx({"alpha": 1.0, "beta": 1.0}, abs=0.01)
-    few = fit_weights(usage(200, liked_source=0), prior_strength=10.0)
-    little = fit_weights(usage(5, liked_source=0), prior_strength=10.0)
+    few = fit_weights(preference_pairs(usage(200, liked_source=0)), prior_strength=10.0)
+    little = fit_weights(preference_pairs(usage(5, liked_source=0)), prior_strength=10.0)
     assert few is not None
     assert little is not None
     assert 1.0 < little.weights["alpha"] < few.weights["alpha"]
@@ -255,7 +255,7 @@ def test_no_preference_means_no_change() -> None:
     # Users like both sources' shown items alike: nothing to learn.
     data = usage(300, liked_source=0, seed=1)
     mirrored = usage(300, liked_source=1, seed=2)
-    fit = fit_weights(_in_turn(data, mirrored), prior_strength=10.0)
+    fit = fit_weights(preference_pairs(_in_turn(data, mirrored)), prior_strength=10.0)
     assert fit is not None
     assert fit.weights == pytest.approx({"alpha": 1.0, "beta": 1.0}, abs=0.1)
 
@@ -293,21 +293,26 @@ def test_only_impressions_that_can_teach_make_pairs() -> None:
         names_items=np.zeros(13, dtype=bool),
     )
     features = rank_features(data.ranks)
-    pairs, used = preference_pairs(data, features)
-    assert used.tolist() == [0, 5]
+    pairs = preference_pairs(data)
+    assert pairs.impressions.tolist() == [0, 5]
     assert pairs.diff.tolist() == [[1.0, -1.0], (features[11] - features[12]).tolist()]
     # A disliked candidate is a negative whether it was shown or not, and goes with every liked
     # one.
-    disliked = data.where(np.ones(13, dtype=bool))
+    disliked = replace(data, label=data.label.copy())
     disliked.label[8] = -1.0
     disliked.label[10] = -1.0
-    _, used = preference_pairs(disliked, rank_features(disliked.ranks))
-    assert used.tolist() == [0, 3, 4, 5]
+    assert preference_pairs(disliked).impressions.tolist() == [0, 3, 4, 5]
+
+
+def test_each_distinct_difference_is_kept_once() -> None:
+    pairs = preference_pairs(usage(200, liked_source=0))
+    assert len(pairs.distinct) < len(pairs.row)
+    np.testing.assert_array_equal(pairs.distinct, np.unique(pairs.diff, axis=0))
 
 
 def test_nothing_to_learn_gives_no_fit() -> None:
     data = usage(10, liked_source=0, like_rate=0.0)
-    assert fit_weights(data, prior_strength=10.0) is None
+    assert fit_weights(preference_pairs(data), prior_strength=10.0) is None
 
 
 def test_a_third_source_without_teaching_data_keeps_weight_one() -> None:
@@ -321,7 +326,7 @@ def test_a_third_source_without_teaching_data_keeps_weight_one() -> None:
         has_context=data.has_context,
         names_items=data.names_items,
     )
-    fit = fit_weights(widened, prior_strength=10.0)
+    fit = fit_weights(preference_pairs(widened), prior_strength=10.0)
     assert fit is not None
     assert set(fit.weights) == {"alpha", "beta"}
     ranked = {"gamma": _hits(("g", 1.0)), "beta": _hits(("b", 1.0))}
@@ -362,12 +367,16 @@ def test_a_kind_without_feedback_of_its_own_borrows_the_weights_of_all() -> None
     naming = _of_kind(usage(200, liked_source=0, seed=4), has_context=True, names_items=True)
     state = _train(_in_turn(worded, naming))
 
-    for kind in (RequestKind.CONTEXT, RequestKind.NAMED):
+    for kind, alone in ((RequestKind.CONTEXT, worded), (RequestKind.NAMED, naming)):
         own = state.kinds[kind]
         assert own.status is TrainingStatus.TRAINED, own.detail
         assert own.fit is not None
         assert own.weights == own.fit.weights
-    pooled = fit_weights(_in_turn(worded, naming), prior_strength=10.0)
+        # Learned from that kind's impressions only, as if they were all there was.
+        fit = fit_weights(preference_pairs(alone), prior_strength=10.0)
+        assert fit is not None
+        assert own.weights == pytest.approx(fit.weights, abs=1e-6)
+    pooled = fit_weights(preference_pairs(_in_turn(worded, naming)), prior_strength=10.0)
     assert pooled is not None
     wordless = state.kinds[RequestKind.NO_CONTEXT]
     assert wordless.status is TrainingStatus.SHARED, wordless.detail

@@ -145,18 +145,6 @@ class TrainingSet:
         """How many impressions the rows come from."""
         return len(np.unique(self.impression))
 
-    def where(self, rows: npt.NDArray[np.bool_]) -> TrainingSet:
-        """Return the rows selected by a mask (whole impressions, for pairs to stay whole)."""
-        return TrainingSet(
-            sources=self.sources,
-            impression=self.impression[rows],
-            ranks=self.ranks[rows],
-            shown=self.shown[rows],
-            label=self.label[rows],
-            has_context=self.has_context[rows],
-            names_items=self.names_items[rows],
-        )
-
 
 def _arrow_tables(impressions: Sequence[Impression]) -> tuple[pa.Table, pa.Table]:
     """Return the rows of ``impressions`` and of the candidates they store, as Arrow tables."""
@@ -463,17 +451,27 @@ class ImpressionStore:
                     "SELECT impression, shown, label, has_context, names_items "
                     "FROM training ORDER BY row"
                 ).fetchnumpy()
+                # Each source's column is numbered here, not from its name in Python: a
+                # million names, sorted as Python objects, held the interpreter for 2 s.
                 entries = self._db.execute(
-                    "SELECT row, s.source AS source, s.rank AS rank "
+                    "SELECT row, dense_rank() OVER (ORDER BY s.source) - 1 AS col, s.rank AS rank "
                     "FROM (SELECT row, unnest(sources) AS s FROM training)"
                 ).fetchnumpy()
+                names = [
+                    str(r[0])
+                    for r in self._db.execute(
+                        "SELECT DISTINCT unnest(sources).source AS source FROM training "
+                        "ORDER BY source"
+                    ).fetchall()
+                ]
             finally:
                 self._rows("DROP TABLE training")
-        names, column = np.unique(np.asarray(entries["source"], dtype=object), return_inverse=True)
         ranks = np.zeros((len(rows["impression"]), len(names)), dtype=np.int64)
-        ranks[np.asarray(entries["row"], dtype=np.int64), column] = entries["rank"]
+        ranks[np.asarray(entries["row"], dtype=np.int64), np.asarray(entries["col"])] = entries[
+            "rank"
+        ]
         return TrainingSet(
-            sources=tuple(str(n) for n in names),
+            sources=tuple(names),
             impression=np.asarray(rows["impression"], dtype=np.int64),
             ranks=ranks,
             shown=np.asarray(rows["shown"], dtype=np.bool_),
