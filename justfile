@@ -60,6 +60,10 @@ bench *args: (install "bench,llamacpp")
 bench-build: (install "bench,llamacpp")
     .venv/bin/python -m bench.run --items 100000 --build-only
 
+# Time of one learning of the fusion weights at the most impressions it reads (synthetic impressions)
+fusion-training *args: install
+    .venv/bin/python bench/fusion_training.py {{args}}
+
 # Latency of one re-rank call on 10 candidates: llama.cpp in-process, and OpenAI-compatible on loopback
 rerank-latency: (install "llamacpp,dev")
     scripts/with-llama-server.sh sh -c '.venv/bin/python bench/rerank.py --openai-url "$APPLIANCE_RERANKER__BASE_URL"'
