@@ -222,7 +222,7 @@ def pairwise_accuracy(pairs: Pairs, weights: FloatArray) -> float:
     margin = (pairs.distinct @ weights)[pairs.row]
     right = np.where(margin > 0, 1.0, np.where(margin == 0, 0.5, 0.0))
     # Weights are 1/pairs per impression: the weighted sum is the per-impression mean, summed.
-    impressions = len(np.unique(pairs.impression))
+    impressions = len(pairs.impressions)
     return float(np.sum(right * pairs.weight) / impressions) if impressions else float("nan")
 
 
