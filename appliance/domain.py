@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,12 @@ Scalar = str | int | float | bool
 FIELD_NAME = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}"
 #: A filter field: a metadata key, or a dotted path into a nested metadata object.
 FIELD_PATH = rf"{FIELD_NAME}(?:\.{FIELD_NAME})*"
+
+#: Where an item's text divides into phrases: the end of a sentence or clause, before a space.
+_PHRASE_END = re.compile(r"[.;,!?]+(?:\s+|$)")
+#: Phrases kept per item (the title and the first ones of its text): each is a vector in the
+#: index, and a long description's later clauses say less about what the item is.
+MAX_PHRASES = 16
 
 
 def point_id(item_id: str) -> uuid.UUID:
@@ -45,6 +52,21 @@ class Item:
     def embedding_text(self) -> str:
         """The text the embedder sees: the title carries much of an item's meaning."""
         return f"{self.title}. {self.text}" if self.text else self.title
+
+    @property
+    def phrases(self) -> tuple[str, ...]:
+        """The title and the sentences and clauses of the text, each said once.
+
+        A request of a few words ("time travel") matches one phrase of an item ("time
+        machine") better than the whole text, where the genres, the year and a dozen other
+        keywords dilute it.
+        """
+        pieces = (p.strip() for p in _PHRASE_END.split(self.text))
+        found: dict[str, str] = {}
+        for phrase in (self.title.strip(), *pieces):
+            if phrase:  # said twice, once capitalised, a phrase is still one
+                found.setdefault(phrase.casefold(), phrase)
+        return tuple(found.values())[:MAX_PHRASES]
 
     @property
     def content_hash(self) -> str:

@@ -174,8 +174,8 @@ class RecommendSettings(_Section, frozen=True):
     """Candidates retrieved per requested result, handed to the re-ranker."""
     prior_depth: PositiveInt = 3
     """For a request with words, the popularity prior ranks this many times as many of the
-    matches of the sources that rank by resemblance to them (vector, keyword, named) as each
-    proposes itself. Resemblance finds what fits the words, not which of the fitting items
+    matches of the sources that rank by resemblance to them (vector, keyword, phrases, named) as
+    each proposes itself. Resemblance finds what fits the words, not which of the fitting items
     people want (BM25 gives many items the same score), so where those lists are cut says
     little; 1 ranks only the lists."""
     popularity_half_life_days: PositiveFloat = 30.0

@@ -1,7 +1,8 @@
 """Backup and restore: the whole appliance as one archive, taken online, restored exactly.
 
 A backup holds the store's tables (items, feedback, users with their preference vectors) from one
-snapshot, and the item vectors of the index for exactly those item versions. A restore loads both
+snapshot, and the item vectors (each item's vector and its phrases' vectors) of the index for
+exactly those item versions. A restore loads both
 into an empty appliance, so it answers every request as the original did without embedding the
 catalog again; the index's search graphs are the one thing rebuilt.
 """
@@ -188,7 +189,9 @@ class BackupService:
         return BackupArchive(path, manifest)
 
     async def _export_vectors(self, items: Path, target: Path) -> tuple[int, int]:
-        """Write the vector of every item in ``items``, in the same order; embed stale ones.
+        """Write the vectors of every item in ``items``, in the same order; embed stale ones.
+
+        Each row holds an item's vector and its phrase vectors (``phrases``, a list of rows).
 
         Returns:
             How many vectors were written, and how many of them had to be embedded.
@@ -199,6 +202,7 @@ class BackupService:
                 ("item_id", pa.string()),
                 ("content_hash", pa.string()),
                 ("vector", pa.list_(pa.float32(), self._embedder.dimension)),
+                ("phrases", pa.list_(pa.list_(pa.float32(), self._embedder.dimension))),
             ]
         )
         written = embedded = 0
@@ -208,28 +212,33 @@ class BackupService:
                 batch_size=_PAGE, columns=["item_id", "title", "text", "content_hash"]
             ):
                 rows = batch.to_pylist()
-                held = await anyio.to_thread.run_sync(
-                    self._index.hashed_vectors, [r["item_id"] for r in rows]
-                )
+                ids = [r["item_id"] for r in rows]
+                held = await anyio.to_thread.run_sync(self._index.hashed_vectors, ids)
                 current = {
                     r["item_id"]: held[r["item_id"]][0]
                     for r in rows
                     if r["item_id"] in held and held[r["item_id"]][1] == r["content_hash"]
                 }
-                stale = [r for r in rows if r["item_id"] not in current]
-                if stale:
-                    encoded = await self._encoder.encode(
-                        [Item(r["item_id"], r["title"], r["text"]).embedding_text for r in stale]
-                    )
-                    current.update({r["item_id"]: encoded[n] for n, r in enumerate(stale)})
-                    embedded += len(stale)
-                matrix = np.stack([current[r["item_id"]] for r in rows]).astype(np.float32)
+                held_phrases = await anyio.to_thread.run_sync(self._index.phrase_vectors, ids)
+                phrases = {i: v for i, v in held_phrases.items() if i in current}
+                snapshot = [Item(r["item_id"], r["title"], r["text"]) for r in rows]
+                encoded, encoded_phrases = await self._catalog.encode(
+                    [i for i in snapshot if i.item_id not in current],
+                    [i for i in snapshot if i.item_id not in phrases],
+                )
+                embedded += len(encoded)
+                current |= encoded
+                phrases |= encoded_phrases
+                matrix = np.stack([current[i] for i in ids]).astype(np.float32)
                 table = pa.table(
                     {
-                        "item_id": [r["item_id"] for r in rows],
+                        "item_id": ids,
                         "content_hash": [r["content_hash"] for r in rows],
                         "vector": pa.FixedSizeListArray.from_arrays(
                             pa.array(matrix.ravel()), self._embedder.dimension
+                        ),
+                        "phrases": _phrase_column(
+                            [phrases[i] for i in ids], self._embedder.dimension
                         ),
                     },
                     schema=schema,
@@ -286,15 +295,12 @@ class BackupService:
             forgetting = forget()
             if forgetting is not None:
                 await forgetting
-        embedded = 0
+        # Outside the store's transaction: building the search graphs of a large catalog takes
+        # a while, and the data are complete and searchable without them. The archive's vectors
+        # are current; an archive written before phrase vectors has its items' phrases encoded.
+        embedded = (await self._catalog.reconcile()).embedded
         if reembed:
-            embedded = (await self._catalog.reconcile()).embedded
             await self._feedback.rebuild()
-        else:
-            await self._catalog.reload_titles()
-            # Outside the store's transaction: building the search graphs of a large catalog
-            # takes a while, and the data are complete and searchable without them.
-            await anyio.to_thread.run_sync(self._index.optimize)
         log.info(
             "restored a backup of %s: %d items, %d users, %d feedback events",
             manifest.created_at.isoformat(),
@@ -406,6 +412,12 @@ def _entries(items: list[dict[str, Any]], vectors: pa.Table) -> list[IndexEntry]
     ids = vectors.column("item_id").to_pylist()
     hashes = vectors.column("content_hash").to_pylist()
     matrix = _vector_matrix(vectors.column("vector"))
+    # Archives written before phrase vectors have none.
+    phrases = (
+        _phrase_matrices(vectors.column("phrases"))
+        if "phrases" in vectors.column_names
+        else [None] * len(ids)
+    )
     entries: list[IndexEntry] = []
     for n, item in enumerate(items):
         if ids[n] != item["item_id"] or hashes[n] != item["content_hash"]:
@@ -422,9 +434,28 @@ def _entries(items: list[dict[str, Any]], vectors: pa.Table) -> list[IndexEntry]
                 seq=int(item["seq"]),
                 metadata=msgspec.json.decode(item["metadata"]),
                 text=Item(item["item_id"], item["title"], item["text"]).embedding_text,
+                phrases=phrases[n],
             )
         )
     return entries
+
+
+def _phrase_column(matrices: Sequence[Vector], dimension: int) -> pa.ListArray:
+    """Return each item's phrase vectors as one list of fixed-size float lists."""
+    rows = np.concatenate(matrices).astype(np.float32) if matrices else np.zeros((0, dimension))
+    offsets = np.concatenate(([0], np.cumsum([len(m) for m in matrices]))).astype(np.int32)
+    return pa.ListArray.from_arrays(
+        pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), dimension)
+    )
+
+
+def _phrase_matrices(column: pa.ChunkedArray | pa.Array) -> list[Vector]:
+    """Return a column of lists of phrase vectors as one float32 matrix per row."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    rows = _vector_matrix(array.flatten())
+    offsets = array.offsets.to_numpy()
+    offsets = offsets - offsets[0]  # a slice's offsets count from where the slice starts
+    return [rows[offsets[n] : offsets[n + 1]] for n in range(len(array))]
 
 
 def _vector_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, np.dtype[np.float32]]:

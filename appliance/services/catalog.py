@@ -123,11 +123,11 @@ class CatalogService:
             for i in changed
             if i.item_id not in existing or existing[i.item_id].content_hash != i.content_hash
         ]
-        vectors = await self._vectors_for(changed, to_embed)
+        vectors, phrases = await self._vectors_for(changed, to_embed)
         try:
             stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
             self._unoptimized = True
-            await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors))
+            await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors, phrases))
             await anyio.to_thread.run_sync(
                 self.titles.update, [(i.item_id, i.title, i.text) for i in changed]
             )
@@ -143,16 +143,38 @@ class CatalogService:
 
     async def _vectors_for(
         self, changed: Sequence[Item], to_embed: Sequence[Item]
-    ) -> dict[str, Vector]:
-        # Items whose metadata alone changed keep their vector, read back from the index.
+    ) -> tuple[dict[str, Vector], dict[str, Vector]]:
+        """Return the vectors and the phrase vectors of ``changed``, encoding what is new."""
+        # Items whose metadata alone changed keep their vectors, read back from the index.
         embedding = {i.item_id for i in to_embed}
         reuse = [i.item_id for i in changed if i.item_id not in embedding]
         vectors = await anyio.to_thread.run_sync(self._index.vectors, reuse)
-        missing = [i for i in changed if i.item_id not in vectors and i.item_id not in embedding]
-        embed = [*to_embed, *missing]
-        encoded = await self._encoder.encode([i.embedding_text for i in embed])
-        vectors.update({item.item_id: encoded[row] for row, item in enumerate(embed)})
-        return vectors
+        phrases = await anyio.to_thread.run_sync(self._index.phrase_vectors, reuse)
+        encoded, encoded_phrases = await self.encode(
+            [i for i in changed if i.item_id not in vectors],
+            [i for i in changed if i.item_id not in phrases],
+        )
+        return vectors | encoded, phrases | encoded_phrases
+
+    async def encode(
+        self, whole: Sequence[Item], phrased: Sequence[Item]
+    ) -> tuple[dict[str, Vector], dict[str, Vector]]:
+        """Encode the whole texts of ``whole`` and the phrases of ``phrased``, in one request.
+
+        Phrases recur across items (a category, a year, a keyword): each is encoded once (see
+        ``texts_to_encode``).
+
+        Returns:
+            Each item's vector, and each item's phrase vectors (a row per phrase).
+
+        """
+        texts = texts_to_encode(whole, phrased)
+        encoded = await self._encoder.encode(texts)
+        row = {text: n for n, text in enumerate(texts[len(whole) :], start=len(whole))}
+        return (
+            {i.item_id: encoded[n] for n, i in enumerate(whole)},
+            {i.item_id: encoded[[row[p] for p in i.phrases]] for i in phrased},
+        )
 
     async def load_file(self, path: Path, batch_size: int = 256) -> UpsertSummary:
         """Upsert every valid item of a catalog file in the wire format; invalid lines are logged.
@@ -229,8 +251,8 @@ class CatalogService:
         The index embeds what is missing or stale, drops orphans and rewrites outdated entries
         with their stored vectors; the dictionary of titles is rebuilt. Runs at start-up, so a
         crash between a store write and the index write loses nothing, and an index written by
-        an older version gains what this one keeps (keyword vectors) before the appliance
-        serves.
+        an older version gains what this one keeps (keyword and phrase vectors) before the
+        appliance serves.
         """
         await self.reload_titles()
         wanted = await anyio.to_thread.run_sync(self._store.content_hashes)
@@ -250,10 +272,10 @@ class CatalogService:
             ids = stale[start : start + _RECONCILE_BATCH]
             found = await anyio.to_thread.run_sync(self._store.get_items, ids)
             rows = list(found.values())
-            encoded = await self._encoder.encode([r.item.embedding_text for r in rows])
-            vectors = {r.item.item_id: encoded[n] for n, r in enumerate(rows)}
+            items = [r.item for r in rows]
+            vectors, phrases = await self.encode(items, items)
             try:
-                await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors))
+                await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors, phrases))
             except ApplianceError as e:
                 # One bad batch must not keep the appliance from starting.
                 log.exception("index reconcile: %d items not indexed: %s", len(rows), e.message)
@@ -280,7 +302,7 @@ class CatalogService:
         self._on_change()
 
     async def _rewrite(self, item_ids: Sequence[str]) -> tuple[int, int]:
-        """Write items to the index again with the vectors it holds.
+        """Write items to the index again with the vectors it holds (phrases it lacks encoded).
 
         Returns:
             How many were rewritten, and how many the index refused.
@@ -291,7 +313,11 @@ class CatalogService:
             ids = item_ids[start : start + _RECONCILE_BATCH]
             found = await anyio.to_thread.run_sync(self._store.get_items, ids)
             vectors = await anyio.to_thread.run_sync(self._index.vectors, ids)
-            entries = _entries(list(found.values()), vectors)
+            phrases = await anyio.to_thread.run_sync(self._index.phrase_vectors, ids)
+            _, encoded = await self.encode(
+                [], [s.item for s in found.values() if s.item.item_id not in phrases]
+            )
+            entries = _entries(list(found.values()), vectors, phrases | encoded)
             try:
                 await anyio.to_thread.run_sync(self._index.upsert, entries)
             except ApplianceError as e:
@@ -351,7 +377,15 @@ class CatalogService:
             await asyncio.gather(self._optimizing, return_exceptions=True)
 
 
-def _entries(stored: Sequence[StoredItem], vectors: dict[str, Vector]) -> list[IndexEntry]:
+def texts_to_encode(whole: Sequence[Item], phrased: Sequence[Item]) -> list[str]:
+    """Return what writing items encodes: ``whole``'s whole texts, then ``phrased``'s phrases."""
+    distinct = dict.fromkeys(p for i in phrased for p in i.phrases)
+    return [*(i.embedding_text for i in whole), *distinct]
+
+
+def _entries(
+    stored: Sequence[StoredItem], vectors: dict[str, Vector], phrases: dict[str, Vector]
+) -> list[IndexEntry]:
     return [
         IndexEntry(
             item_id=s.item.item_id,
@@ -360,6 +394,7 @@ def _entries(stored: Sequence[StoredItem], vectors: dict[str, Vector]) -> list[I
             seq=s.seq,
             metadata=s.item.metadata,
             text=s.item.embedding_text,
+            phrases=phrases.get(s.item.item_id),
         )
         for s in stored
         if s.item.item_id in vectors

@@ -206,6 +206,7 @@ class RecommendationService:
             user_id=query.user_id,
             context=context,
             query_vector=vector,
+            context_vector=context_vector,
             # Items the request names are known to the user: positive examples, not answers.
             selection=Selection(conditions=query.conditions, exclude=seen | set(named)),
             limit=math.ceil(query.top_k * self._settings.candidate_factor),

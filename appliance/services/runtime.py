@@ -50,7 +50,7 @@ from appliance.services.sources import (
     PopularitySource,
     VectorSource,
 )
-from appliance.services.text_sources import KeywordSource, NamedItemSource
+from appliance.services.text_sources import KeywordSource, NamedItemSource, PhraseSource
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -301,6 +301,7 @@ async def open_runtime(
             [
                 VectorSource(index),
                 KeywordSource(index),
+                PhraseSource(index),
                 NamedItemSource(index),
                 CollaborativeSource(collaborative, index),
                 HistorySource(index, examples=settings.recommend.history_examples),

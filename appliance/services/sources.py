@@ -32,6 +32,7 @@ class Plan:
     user_id: str
     context: str
     query_vector: Vector | None
+    """The context's embedding blended with the user's preference vector (see ``vector``)."""
     selection: Selection
     limit: int
     history: tuple[HistoryEntry, ...] = ()
@@ -39,6 +40,8 @@ class Plan:
     named: tuple[str, ...] = ()
     """Catalog items the context names ("something like ..."), in order of mention: positive
     examples."""
+    context_vector: Vector | None = None
+    """The context's own embedding, without the user's preferences."""
 
 
 class CandidateSource(Protocol):

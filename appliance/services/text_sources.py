@@ -1,4 +1,4 @@
-"""Candidate sources that read the request's words: keyword search, and the items it names."""
+"""Candidate sources that read the request's words: keywords, phrases, and the items it names."""
 
 from __future__ import annotations
 
@@ -31,6 +31,31 @@ class KeywordSource:
         return await run_search(
             self._index,
             partial(self._index.keyword_search, plan.context, plan.limit, plan.selection),
+        )
+
+
+class PhraseSource:
+    """Items with a phrase near the request's embedding: their best phrase counts, not the whole.
+
+    A request of a few words ("time travel") matches one clause or keyword of an item ("time
+    machine") more closely than the item's whole text, where everything else it says dilutes
+    the match; a request that names an item matches its title. The preference vector plays no
+    part: the phrases answer the words.
+    """
+
+    name = "phrases"
+    ranks_by_resemblance: Literal[True] = True
+
+    def __init__(self, index: VectorIndex) -> None:
+        self._index = index
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Search the index's phrase vectors; nothing without a context."""
+        if plan.context_vector is None:
+            return []
+        return await run_search(
+            self._index,
+            partial(self._index.phrase_search, plan.context_vector, plan.limit, plan.selection),
         )
 
 

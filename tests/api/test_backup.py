@@ -24,6 +24,7 @@ from appliance import archive
 from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
+from appliance.domain import Item
 from appliance.settings import Settings
 from tests.api.calls import COUNTED, counts, feedback, ids, recommend, serving, stats, upsert
 from tests.api.test_auth import ADMIN_KEY, CLIENT_KEY, bearer, keyed_settings
@@ -499,6 +500,28 @@ def repack(body: bytes, folder: Path, change: Callable[[str, Path], None]) -> by
     )
     archive.write(folder / "out.tar", fixed, folder)
     return (folder / "out.tar").read_bytes()
+
+
+def _drop_phrase_vectors(name: str, path: Path) -> None:
+    # As archives were written before items had phrase vectors.
+    if name == "item_vectors.parquet":
+        pq.write_table(pq.read_table(path).drop_columns(["phrases"]), path)
+
+
+def test_an_archive_without_phrase_vectors_restores_with_them_encoded(
+    source: TestClient[Any], fresh: TestClient[Any], tmp_path: Path
+) -> None:
+    before = answers(source)
+    older = repack(take_backup(source), tmp_path / "repack", _drop_phrase_vectors)
+
+    assert restore(fresh, older).status_code == 200
+    # The model check's sample, then each distinct phrase of the restored items: nothing else.
+    items = [Item(**i) for i in fresh.get("/items", params={"limit": 100}).json()["items"]]
+    assert fresh.get("/stats").json()["encoder"]["texts"] == 8 + len(
+        {p for i in items for p in i.phrases}
+    )
+    assert_same_answers(answers(fresh), before)
+    assert any("phrases" in r["sources"] for r in before["context"]["recommendations"])
 
 
 def _write(path: Path, body: bytes) -> Path:

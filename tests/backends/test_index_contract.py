@@ -4,6 +4,7 @@ Adding a backend is one line in ``FACTORIES``.
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -586,6 +587,75 @@ def test_keyword_search_follows_upserts_and_deletes(index: VectorIndex) -> None:
     assert "item-2" not in _ids(index.keyword_search("cordless", 10, Selection()))
 
 
-def test_entries_written_now_are_never_outdated(index: VectorIndex) -> None:
-    index.upsert(_texts())
+# -- phrase vectors -------------------------------------------------------------------------
+
+#: Phrases per item of ``_phrased``; the last item has none.
+PHRASE_COUNTS = (1, 3, 2, 4, 2, 0)
+
+
+def _phrased() -> list[IndexEntry]:
+    """``_texts`` with random phrase vectors (the last item without any)."""
+    rows = _unit_vectors(sum(PHRASE_COUNTS), seed=9)
+    bounds = np.cumsum((0, *PHRASE_COUNTS))
+    return [
+        replace(e, phrases=rows[bounds[i] : bounds[i + 1]] if PHRASE_COUNTS[i] else None)
+        for i, e in enumerate(_texts())
+    ]
+
+
+def test_phrase_search_scores_each_item_by_its_best_phrase(index: VectorIndex, atol: float) -> None:
+    entries = _phrased()
+    index.upsert(entries)
+    for query in (entries[3].phrases[2], entries[1].phrases[0], *_unit_vectors(3, seed=11)):
+        hits = index.phrase_search(query, 10, Selection())
+        best = {
+            e.item_id: float(np.max(e.phrases @ query)) for e in entries if e.phrases is not None
+        }
+        expected = sorted(best, key=lambda i: -best[i])
+        assert _ids(hits) == expected
+        np.testing.assert_allclose([h.score for h in hits], [best[i] for i in expected], atol=atol)
+    # An item's own phrase finds it first, whichever of its phrases it is.
+    assert _ids(index.phrase_search(entries[3].phrases[2], 1, Selection())) == ["item-3"]
+
+
+def test_phrase_search_applies_the_selection(index: VectorIndex) -> None:
+    entries = _phrased()
+    index.upsert(entries)
+    query = entries[2].phrases[1]
+    drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
+    assert set(_ids(index.phrase_search(query, 10, drama))) == {"item-0", "item-2", "item-4"}
+    excluded = Selection(exclude=frozenset({"item-2"}))
+    assert "item-2" not in _ids(index.phrase_search(query, 10, excluded))
+    only = Selection(only=frozenset({"item-3", "item-5"}))
+    assert _ids(index.phrase_search(query, 10, only)) == ["item-3"]
+    assert index.phrase_search(query, 10, Selection(only=frozenset())) == []
+
+
+def test_phrase_vectors_are_kept_replaced_and_deleted_with_their_item(
+    index: VectorIndex, atol: float
+) -> None:
+    entries = _phrased()
+    index.upsert(entries)
+    stored = index.phrase_vectors([e.item_id for e in entries] + ["unknown"])
+    assert set(stored) == {e.item_id for e in entries if e.phrases is not None}
+    for e in entries[:-1]:
+        assert e.phrases is not None
+        np.testing.assert_allclose(stored[e.item_id], e.phrases, atol=atol)
+    replaced = replace(entries[1], phrases=entries[3].phrases)
+    index.upsert([replaced])
+    np.testing.assert_allclose(
+        index.phrase_vectors(["item-1"])["item-1"], entries[3].phrases, atol=atol
+    )
+    index.delete(["item-3"])
+    index.optimize()
+    assert index.phrase_vectors(["item-3"]) == {}
+    assert "item-3" not in _ids(index.phrase_search(entries[3].phrases[0], 10, Selection()))
+
+
+def test_entries_written_without_phrase_vectors_are_outdated(index: VectorIndex) -> None:
+    entries = _phrased()
+    index.upsert(entries)
+    # Only the item written without them; rewritten with them, it is up to date.
+    assert index.outdated() == ["item-5"]
+    index.upsert([replace(entries[5], phrases=entries[0].phrases)])
     assert index.outdated() == []

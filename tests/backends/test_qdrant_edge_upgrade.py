@@ -12,7 +12,7 @@ import qdrant_edge as qe
 
 from appliance.backends.indexes.protocol import IndexEntry
 from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
-from appliance.domain import Selection, point_id
+from appliance.domain import Hit, Selection, point_id
 from appliance.errors import ConfigError
 
 DIM = 8
@@ -60,8 +60,10 @@ def write_legacy_index(path: Path, entries: list[IndexEntry], dimension: int = D
 
 def _entries() -> list[IndexEntry]:
     vectors = np.eye(DIM, dtype=np.float32)
+    # Phrases along axes no whole vector uses: item-1 has two.
+    phrases = (vectors[3:4], vectors[4:6], vectors[6:7])
     return [
-        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {"genre": "x"}, text=text)
+        IndexEntry(f"item-{i}", vectors[i], f"hash-{i}", i + 1, {"genre": "x"}, text, phrases[i])
         for i, text in enumerate(TEXTS)
     ]
 
@@ -78,6 +80,8 @@ def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) 
         assert index.search(entries[1].vector, 1, Selection())[0].item_id == "item-1"
         assert sorted(index.outdated()) == ["item-0", "item-1", "item-2"]
         assert index.keyword_search("narwhal", 5, Selection()) == []
+        assert index.phrase_search(np.eye(DIM, dtype=np.float32)[5], 5, Selection()) == []
+        assert index.phrase_vectors(["item-1"]) == {}
 
         stored = index.vectors([e.item_id for e in entries])
         index.upsert([IndexEntry(**{**_fields(e), "vector": stored[e.item_id]}) for e in entries])
@@ -85,15 +89,25 @@ def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) 
         assert index.outdated() == []
         assert [h.item_id for h in index.keyword_search("narwhal", 5, Selection())] == ["item-0"]
         assert index.search(entries[2].vector, 1, Selection())[0].item_id == "item-2"
+        assert _best(index.phrase_search(np.eye(DIM, dtype=np.float32)[5], 5, Selection())) == (
+            "item-1"
+        )
     finally:
         index.close()
-    # Upgraded for good: reopening finds nothing left to do.
+    # Upgraded for good: reopening (now with phrase vectors) finds nothing left to do.
     again = QdrantEdgeIndex(path, dimension=DIM)
     try:
         assert again.outdated() == []
         assert [h.item_id for h in again.keyword_search("drill", 5, Selection())] == ["item-1"]
+        assert _best(again.phrase_search(np.eye(DIM, dtype=np.float32)[6], 5, Selection())) == (
+            "item-2"
+        )
     finally:
         again.close()
+
+
+def _best(hits: list[Hit]) -> str:
+    return hits[0].item_id
 
 
 def test_another_text_language_makes_every_entry_outdated(tmp_path: Path) -> None:
@@ -130,6 +144,7 @@ def _fields(entry: IndexEntry) -> dict[str, object]:
         "seq": entry.seq,
         "metadata": entry.metadata,
         "text": entry.text,
+        "phrases": entry.phrases,
     }
 
 

@@ -2,7 +2,14 @@ import uuid
 
 import pytest
 
-from appliance.domain import InteractionType, Item, interaction_weight, point_id, rating_signal
+from appliance.domain import (
+    MAX_PHRASES,
+    InteractionType,
+    Item,
+    interaction_weight,
+    point_id,
+    rating_signal,
+)
 
 T = InteractionType
 
@@ -88,3 +95,26 @@ def test_embedding_text_joins_title_and_text() -> None:
     assert Item("a", "Dune", "A desert planet.").embedding_text == "Dune. A desert planet."
     assert Item("a", "Dune", "").embedding_text == "Dune"
     assert Item("a", "Dune", "").content_hash != Item("a", "Dune", "x").content_hash
+
+
+def test_phrases_are_the_title_and_the_clauses_of_the_text() -> None:
+    item = Item(
+        "a",
+        "Cordless Drill 30X",
+        "Drills wood, metal and masonry; two batteries. Part ZQ-1,000.5! Keywords: torque, wood",
+    )
+    assert item.phrases == (
+        "Cordless Drill 30X",
+        "Drills wood",
+        "metal and masonry",
+        "two batteries",
+        "Part ZQ-1,000.5",  # no break without a space after the mark
+        "Keywords: torque",
+        "wood",
+    )
+    assert Item("a", "Dune", "").phrases == ("Dune",)
+    # Each phrase once, the title first, at most MAX_PHRASES.
+    assert Item("a", "Dune", "Sand, sand, spice. dune.").phrases == ("Dune", "Sand", "spice")
+    long = Item("a", "T", ", ".join(f"clause {n}" for n in range(40)))
+    assert len(long.phrases) == MAX_PHRASES
+    assert long.phrases[:2] == ("T", "clause 0")

@@ -24,6 +24,9 @@ class IndexEntry:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     text: str = ""
     """The item's words for keyword search: the text its vector was computed from."""
+    phrases: Vector | None = None
+    """One vector per phrase of the item (``Item.phrases``), a row each; ``None`` when they were
+    not computed, which ``outdated`` then reports."""
 
 
 class VectorIndex(Protocol):
@@ -67,6 +70,14 @@ class VectorIndex(Protocol):
         """
         ...
 
+    def phrase_search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
+        """Return up to ``limit`` admitted items by their phrase nearest to ``vector``, best first.
+
+        An item scores the cosine of its best-matching phrase. Items written without phrase
+        vectors are not found. ``selection`` applies exactly as in ``search``.
+        """
+        ...
+
     def recommend(
         self,
         positive: Sequence[str],
@@ -91,6 +102,10 @@ class VectorIndex(Protocol):
         """Return the stored vectors of the given items that exist."""
         ...
 
+    def phrase_vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
+        """Return the stored phrase vectors (a row each) of the given items that have them."""
+        ...
+
     def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
         """Return the given items' vectors, each with the content hash it was computed from.
 
@@ -108,8 +123,9 @@ class VectorIndex(Protocol):
 
         Their vectors and content hashes are current, but something derived from their text
         is missing or was made otherwise (keyword vectors written by an older version, or with
-        another language setting). Upserting them again, with their stored vectors, brings
-        them up to date; start-up does so before the appliance serves.
+        another language setting; no phrase vectors). Upserting them again, with their stored
+        vectors and the phrase vectors they lack, brings them up to date; start-up does so
+        before the appliance serves.
         """
         ...
 

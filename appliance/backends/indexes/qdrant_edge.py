@@ -25,6 +25,9 @@ _META = "metadata"
 _DENSE = ""
 #: The sparse BM25 vector of each item's text.
 _KEYWORDS = "keywords"
+#: The vectors of each item's phrases (``Item.phrases``), compared by their best match; the
+#: payload field of the same name counts them, and entries without it lack them.
+_PHRASES = "phrases"
 #: Payload field naming how an entry's keyword vector was made; entries without it, or with
 #: another value, are rewritten at start-up (see ``outdated``).
 _ANALYSER = "analyser"
@@ -36,6 +39,8 @@ NO_LANGUAGE = "none"
 _UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 
 
+#: Phrase vectors score an item by the best of them.
+_MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
 #: Stored precisions of the dense vectors, by the name the settings and the shard's config use.
 _DATATYPES = {
     "float32": qe.VectorStorageDatatype.Float32,
@@ -160,16 +165,32 @@ class QdrantEdgeIndex:
                 # place (`appliance reindex` rebuilds them). The keyword vectors are left out,
                 # since an index written before they existed lacks them: they are added if
                 # missing (a no-op otherwise), and the entries without them are listed by
-                # ``outdated`` until rewritten.
-                shard = qe.EdgeShard.load(
-                    str(self._path), self._config(_stored_precision(self._path), keywords=False)
-                )
+                # ``outdated`` until rewritten. So are the phrase vectors, which the engine
+                # checks when they are named: an index written before them is opened without.
+                precision = _stored_precision(self._path)
+                try:
+                    shard = qe.EdgeShard.load(
+                        str(self._path), self._config(precision, keywords=False, phrases=True)
+                    )
+                except Exception:  # noqa: BLE001 - the binding raises plain Exceptions
+                    shard = qe.EdgeShard.load(
+                        str(self._path), self._config(precision, keywords=False, phrases=False)
+                    )
+                    shard.update(
+                        qe.UpdateOperation.create_dense_vector(
+                            _PHRASES,
+                            self.dimension,
+                            qe.Distance.Cosine,
+                            multivector_config=_MAX_SIM,
+                            datatype=_DATATYPES[precision],
+                        )
+                    )
                 shard.update(
                     qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
                 )
             else:
                 shard = qe.EdgeShard.create(
-                    str(self._path), self._config(self._precision, keywords=True)
+                    str(self._path), self._config(self._precision, keywords=True, phrases=True)
                 )
                 shard.update(
                     qe.UpdateOperation.create_field_index(
@@ -183,13 +204,22 @@ class QdrantEdgeIndex:
             ) from e
         return shard
 
-    def _config(self, precision: str, *, keywords: bool) -> qe.EdgeConfig:
+    def _config(self, precision: str, *, keywords: bool, phrases: bool) -> qe.EdgeConfig:
+        dense = qe.EdgeVectorParams(
+            size=self.dimension, distance=qe.Distance.Cosine, datatype=_DATATYPES[precision]
+        )
         return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(
-                size=self.dimension,
-                distance=qe.Distance.Cosine,
-                datatype=_DATATYPES[precision],
-            ),
+            vectors={
+                _DENSE: dense,
+                _PHRASES: qe.EdgeVectorParams(
+                    size=self.dimension,
+                    distance=qe.Distance.Cosine,
+                    datatype=_DATATYPES[precision],
+                    multivector_config=_MAX_SIM,
+                ),
+            }
+            if phrases
+            else dense,
             # IDF is computed by the engine over the points it holds, so it follows the catalog
             # as items come and go.
             sparse_vectors={_KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
@@ -217,12 +247,18 @@ class QdrantEdgeIndex:
                 vector={
                     _DENSE: np.asarray(e.vector, dtype=np.float32).tolist(),
                     _KEYWORDS: self._bm25.embed_document(e.text),
+                    **(
+                        {_PHRASES: np.asarray(e.phrases, dtype=np.float32).tolist()}
+                        if e.phrases is not None and len(e.phrases)
+                        else {}
+                    ),
                 },
                 payload={
                     "item_id": e.item_id,
                     "hash": e.content_hash,
                     "seq": e.seq,
                     _ANALYSER: self._analyser,
+                    **({_PHRASES: len(e.phrases)} if e.phrases is not None else {}),
                     _META: {k: _filterable(v) for k, v in e.metadata.items()},
                 },
             )
@@ -307,6 +343,24 @@ class QdrantEdgeIndex:
         )
         return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
 
+    def phrase_search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
+        """Return the admitted items whose best phrase is nearest ``vector``, best first."""
+        if selection.only is not None and not selection.only:
+            return []
+        points = self._query(
+            qe.QueryRequest(
+                limit=limit,
+                # A query of one vector: MaxSim scores each item by its best phrase.
+                query=qe.Query.Nearest(
+                    [np.asarray(vector, dtype=np.float32).tolist()], using=_PHRASES
+                ),
+                filter=_to_filter(selection),
+                with_payload=["item_id"],
+                params=self._search_params,
+            )
+        )
+        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
+
     def recommend(
         self,
         positive: Sequence[str],
@@ -364,6 +418,21 @@ class QdrantEdgeIndex:
         """Return the stored vectors of the items that exist."""
         return {k: vector for k, (vector, _) in self.hashed_vectors(item_ids).items()}
 
+    def phrase_vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
+        """Return the stored phrase vectors of the items that have them, a row per phrase."""
+        if not item_ids:
+            return {}
+        with self._shard.use() as shard:
+            records = shard.retrieve(
+                [point_id(i) for i in item_ids], with_payload=["item_id"], with_vector=[_PHRASES]
+            )
+        out: dict[str, Vector] = {}
+        for record in records:
+            vector: Any = record.vector
+            if record.payload and isinstance(vector, dict) and vector.get(_PHRASES):
+                out[record.payload["item_id"]] = np.asarray(vector[_PHRASES], dtype=np.float32)
+        return out
+
     def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
         """Return the stored vectors of the items that exist, with their content hashes."""
         if not item_ids:
@@ -394,11 +463,11 @@ class QdrantEdgeIndex:
         }
 
     def outdated(self) -> list[str]:
-        """Return the items whose keyword vectors are missing or made by another analyser."""
+        """Return the items lacking phrase vectors or current keyword vectors (see the protocol)."""
         return [
             payload["item_id"]
-            for payload in self._payloads(["item_id", _ANALYSER])
-            if payload.get(_ANALYSER) != self._analyser
+            for payload in self._payloads(["item_id", _ANALYSER, _PHRASES])
+            if payload.get(_ANALYSER) != self._analyser or _PHRASES not in payload
         ]
 
     def _payloads(self, fields: list[str]) -> Iterator[dict[str, Any]]:
