@@ -1,7 +1,8 @@
 """Measurements in the benchmark's own process, for comparison with the server's figures.
 
-- The encoder alone: the appliance's embedder encoding the ingest scenario's texts in batches of
-  the server's size, the ceiling of what ingest can reach end to end.
+- The encoder alone: the appliance's embedder encoding what ingesting the ingest scenario's items
+  encodes (their texts and phrases) in batches of the server's size, the ceiling of what ingest
+  can reach end to end.
 - Vector search: the data directory's vectors queried through qdrant-client's local mode (what a
   straightforward implementation would use) and through the appliance's own Qdrant Edge index,
   in-process, one query at a time; and how many of the exact nearest neighbours (local mode
@@ -25,7 +26,8 @@ from appliance.backends.embedders.protocol import Embedder, Vectors
 from appliance.backends.indexes.protocol import VectorIndex
 from appliance.backends.registry import build_index
 from appliance.datadir import DataDirLock
-from appliance.domain import FieldCondition, Selection
+from appliance.domain import FieldCondition, Item, Selection
+from appliance.services.catalog import texts_to_encode
 from appliance.settings import Settings
 from bench import catalog
 
@@ -35,18 +37,34 @@ _PAGE = 2048
 _COLLECTION = "bench"
 
 
-def encoder_throughput(embedder: Embedder, texts: Sequence[str], batch: int) -> dict[str, Any]:
-    """Encode ``texts`` in batches of ``batch`` and return texts per second."""
-    embedder.embed(list(texts[:batch]))  # warm-up, not timed
+def encoder_throughput(
+    embedder: Embedder, items: Sequence[Item], *, request_items: int, batch: int
+) -> dict[str, Any]:
+    """Encode what ingesting ``items`` encodes, ``request_items`` a request; return the rates.
+
+    Each request's items need their whole texts and their phrases encoded (``texts_to_encode``),
+    and the server's encoder queue encodes them in batches of ``batch`` texts of about the same
+    length; so does this.
+    """
+    requests = [
+        sorted(texts_to_encode(part, part), key=len)
+        for part in (items[i : i + request_items] for i in range(0, len(items), request_items))
+    ]
+    embedder.embed(requests[0][:batch])  # warm-up, not timed
     started = time.perf_counter()
-    for start in range(0, len(texts), batch):
-        embedder.embed(list(texts[start : start + batch]))
+    for texts in requests:
+        for start in range(0, len(texts), batch):
+            embedder.embed(texts[start : start + batch])
     seconds = time.perf_counter() - started
+    texts = sum(len(r) for r in requests)
     return {
-        "texts": len(texts),
+        "items": len(items),
+        "texts": texts,
+        "request_items": request_items,
         "batch": batch,
         "seconds": round(seconds, 2),
-        "texts_per_second": round(len(texts) / seconds, 1),
+        "items_per_second": round(len(items) / seconds, 1),
+        "texts_per_second": round(texts / seconds, 1),
     }
 
 

@@ -65,8 +65,8 @@ SCENARIOS = (
 )  # fmt: skip
 #: Distinct texts cycled through by the ingest scenario (new ids every time).
 INGEST_POOL = 4096
-#: Ingest texts the encoder-alone measurement encodes.
-ENCODER_TEXTS = 2048
+#: Ingest items the encoder-alone measurement encodes.
+ENCODER_ITEMS = 2048
 #: Short contexts of the reference search measurement.
 REFERENCE_QUERIES = 200
 #: Counter range of one wrk run (see bench/scenario.lua): runs never repeat a context or an id.
@@ -149,7 +149,7 @@ class Workload:
         work.mkdir(parents=True, exist_ok=True)
         self.words.write_text("\n".join(catalog.VOCABULARY) + "\n", encoding="utf-8")
         pool = list(catalog.generate(INGEST_POOL, seed=catalog.SEED + 2))
-        self.pool_texts = [Item(**i).embedding_text for i in pool]
+        self.pool_items = [Item(**i) for i in pool]
         with self.pool.open("w", encoding="utf-8") as out:
             for item in pool:
                 fields = {k: v for k, v in item.items() if k != "item_id"}
@@ -273,7 +273,10 @@ def in_process(args: argparse.Namespace, settings: Settings, workload: Workload)
     try:
         if not args.skip_encoder:
             out["encoder"] = reference.encoder_throughput(
-                embedder, workload.pool_texts[:ENCODER_TEXTS], settings.embedder.max_batch
+                embedder,
+                workload.pool_items[:ENCODER_ITEMS],
+                request_items=args.ingest_batch,
+                batch=settings.embedder.max_batch,
             )
             print(f"encoder alone: {out['encoder']}", flush=True)
         if not args.skip_reference:
