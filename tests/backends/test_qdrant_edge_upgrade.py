@@ -82,6 +82,10 @@ def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) 
         assert index.keyword_search("narwhal", 5, Selection()) == []
         assert index.phrase_search(np.eye(DIM, dtype=np.float32)[5], 5, Selection()) == []
         assert index.phrase_vectors(["item-1"]) == {}
+        # The phrase vectors were added with the graph of a new index, not the dense one's.
+        vectors = json.loads((path / "edge_config.json").read_text())["vectors"]
+        assert vectors["phrases"]["hnsw_config"]["ef_construct"] == 32
+        assert vectors["phrases"]["multivector_config"] == {"comparator": "max_sim"}
 
         stored = index.vectors([e.item_id for e in entries])
         index.upsert([IndexEntry(**{**_fields(e), "vector": stored[e.item_id]}) for e in entries])

@@ -39,6 +39,12 @@ NO_LANGUAGE = "none"
 _UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 
 
+#: Beam of the phrase vectors' graph build. Comparing two items' phrases compares every pair of
+#: their vectors: at the dense graph's 100 the build took six times as long as the dense one's
+#: (28 against 4 s for 50,000 items of three phrases), holding the interpreter lock. At 32 it
+#: takes 10 s, and searching with twice the dense search's beam makes up the recall (on the
+#: demo catalog, of the exact 20 best items: 0.937, against 0.932 at 100 with the dense beam).
+_PHRASE_EF_CONSTRUCT = 32
 #: Phrase vectors score an item by the best of them.
 _MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
 #: Stored precisions of the dense vectors, by the name the settings and the shard's config use.
@@ -135,18 +141,20 @@ class QdrantEdgeIndex:
         self._hnsw = qe.HnswIndexConfig(
             m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
         )
+        self._phrase_graph = qe.HnswIndexConfig(
+            m=hnsw_m, ef_construct=_PHRASE_EF_CONSTRUCT, full_scan_threshold=10_000
+        )
         # An int8 copy of each vector, in memory, walks the graph; the float vectors rescore the
         # best twice ``limit`` of it. Measured at 100K items: a search 35% faster than on the
         # float vectors with a beam wider by a quarter, and nearer the exact answer.
         self._quantization = (
             qe.ScalarQuantizationConfig(qe.ScalarType.Int8, always_ram=True) if quantized else None
         )
-        self._search_params = qe.SearchParams(
-            hnsw_ef=hnsw_ef,
-            quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0)
-            if quantized
-            else None,
+        rescoring = (
+            qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if quantized else None
         )
+        self._search_params = qe.SearchParams(hnsw_ef=hnsw_ef, quantization=rescoring)
+        self._phrase_search_params = qe.SearchParams(hnsw_ef=2 * hnsw_ef, quantization=rescoring)
         # Writes and schema changes are serialised; queries run concurrently.
         self._write_lock = threading.Lock()
         shard = self._open()
@@ -168,23 +176,12 @@ class QdrantEdgeIndex:
                 # ``outdated`` until rewritten. So are the phrase vectors, which the engine
                 # checks when they are named: an index written before them is opened without.
                 precision = _stored_precision(self._path)
+                config = self._config(precision, keywords=False, phrases=True)
                 try:
-                    shard = qe.EdgeShard.load(
-                        str(self._path), self._config(precision, keywords=False, phrases=True)
-                    )
+                    shard = qe.EdgeShard.load(str(self._path), config)
                 except Exception:  # noqa: BLE001 - the binding raises plain Exceptions
-                    shard = qe.EdgeShard.load(
-                        str(self._path), self._config(precision, keywords=False, phrases=False)
-                    )
-                    shard.update(
-                        qe.UpdateOperation.create_dense_vector(
-                            _PHRASES,
-                            self.dimension,
-                            qe.Distance.Cosine,
-                            multivector_config=_MAX_SIM,
-                            datatype=_DATATYPES[precision],
-                        )
-                    )
+                    self._add_phrase_vectors(precision)
+                    shard = qe.EdgeShard.load(str(self._path), config)
                 shard.update(
                     qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
                 )
@@ -204,6 +201,29 @@ class QdrantEdgeIndex:
             ) from e
         return shard
 
+    def _add_phrase_vectors(self, precision: str) -> None:
+        """Give an index written before phrase vectors their (empty) storage.
+
+        The shard is opened again afterwards with the whole config, which sets their graph's
+        parameters (the operation that adds them takes none).
+        """
+        shard = qe.EdgeShard.load(
+            str(self._path), self._config(precision, keywords=False, phrases=False)
+        )
+        try:
+            shard.update(
+                qe.UpdateOperation.create_dense_vector(
+                    _PHRASES,
+                    self.dimension,
+                    qe.Distance.Cosine,
+                    multivector_config=_MAX_SIM,
+                    datatype=_DATATYPES[precision],
+                )
+            )
+            shard.flush()
+        finally:
+            shard.close()
+
     def _config(self, precision: str, *, keywords: bool, phrases: bool) -> qe.EdgeConfig:
         dense = qe.EdgeVectorParams(
             size=self.dimension, distance=qe.Distance.Cosine, datatype=_DATATYPES[precision]
@@ -216,6 +236,7 @@ class QdrantEdgeIndex:
                     distance=qe.Distance.Cosine,
                     datatype=_DATATYPES[precision],
                     multivector_config=_MAX_SIM,
+                    hnsw_config=self._phrase_graph,
                 ),
             }
             if phrases
@@ -356,7 +377,7 @@ class QdrantEdgeIndex:
                 ),
                 filter=_to_filter(selection),
                 with_payload=["item_id"],
-                params=self._search_params,
+                params=self._phrase_search_params,
             )
         )
         return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
