@@ -89,6 +89,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         precision=settings.index.precision,
         text_language=settings.index.text_language,
         segment_items=settings.index.segment_items,
+        phrases=settings.index.phrases,
     )
 
 

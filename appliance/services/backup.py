@@ -191,7 +191,8 @@ class BackupService:
     async def _export_vectors(self, items: Path, target: Path) -> tuple[int, int]:
         """Write the vectors of every item in ``items``, in the same order; embed stale ones.
 
-        Each row holds an item's vector and its phrase vectors (``phrases``, a list of rows).
+        Each row holds an item's vector and its phrase vectors (``phrases``, a list of rows;
+        null where the index keeps none).
 
         Returns:
             How many vectors were written, and how many of them had to be embedded.
@@ -238,7 +239,7 @@ class BackupService:
                             pa.array(matrix.ravel()), self._embedder.dimension
                         ),
                         "phrases": _phrase_column(
-                            [phrases[i] for i in ids], self._embedder.dimension
+                            [phrases.get(i) for i in ids], self._embedder.dimension
                         ),
                     },
                     schema=schema,
@@ -412,8 +413,8 @@ def _entries(items: list[dict[str, Any]], vectors: pa.Table) -> list[IndexEntry]
     ids = vectors.column("item_id").to_pylist()
     hashes = vectors.column("content_hash").to_pylist()
     matrix = _vector_matrix(vectors.column("vector"))
-    # Archives written before phrase vectors have none.
-    phrases = (
+    # Archives written before phrase vectors have none, nor those of an index that keeps none.
+    phrases: list[Vector | None] = (
         _phrase_matrices(vectors.column("phrases"))
         if "phrases" in vectors.column_names
         else [None] * len(ids)
@@ -440,22 +441,27 @@ def _entries(items: list[dict[str, Any]], vectors: pa.Table) -> list[IndexEntry]
     return entries
 
 
-def _phrase_column(matrices: Sequence[Vector], dimension: int) -> pa.ListArray:
-    """Return each item's phrase vectors as one list of fixed-size float lists."""
-    rows = np.concatenate(matrices).astype(np.float32) if matrices else np.zeros((0, dimension))
-    offsets = np.concatenate(([0], np.cumsum([len(m) for m in matrices]))).astype(np.int32)
+def _phrase_column(matrices: Sequence[Vector | None], dimension: int) -> pa.ListArray:
+    """Return each item's phrase vectors as one list of fixed-size float lists (or null)."""
+    present = [m for m in matrices if m is not None]
+    rows = np.concatenate(present).astype(np.float32) if present else np.zeros((0, dimension))
+    lengths = [0 if m is None else len(m) for m in matrices]
+    offsets = np.concatenate(([0], np.cumsum(lengths))).astype(np.int32)
     return pa.ListArray.from_arrays(
-        pa.array(offsets), pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), dimension)
+        pa.array(offsets),
+        pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel(), pa.float32()), dimension),
+        mask=pa.array([m is None for m in matrices]),
     )
 
 
-def _phrase_matrices(column: pa.ChunkedArray | pa.Array) -> list[Vector]:
-    """Return a column of lists of phrase vectors as one float32 matrix per row."""
+def _phrase_matrices(column: pa.ChunkedArray | pa.Array) -> list[Vector | None]:
+    """Return a column of lists of phrase vectors as one float32 matrix per row (or None)."""
     array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
     rows = _vector_matrix(array.flatten())
     offsets = array.offsets.to_numpy()
     offsets = offsets - offsets[0]  # a slice's offsets count from where the slice starts
-    return [rows[offsets[n] : offsets[n + 1]] for n in range(len(array))]
+    missing = array.is_null().to_numpy(zero_copy_only=False)
+    return [None if missing[n] else rows[offsets[n] : offsets[n + 1]] for n in range(len(array))]
 
 
 def _vector_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray[Any, np.dtype[np.float32]]:

@@ -168,6 +168,8 @@ class CatalogService:
             Each item's vector, and each item's phrase vectors (a row per phrase).
 
         """
+        if not self._index.phrases:
+            phrased = []
         texts = texts_to_encode(whole, phrased)
         encoded = await self._encoder.encode(texts)
         row = {text: n for n, text in enumerate(texts[len(whole) :], start=len(whole))}

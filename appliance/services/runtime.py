@@ -301,7 +301,7 @@ async def open_runtime(
             [
                 VectorSource(index),
                 KeywordSource(index),
-                PhraseSource(index),
+                *([PhraseSource(index)] if index.phrases else []),
                 NamedItemSource(index),
                 CollaborativeSource(collaborative, index),
                 HistorySource(index, examples=settings.recommend.history_examples),

@@ -23,8 +23,15 @@ from appliance.domain import Item
 from appliance.settings import Settings
 from tests.api.calls import feedback, ids, recommend, stats, upsert
 from tests.backends.test_qdrant_edge_upgrade import write_legacy_index
+from tests.conftest import make_settings
 
 INDEX_FOLDER = Path("index") / "all-MiniLM-L6-v2-384"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings of an appliance that keeps phrase vectors, so that every text source runs."""
+    return make_settings(tmp_path / "data", index={"phrases": True})
 
 
 def ask(client: TestClient[Any], context: str, *sources: str, **body: Any) -> dict[str, Any]:
@@ -346,7 +353,7 @@ def test_an_index_built_before_keyword_search_is_upgraded_at_start_up(
         assert ids(ask(upgraded, "coastal", "keyword")) == ["ro-2"]
         assert ids(ask(upgraded, "time travel", "vector", top_k=6)) == before
         assert ids(ask(upgraded, "time travel", "phrases", top_k=6)) == phrases_before
-    index = QdrantEdgeIndex(settings.data_dir / INDEX_FOLDER, dimension=384)
+    index = QdrantEdgeIndex(settings.data_dir / INDEX_FOLDER, dimension=384, phrases=True)
     try:
         assert index.outdated() == []
     finally:

@@ -20,10 +20,12 @@ from appliance.errors import ConfigError
 DIM = 32
 GENRES = ("drama", "comedy", "horror", "scifi", "western")
 
-FACTORIES: dict[str, Callable[[Path, int], VectorIndex]] = {
-    "qdrant-edge": lambda path, dimension: QdrantEdgeIndex(path, dimension=dimension),
-    "qdrant-edge-float32": lambda path, dimension: QdrantEdgeIndex(
-        path, dimension=dimension, precision="float32"
+FACTORIES: dict[str, Callable[..., VectorIndex]] = {
+    "qdrant-edge": lambda path, dimension, **options: QdrantEdgeIndex(
+        path, dimension=dimension, **options
+    ),
+    "qdrant-edge-float32": lambda path, dimension, **options: QdrantEdgeIndex(
+        path, dimension=dimension, precision="float32", **options
     ),
 }
 #: How each kind stores a vector, and how far a stored vector, and so a score, may be from what
@@ -47,6 +49,14 @@ def atol(kind: str) -> float:
 @pytest.fixture
 def index(kind: str, tmp_path: Path) -> Iterator[VectorIndex]:
     opened = FACTORIES[kind](tmp_path / "index", DIM)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def phrased(kind: str, tmp_path: Path) -> Iterator[VectorIndex]:
+    """The index, keeping phrase vectors."""
+    opened = FACTORIES[kind](tmp_path / "phrased", DIM, phrases=True)
     yield opened
     opened.close()
 
@@ -603,11 +613,13 @@ def _phrased() -> list[IndexEntry]:
     ]
 
 
-def test_phrase_search_scores_each_item_by_its_best_phrase(index: VectorIndex, atol: float) -> None:
+def test_phrase_search_scores_each_item_by_its_best_phrase(
+    phrased: VectorIndex, atol: float
+) -> None:
     entries = _phrased()
-    index.upsert(entries)
+    phrased.upsert(entries)
     for query in (entries[3].phrases[2], entries[1].phrases[0], *_unit_vectors(3, seed=11)):
-        hits = index.phrase_search(query, 10, Selection())
+        hits = phrased.phrase_search(query, 10, Selection())
         best = {
             e.item_id: float(np.max(e.phrases @ query)) for e in entries if e.phrases is not None
         }
@@ -615,47 +627,56 @@ def test_phrase_search_scores_each_item_by_its_best_phrase(index: VectorIndex, a
         assert _ids(hits) == expected
         np.testing.assert_allclose([h.score for h in hits], [best[i] for i in expected], atol=atol)
     # An item's own phrase finds it first, whichever of its phrases it is.
-    assert _ids(index.phrase_search(entries[3].phrases[2], 1, Selection())) == ["item-3"]
+    assert _ids(phrased.phrase_search(entries[3].phrases[2], 1, Selection())) == ["item-3"]
 
 
-def test_phrase_search_applies_the_selection(index: VectorIndex) -> None:
+def test_phrase_search_applies_the_selection(phrased: VectorIndex) -> None:
     entries = _phrased()
-    index.upsert(entries)
+    phrased.upsert(entries)
     query = entries[2].phrases[1]
     drama = Selection(conditions=(FieldCondition("genre", equals="drama"),))
-    assert set(_ids(index.phrase_search(query, 10, drama))) == {"item-0", "item-2", "item-4"}
+    assert set(_ids(phrased.phrase_search(query, 10, drama))) == {"item-0", "item-2", "item-4"}
     excluded = Selection(exclude=frozenset({"item-2"}))
-    assert "item-2" not in _ids(index.phrase_search(query, 10, excluded))
+    assert "item-2" not in _ids(phrased.phrase_search(query, 10, excluded))
     only = Selection(only=frozenset({"item-3", "item-5"}))
-    assert _ids(index.phrase_search(query, 10, only)) == ["item-3"]
-    assert index.phrase_search(query, 10, Selection(only=frozenset())) == []
+    assert _ids(phrased.phrase_search(query, 10, only)) == ["item-3"]
+    assert phrased.phrase_search(query, 10, Selection(only=frozenset())) == []
 
 
 def test_phrase_vectors_are_kept_replaced_and_deleted_with_their_item(
-    index: VectorIndex, atol: float
+    phrased: VectorIndex, atol: float
 ) -> None:
     entries = _phrased()
-    index.upsert(entries)
-    stored = index.phrase_vectors([e.item_id for e in entries] + ["unknown"])
+    phrased.upsert(entries)
+    stored = phrased.phrase_vectors([e.item_id for e in entries] + ["unknown"])
     assert set(stored) == {e.item_id for e in entries if e.phrases is not None}
     for e in entries[:-1]:
         assert e.phrases is not None
         np.testing.assert_allclose(stored[e.item_id], e.phrases, atol=atol)
     replaced = replace(entries[1], phrases=entries[3].phrases)
-    index.upsert([replaced])
+    phrased.upsert([replaced])
     np.testing.assert_allclose(
-        index.phrase_vectors(["item-1"])["item-1"], entries[3].phrases, atol=atol
+        phrased.phrase_vectors(["item-1"])["item-1"], entries[3].phrases, atol=atol
     )
-    index.delete(["item-3"])
-    index.optimize()
-    assert index.phrase_vectors(["item-3"]) == {}
-    assert "item-3" not in _ids(index.phrase_search(entries[3].phrases[0], 10, Selection()))
+    phrased.delete(["item-3"])
+    phrased.optimize()
+    assert phrased.phrase_vectors(["item-3"]) == {}
+    assert "item-3" not in _ids(phrased.phrase_search(entries[3].phrases[0], 10, Selection()))
 
 
-def test_entries_written_without_phrase_vectors_are_outdated(index: VectorIndex) -> None:
+def test_entries_written_without_phrase_vectors_are_outdated(phrased: VectorIndex) -> None:
+    entries = _phrased()
+    phrased.upsert(entries)
+    # Only the item written without them; rewritten with them, it is up to date.
+    assert phrased.outdated() == ["item-5"]
+    phrased.upsert([replace(entries[5], phrases=entries[0].phrases)])
+    assert phrased.outdated() == []
+
+
+def test_an_index_without_phrase_vectors_ignores_them(index: VectorIndex) -> None:
     entries = _phrased()
     index.upsert(entries)
-    # Only the item written without them; rewritten with them, it is up to date.
-    assert index.outdated() == ["item-5"]
-    index.upsert([replace(entries[5], phrases=entries[0].phrases)])
+    assert not index.phrases
+    assert index.phrase_search(entries[3].phrases[0], 10, Selection()) == []
+    assert index.phrase_vectors([e.item_id for e in entries]) == {}
     assert index.outdated() == []

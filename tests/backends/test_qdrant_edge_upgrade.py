@@ -73,7 +73,7 @@ def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) 
     entries = _entries()
     write_legacy_index(path, entries)
 
-    index = QdrantEdgeIndex(path, dimension=DIM)
+    index = QdrantEdgeIndex(path, dimension=DIM, phrases=True)
     try:
         # The dense side is intact: reconcile keeps the vectors and re-embeds nothing.
         assert index.fingerprints() == {e.item_id: e.content_hash for e in entries}
@@ -99,7 +99,7 @@ def test_a_legacy_index_opens_and_lists_every_entry_as_outdated(tmp_path: Path) 
     finally:
         index.close()
     # Upgraded for good: reopening (now with phrase vectors) finds nothing left to do.
-    again = QdrantEdgeIndex(path, dimension=DIM)
+    again = QdrantEdgeIndex(path, dimension=DIM, phrases=True)
     try:
         assert again.outdated() == []
         assert [h.item_id for h in again.keyword_search("drill", 5, Selection())] == ["item-1"]

@@ -114,19 +114,11 @@ async def test_start_up_builds_the_graphs_an_interrupted_optimize_left(tmp_path:
         vectors = embedder.embed([i.embedding_text for i in items])
         index.upsert(
             [
-                IndexEntry(
-                    s.item.item_id,
-                    vectors[n],
-                    s.content_hash,
-                    s.seq,
-                    text=s.item.text,
-                    phrases=embedder.embed(list(s.item.phrases)),
-                )
+                IndexEntry(s.item.item_id, vectors[n], s.content_hash, s.seq, text=s.item.text)
                 for n, s in enumerate(stored)
             ]
         )
-        # Keyword vectors are indexed as they are written; dense and phrase ones only by an
-        # optimize.
+        # Keyword vectors are indexed as they are written; dense ones only by an optimize.
         assert index.indexed_vectors() == UNINDEXED
     finally:
         index.close()
@@ -135,6 +127,6 @@ async def test_start_up_builds_the_graphs_an_interrupted_optimize_left(tmp_path:
     index = QdrantEdgeIndex(folder, dimension=embedder.dimension)
     try:
         async with open_runtime(settings, Backends(embedder=embedder, index=index)):
-            assert index.indexed_vectors() == 3 * UNINDEXED
+            assert index.indexed_vectors() == 2 * UNINDEXED
     finally:
         index.close()

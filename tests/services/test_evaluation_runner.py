@@ -38,7 +38,6 @@ TOPICS = {
 #: The pipelines of one candidate source each, besides vector search (the baseline).
 SOURCES_ALONE = (
     "keyword only",
-    "phrases only",
     "named only",
     "collaborative only",
     "history only",

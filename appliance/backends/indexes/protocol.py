@@ -38,6 +38,8 @@ class VectorIndex(Protocol):
     """
 
     dimension: int
+    phrases: bool
+    """Whether the index keeps phrase vectors (``IndexEntry.phrases``) and searches them."""
     searches_hold_interpreter: bool
     """Whether ``search`` and ``keyword_search`` keep Python's interpreter lock while they run, as
     an in-process engine that never releases it does. Nothing else runs meanwhile wherever they

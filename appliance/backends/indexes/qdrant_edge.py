@@ -129,8 +129,10 @@ class QdrantEdgeIndex:
         precision: str = "float16",
         text_language: str = "english",
         segment_items: int = 50_000,
+        phrases: bool = False,
     ) -> None:
         self.dimension = dimension
+        self.phrases = phrases
         self._path = path
         self._segment_items = segment_items
         # Points written since the graphs were last built (since the shard opened, at first).
@@ -173,21 +175,28 @@ class QdrantEdgeIndex:
                 # place (`appliance reindex` rebuilds them). The keyword vectors are left out,
                 # since an index written before they existed lacks them: they are added if
                 # missing (a no-op otherwise), and the entries without them are listed by
-                # ``outdated`` until rewritten. So are the phrase vectors, which the engine
-                # checks when they are named: an index written before them is opened without.
+                # ``outdated`` until rewritten. So are the phrase vectors (when kept), which the
+                # engine checks when they are named: an index is opened as it was written, with
+                # them or without, and given them if it lacks them and should have them.
                 precision = _stored_precision(self._path)
-                config = self._config(precision, keywords=False, phrases=True)
+                wanted = self._config(precision, keywords=False, phrases=self.phrases)
                 try:
-                    shard = qe.EdgeShard.load(str(self._path), config)
+                    shard = qe.EdgeShard.load(str(self._path), wanted)
                 except Exception:  # noqa: BLE001 - the binding raises plain Exceptions
-                    self._add_phrase_vectors(precision)
-                    shard = qe.EdgeShard.load(str(self._path), config)
+                    if self.phrases:
+                        self._add_phrase_vectors(precision)
+                        shard = qe.EdgeShard.load(str(self._path), wanted)
+                    else:  # written with phrase vectors: they stay, unused
+                        shard = qe.EdgeShard.load(
+                            str(self._path), self._config(precision, keywords=False, phrases=True)
+                        )
                 shard.update(
                     qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
                 )
             else:
                 shard = qe.EdgeShard.create(
-                    str(self._path), self._config(self._precision, keywords=True, phrases=True)
+                    str(self._path),
+                    self._config(self._precision, keywords=True, phrases=self.phrases),
                 )
                 shard.update(
                     qe.UpdateOperation.create_field_index(
@@ -270,7 +279,7 @@ class QdrantEdgeIndex:
                     _KEYWORDS: self._bm25.embed_document(e.text),
                     **(
                         {_PHRASES: np.asarray(e.phrases, dtype=np.float32).tolist()}
-                        if e.phrases is not None and len(e.phrases)
+                        if self.phrases and e.phrases is not None and len(e.phrases)
                         else {}
                     ),
                 },
@@ -279,7 +288,9 @@ class QdrantEdgeIndex:
                     "hash": e.content_hash,
                     "seq": e.seq,
                     _ANALYSER: self._analyser,
-                    **({_PHRASES: len(e.phrases)} if e.phrases is not None else {}),
+                    **(
+                        {_PHRASES: len(e.phrases)} if self.phrases and e.phrases is not None else {}
+                    ),
                     _META: {k: _filterable(v) for k, v in e.metadata.items()},
                 },
             )
@@ -366,7 +377,7 @@ class QdrantEdgeIndex:
 
     def phrase_search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
         """Return the admitted items whose best phrase is nearest ``vector``, best first."""
-        if selection.only is not None and not selection.only:
+        if not self.phrases or (selection.only is not None and not selection.only):
             return []
         points = self._query(
             qe.QueryRequest(
@@ -441,7 +452,7 @@ class QdrantEdgeIndex:
 
     def phrase_vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
         """Return the stored phrase vectors of the items that have them, a row per phrase."""
-        if not item_ids:
+        if not self.phrases or not item_ids:
             return {}
         with self._shard.use() as shard:
             records = shard.retrieve(
@@ -484,11 +495,12 @@ class QdrantEdgeIndex:
         }
 
     def outdated(self) -> list[str]:
-        """Return the items lacking phrase vectors or current keyword vectors (see the protocol)."""
+        """Return the items lacking current keyword vectors, or phrase vectors when kept."""
         return [
             payload["item_id"]
             for payload in self._payloads(["item_id", _ANALYSER, _PHRASES])
-            if payload.get(_ANALYSER) != self._analyser or _PHRASES not in payload
+            if payload.get(_ANALYSER) != self._analyser
+            or (self.phrases and _PHRASES not in payload)
         ]
 
     def _payloads(self, fields: list[str]) -> Iterator[dict[str, Any]]:
