@@ -1,8 +1,8 @@
 """Measurements in the benchmark's own process, for comparison with the server's figures.
 
 - The encoder alone: the appliance's embedder encoding what ingesting the ingest scenario's items
-  encodes (their texts and phrases) in batches of the server's size, the ceiling of what ingest
-  can reach end to end.
+  encodes (their texts, and their phrases when the index keeps phrase vectors) in batches of the
+  server's size, the ceiling of what ingest can reach end to end.
 - Vector search: the data directory's vectors queried through qdrant-client's local mode (what a
   straightforward implementation would use) and through the appliance's own Qdrant Edge index,
   in-process, one query at a time; and how many of the exact nearest neighbours (local mode
@@ -38,16 +38,21 @@ _COLLECTION = "bench"
 
 
 def encoder_throughput(
-    embedder: Embedder, items: Sequence[Item], *, request_items: int, batch: int
+    embedder: Embedder,
+    items: Sequence[Item],
+    *,
+    request_items: int,
+    batch: int,
+    phrases: bool,
 ) -> dict[str, Any]:
     """Encode what ingesting ``items`` encodes, ``request_items`` a request; return the rates.
 
-    Each request's items need their whole texts and their phrases encoded (``texts_to_encode``),
-    and the server's encoder queue encodes them in batches of ``batch`` texts of about the same
-    length; so does this.
+    Each request's items need their whole texts encoded, and their phrases where the index keeps
+    phrase vectors (``texts_to_encode``); the server's encoder queue encodes them in batches of
+    ``batch`` texts of about the same length, and so does this.
     """
     requests = [
-        sorted(texts_to_encode(part, part), key=len)
+        sorted(texts_to_encode(part, part if phrases else []), key=len)
         for part in (items[i : i + request_items] for i in range(0, len(items), request_items))
     ]
     embedder.embed(requests[0][:batch])  # warm-up, not timed

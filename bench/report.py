@@ -388,9 +388,9 @@ def markdown(report: dict[str, Any]) -> str:
             "Encoder alone (in the benchmark's process, nothing else running): "
             + (
                 f"{encoder['items_per_second']} items/s ({encoder['texts_per_second']} texts/s) "
-                f"on the ingest scenario's {encoder['items']:,} items, {encoder['texts']:,} "
-                f"texts with their phrases, {encoder['request_items']} items a request, in "
-                f"batches of {encoder['batch']}."
+                f"on the ingest scenario's {encoder['items']:,} items ({encoder['texts']:,} "
+                f"texts), {encoder['request_items']} items a request, in batches of "
+                f"{encoder['batch']}."
                 if "items_per_second" in encoder
                 else f"{encoder['texts_per_second']} texts/s on the ingest scenario's "
                 f"{encoder['texts']:,} texts in batches of {encoder['batch']}."

@@ -277,6 +277,7 @@ def in_process(args: argparse.Namespace, settings: Settings, workload: Workload)
                 workload.pool_items[:ENCODER_ITEMS],
                 request_items=args.ingest_batch,
                 batch=settings.embedder.max_batch,
+                phrases=settings.index.phrases,
             )
             print(f"encoder alone: {out['encoder']}", flush=True)
         if not args.skip_reference:
