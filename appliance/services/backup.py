@@ -2,9 +2,9 @@
 
 A backup holds the store's tables (items, feedback, users with their preference vectors) from one
 snapshot, and the item vectors (each item's vector and its phrases' vectors) of the index for
-exactly those item versions. A restore loads both
-into an empty appliance, so it answers every request as the original did without embedding the
-catalog again; the index's search graphs are the one thing rebuilt.
+exactly those item versions. A restore loads both into an empty appliance, so it answers every
+request as the original did without embedding the catalog again; the index's search graphs are
+the one thing rebuilt.
 """
 
 from __future__ import annotations

@@ -41,10 +41,11 @@ class VectorIndex(Protocol):
     phrases: bool
     """Whether the index keeps phrase vectors (``IndexEntry.phrases``) and searches them."""
     searches_hold_interpreter: bool
-    """Whether ``search`` and ``keyword_search`` keep Python's interpreter lock while they run, as
-    an in-process engine that never releases it does. Nothing else runs meanwhile wherever they
-    are called, so callers run them on the event loop: a worker thread would add two hand-offs
-    and no parallelism. An index that waits on the network must say False."""
+    """Whether ``search``, ``keyword_search`` and ``phrase_search`` keep Python's interpreter
+    lock while they run, as an in-process engine that never releases it does. Nothing else runs
+    meanwhile wherever they are called, so callers run them on the event loop: a worker thread
+    would add two hand-offs and no parallelism. An index that waits on the network must say
+    False."""
 
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         """Insert or replace items (vector, fingerprint and filterable metadata)."""

@@ -271,31 +271,7 @@ class QdrantEdgeIndex:
         """Insert or replace items, indexing new metadata fields for filtering."""
         if not entries:
             return
-        points = [
-            qe.Point(
-                id=point_id(e.item_id),
-                vector={
-                    _DENSE: np.asarray(e.vector, dtype=np.float32).tolist(),
-                    _KEYWORDS: self._bm25.embed_document(e.text),
-                    **(
-                        {_PHRASES: np.asarray(e.phrases, dtype=np.float32).tolist()}
-                        if self.phrases and e.phrases is not None and len(e.phrases)
-                        else {}
-                    ),
-                },
-                payload={
-                    "item_id": e.item_id,
-                    "hash": e.content_hash,
-                    "seq": e.seq,
-                    _ANALYSER: self._analyser,
-                    **(
-                        {_PHRASES: len(e.phrases)} if self.phrases and e.phrases is not None else {}
-                    ),
-                    _META: {k: _filterable(v) for k, v in e.metadata.items()},
-                },
-            )
-            for e in entries
-        ]
+        points = [self._point(e) for e in entries]
         with self._write_lock:
             try:
                 with self._shard.use() as shard:
@@ -317,6 +293,25 @@ class QdrantEdgeIndex:
                 # afresh 87 MB); opened again, it maps what it built from its files instead.
                 # At 1M items, 20 segments, each reopening takes 0.1-3 s.
                 self._shard.swap(self._reopen)
+
+    def _point(self, entry: IndexEntry) -> qe.Point:
+        vectors: dict[str, Any] = {
+            _DENSE: np.asarray(entry.vector, dtype=np.float32).tolist(),
+            _KEYWORDS: self._bm25.embed_document(entry.text),
+        }
+        payload: dict[str, Any] = {
+            "item_id": entry.item_id,
+            "hash": entry.content_hash,
+            "seq": entry.seq,
+            _ANALYSER: self._analyser,
+            _META: {k: _filterable(v) for k, v in entry.metadata.items()},
+        }
+        if self.phrases and entry.phrases is not None:
+            # The count marks the entry as written with its phrases (see ``outdated``).
+            payload[_PHRASES] = len(entry.phrases)
+            if len(entry.phrases):
+                vectors[_PHRASES] = np.asarray(entry.phrases, dtype=np.float32).tolist()
+        return qe.Point(id=point_id(entry.item_id), vector=vectors, payload=payload)
 
     def _reopen(self, shard: qe.EdgeShard) -> qe.EdgeShard:
         shard.flush()
@@ -345,50 +340,45 @@ class QdrantEdgeIndex:
 
     def search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
         """Return the nearest admitted items, best first."""
-        if selection.only is not None and not selection.only:
-            return []
-        points = self._query(
-            qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
-                filter=_to_filter(selection),
-                with_payload=["item_id"],
-                params=self._search_params,
-            )
+        return self._nearest(
+            qe.Query.Nearest(np.asarray(vector, dtype=np.float32).tolist()),
+            limit,
+            selection,
+            self._search_params,
         )
-        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
 
     def keyword_search(self, text: str, limit: int, selection: Selection) -> list[Hit]:
         """Return the admitted items whose words best match ``text``, by BM25."""
-        if selection.only is not None and not selection.only:
-            return []
         query = self._bm25.embed_query(text)
         if not query.indices:
             return []
-        points = self._query(
-            qe.QueryRequest(
-                limit=limit,
-                query=qe.Query.Nearest(query, using=_KEYWORDS),
-                filter=_to_filter(selection),
-                with_payload=["item_id"],
-            )
-        )
-        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
+        return self._nearest(qe.Query.Nearest(query, using=_KEYWORDS), limit, selection, None)
 
     def phrase_search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
         """Return the admitted items whose best phrase is nearest ``vector``, best first."""
-        if not self.phrases or (selection.only is not None and not selection.only):
+        if not self.phrases:
+            return []
+        return self._nearest(
+            # A query of one vector: MaxSim scores each item by its best phrase.
+            qe.Query.Nearest([np.asarray(vector, dtype=np.float32).tolist()], using=_PHRASES),
+            limit,
+            selection,
+            self._phrase_search_params,
+        )
+
+    def _nearest(
+        self, query: qe.Query, limit: int, selection: Selection, params: qe.SearchParams | None
+    ) -> list[Hit]:
+        """Run a nearest-neighbour query among the admitted items and return its hits."""
+        if selection.only is not None and not selection.only:
             return []
         points = self._query(
             qe.QueryRequest(
                 limit=limit,
-                # A query of one vector: MaxSim scores each item by its best phrase.
-                query=qe.Query.Nearest(
-                    [np.asarray(vector, dtype=np.float32).tolist()], using=_PHRASES
-                ),
+                query=query,
                 filter=_to_filter(selection),
                 with_payload=["item_id"],
-                params=self._phrase_search_params,
+                params=params,
             )
         )
         return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
