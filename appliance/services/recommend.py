@@ -202,6 +202,7 @@ class RecommendationService:
         timings["query"] = _ms_since(started)
 
         mark = time.perf_counter()
+        retrieved = math.ceil(query.top_k * self._settings.candidate_factor)
         plan = Plan(
             user_id=query.user_id,
             context=context,
@@ -209,11 +210,11 @@ class RecommendationService:
             context_vector=context_vector,
             # Items the request names are known to the user: positive examples, not answers.
             selection=Selection(conditions=query.conditions, exclude=seen | set(named)),
-            limit=math.ceil(query.top_k * self._settings.candidate_factor),
+            limit=max(retrieved, self._settings.fusion_depth),
             history=tuple(history),
             named=named,
         )
-        ranked, prior = await self._candidates(sources, plan, prior=query.prior)
+        heads, ranked, prior = await self._candidates(sources, plan, prior=query.prior)
         fusion, weights = (
             (FusionMode.RRF, None)
             if self._learner is None
@@ -221,9 +222,7 @@ class RecommendationService:
                 query.fusion, RequestKind.of(has_context=bool(context), names_items=bool(named))
             )
         )
-        candidates = reciprocal_rank_fusion(
-            {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
-        )
+        candidates = _fuse(sources, heads, ranked, weights)
         timings["retrieve"] = _ms_since(mark)
 
         if query.diversity > 0 and self._index is not None:
@@ -237,7 +236,7 @@ class RecommendationService:
         mark = time.perf_counter()
         wanted = max(
             query.top_k,
-            self._rerank.candidates_needed(context, requested=query.rerank, retrieved=plan.limit),
+            self._rerank.candidates_needed(context, requested=query.rerank, retrieved=retrieved),
         )
         candidates, items = await self._present(candidates, wanted)
         if not candidates:
@@ -247,7 +246,7 @@ class RecommendationService:
             candidates,
             {k: v.item for k, v in items.items()},
             requested=query.rerank,
-            retrieved=plan.limit,
+            retrieved=retrieved,
         )
         if rerank_status not in _SKIPPED:
             timings["rerank"] = _ms_since(mark)
@@ -277,6 +276,33 @@ class RecommendationService:
         )
 
     async def _candidates(
+        self, sources: Sequence[CandidateSource], plan: Plan, *, prior: bool
+    ) -> tuple[list[list[Hit]], list[list[Hit]], bool]:
+        """Ask each source for the candidates the first results are fused from, and the rest.
+
+        The first results are fused from ``recommend.fusion_depth`` candidates of each source
+        whatever the request's ``top_k``: a plan that needs more asks the sources twice, at
+        that depth and at its own, concurrently, so that its first results are exactly those of
+        a shorter request (a search for more candidates explores further, and its first ones
+        can differ).
+
+        Returns:
+            Each source's hits at the fusion depth, each source's hits for the whole plan (the
+            same lists when it asks for no more), and whether a prior ranked the other sources'
+            candidates.
+
+        """
+        depth = self._settings.fusion_depth
+        if plan.limit <= depth:
+            ranked, by_prior = await self._ask(sources, plan, prior=prior)
+            return ranked, ranked, by_prior
+        (heads, by_prior), (ranked, _) = await asyncio.gather(
+            self._ask(sources, replace(plan, limit=depth), prior=prior),
+            self._ask(sources, plan, prior=prior),
+        )
+        return heads, ranked, by_prior
+
+    async def _ask(
         self, sources: Sequence[CandidateSource], plan: Plan, *, prior: bool
     ) -> tuple[list[list[Hit]], bool]:
         """Ask each source for its candidates, in the order of ``sources``.
@@ -404,6 +430,32 @@ class RecommendationService:
         counts = await anyio.to_thread.run_sync(self._store.counts)
         if counts.items == 0:
             raise ConflictError("the catalog is empty; add items with POST /items first")
+
+
+def _fuse(
+    sources: Sequence[CandidateSource],
+    heads: Sequence[list[Hit]],
+    ranked: Sequence[list[Hit]],
+    weights: dict[str, float] | None,
+) -> list[Candidate]:
+    """Fuse the sources' lists so that the first results do not depend on how many are asked.
+
+    The items of the sources' first ``recommend.fusion_depth`` hits (``heads``) come first, in
+    their fused order; the rest of the longer lists follow in theirs. Fused from the longer
+    lists alone, the first ten items of a request for 100 shared a quarter of those of a
+    request for 10 (tag queries: in deeper lists, items that several sources rank low overtake
+    one source's best, and the prior chooses among more matches).
+    """
+    candidates = reciprocal_rank_fusion(
+        {s.name: hits for s, hits in zip(sources, heads, strict=True) if hits}, weights
+    )
+    if heads is ranked:
+        return candidates
+    first = {c.item_id for c in candidates}
+    rest = reciprocal_rank_fusion(
+        {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
+    )
+    return candidates + [c for c in rest if c.item_id not in first]
 
 
 def _logged(candidates: Sequence[Candidate], top_k: int) -> tuple[LoggedCandidate, ...]:

@@ -161,12 +161,13 @@ def test_every_response_is_logged_with_all_its_candidates(shop: TestClient[Any])
         candidates = impression["candidates"]
         assert [c["position"] for c in candidates] == list(range(1, len(candidates) + 1))
         assert [c["item_id"] for c in candidates if c["shown"]] == ids(answer)
-        # Every fused candidate is kept, not only the shown ones: each source's 2 x top_k.
+        # Every fused candidate is kept, not only the shown ones: each source's 2 x top_k, or
+        # recommend.fusion_depth (20) when that is more.
         per_source = {s: 0 for c in candidates for s in c["source_ranks"]}
         for c in candidates:
             for source in c["source_ranks"]:
                 per_source[source] += 1
-        assert per_source == dict.fromkeys(per_source, 2 * top_k)
+        assert per_source == dict.fromkeys(per_source, max(2 * top_k, 20))
         for shown, item in zip(candidates, answer["recommendations"], strict=False):
             assert shown["source_ranks"] == item["source_ranks"]
             assert shown["sources"] == item["sources"]
@@ -180,6 +181,43 @@ def test_every_response_is_logged_with_all_its_candidates(shop: TestClient[Any])
     missing = shop.get("/admin/impressions/no-such-request")
     assert missing.status_code == 404
     assert "no-such-request" in missing.json()["detail"]
+
+
+def test_the_first_results_do_not_depend_on_how_many_are_asked(
+    open_client: Callable[[Settings], TestClient[Any]], tmp_path: Path
+) -> None:
+    depth = 4
+    shop = open_client(
+        make_settings(
+            tmp_path / "data",
+            recommend={"popularity_refresh_seconds": 0, "fusion_depth": depth},
+            cache={"results": 0},
+        )
+    )
+    upsert(shop, products())
+    # Popular items far from the words, and a shopper with a history: every source has a list.
+    for n in range(6):
+        for item in ("office-2", "garden-5", "kitchen-9", f"camping-{n}"):
+            feedback(shop, f"shopper-{n}", item, interaction_type="like")
+    for user, context in [
+        ("shopper-0", "gear for a weekend in the mountains"),
+        ("new", ""),
+        ("shopper-1", ""),
+    ]:
+        answers = {
+            top_k: recommend(shop, user_id=user, context=context, top_k=top_k)
+            for top_k in (1, 2, 5, 12, 30)
+        }
+        longest = ids(answers[30])
+        assert len(longest) == 30
+        for top_k, answer in answers.items():
+            assert ids(answer) == longest[:top_k], (context, top_k)
+        # The first results are what the sources' first ``depth`` candidates fuse to (all that
+        # a request for one item asks for); the longer lists' other candidates follow them.
+        head = [c["item_id"] for c in logged(shop, answers[1]["request_id"])["candidates"]]
+        whole = [c["item_id"] for c in logged(shop, answers[30]["request_id"])["candidates"]]
+        assert whole[: len(head)] == head
+        assert len(whole) > len(head)
 
 
 def test_feedback_that_answers_an_impression_labels_its_candidates(shop: TestClient[Any]) -> None:

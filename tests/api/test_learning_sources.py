@@ -255,7 +255,7 @@ def test_popularity_is_a_prior_of_every_request(
 #: Twenty lamps whose texts are the same few words resemble "lantern", and one another, alike
 #: (the same BM25 score, nearly the same vector); the one everybody buys says more about itself,
 #: so it resembles the word and the other lamps less and falls past the cut of a source's list
-#: (top_k 5: 10 candidates).
+#: (top_k 5: 10 candidates, with the fusion depth no more than that).
 LAMPS = [
     *(
         {"item_id": f"lamp-{n:02d}", "title": f"Lamp {n:02d}", "text": "A lantern."}
@@ -272,7 +272,10 @@ LAMPS = [
 def lamp_shop(open_client: Callable[[Settings], Client], data_dir: Path, depth: int) -> Client:
     """An appliance selling LAMPS, where three buyers liked the bestseller."""
     client = open_client(
-        make_settings(data_dir, recommend={"popularity_refresh_seconds": 0, "prior_depth": depth})
+        make_settings(
+            data_dir,
+            recommend={"popularity_refresh_seconds": 0, "prior_depth": depth, "fusion_depth": 10},
+        )
     )
     upsert(client, LAMPS)
     like_all(client, together(["buyer-1", "buyer-2", "buyer-3"], "lamp-best"))
@@ -389,11 +392,12 @@ def test_every_learning_source_on_a_store_catalog(
 def test_popularity_ranks_the_candidates_of_the_other_sources(
     open_client: Callable[[Settings], Client], tmp_path: Path
 ) -> None:
-    # The prior ranks only the sources' own lists here: three times the vector list would be
-    # the whole catalog of 22 items.
+    # The prior ranks only the sources' own lists of 10 here: three times the vector list, or
+    # a list of the default fusion depth, would be the whole catalog of 22 items.
     client = open_client(
         make_settings(
-            tmp_path / "data", recommend={"popularity_refresh_seconds": 0, "prior_depth": 1}
+            tmp_path / "data",
+            recommend={"popularity_refresh_seconds": 0, "prior_depth": 1, "fusion_depth": 10},
         )
     )
     upsert(client, store_items())
