@@ -179,11 +179,11 @@ class RecommendSettings(_Section, frozen=True):
     """Share of the request context in the query vector when the user also has preferences."""
     candidate_factor: PositiveFloat = 2.0
     """Candidates retrieved per requested result, handed to the re-ranker."""
-    fusion_depth: PositiveInt = 20
-    """Candidates of each source that order the first results, however many are asked for:
-    a request for 10 items and one for 100 begin alike, and a longer answer continues with the
-    rest of longer lists. Deeper lists give the prior and the learned weights more to choose
-    from, and cost every request more (see the README's Quality section)."""
+    first_page: PositiveInt = 10
+    """Results that are the same whatever top_k asks for: a request for fewer or more asks
+    each source for as many candidates as one for this many does (this x candidate_factor),
+    and a longer answer continues with what its own, longer lists fuse to. More costs every
+    request more (see the README's Quality section)."""
     prior_depth: PositiveInt = 3
     """For a request with words, the popularity prior ranks this many times as many of the
     matches of the sources that rank by resemblance to them (vector, keyword, phrases, named) as

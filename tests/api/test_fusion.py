@@ -162,7 +162,7 @@ def test_every_response_is_logged_with_all_its_candidates(shop: TestClient[Any])
         assert [c["position"] for c in candidates] == list(range(1, len(candidates) + 1))
         assert [c["item_id"] for c in candidates if c["shown"]] == ids(answer)
         # Every fused candidate is kept, not only the shown ones: each source's 2 x top_k, or
-        # recommend.fusion_depth (20) when that is more.
+        # what a first page of recommend.first_page (10) results asks for when that is more.
         per_source = {s: 0 for c in candidates for s in c["source_ranks"]}
         for c in candidates:
             for source in c["source_ranks"]:
@@ -183,14 +183,14 @@ def test_every_response_is_logged_with_all_its_candidates(shop: TestClient[Any])
     assert "no-such-request" in missing.json()["detail"]
 
 
-def test_the_first_results_do_not_depend_on_how_many_are_asked(
+def test_the_first_page_does_not_depend_on_how_many_are_asked(
     open_client: Callable[[Settings], TestClient[Any]], tmp_path: Path
 ) -> None:
-    depth = 4
+    page = 3
     shop = open_client(
         make_settings(
             tmp_path / "data",
-            recommend={"popularity_refresh_seconds": 0, "fusion_depth": depth},
+            recommend={"popularity_refresh_seconds": 0, "first_page": page},
             cache={"results": 0},
         )
     )
@@ -199,25 +199,27 @@ def test_the_first_results_do_not_depend_on_how_many_are_asked(
     for n in range(6):
         for item in ("office-2", "garden-5", "kitchen-9", f"camping-{n}"):
             feedback(shop, f"shopper-{n}", item, interaction_type="like")
-    for user, context in [
+    asked = [
         ("shopper-0", "gear for a weekend in the mountains"),
-        ("new", ""),
+        ("new", "gear for a weekend in the mountains"),
         ("shopper-1", ""),
-    ]:
+    ]
+    for user, context in asked:
         answers = {
             top_k: recommend(shop, user_id=user, context=context, top_k=top_k)
-            for top_k in (1, 2, 5, 12, 30)
+            for top_k in (1, 2, 3, 5, 12, 30)
         }
-        longest = ids(answers[30])
-        assert len(longest) == 30
+        first = ids(answers[page])
+        assert len(first) == page
         for top_k, answer in answers.items():
-            assert ids(answer) == longest[:top_k], (context, top_k)
-        # The first results are what the sources' first ``depth`` candidates fuse to (all that
-        # a request for one item asks for); the longer lists' other candidates follow them.
-        head = [c["item_id"] for c in logged(shop, answers[1]["request_id"])["candidates"]]
-        whole = [c["item_id"] for c in logged(shop, answers[30]["request_id"])["candidates"]]
-        assert whole[: len(head)] == head
-        assert len(whole) > len(head)
+            assert ids(answer)[:page] == first[:top_k], (context, top_k)
+        # Beyond the first page, a longer answer is what its own, longer lists fuse to: the
+        # sources proposed more than for the first page, and the rest follow by fused score.
+        longest = logged(shop, answers[30]["request_id"])["candidates"]
+        assert len(ids(answers[30])) == 30
+        assert max(r for c in longest for r in c["source_ranks"].values()) > 2 * page
+        rest = [c["fused_score"] for c in longest[page:]]
+        assert rest == sorted(rest, reverse=True)
 
 
 def test_feedback_that_answers_an_impression_labels_its_candidates(shop: TestClient[Any]) -> None:

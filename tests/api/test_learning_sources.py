@@ -255,7 +255,7 @@ def test_popularity_is_a_prior_of_every_request(
 #: Twenty lamps whose texts are the same few words resemble "lantern", and one another, alike
 #: (the same BM25 score, nearly the same vector); the one everybody buys says more about itself,
 #: so it resembles the word and the other lamps less and falls past the cut of a source's list
-#: (top_k 5: 10 candidates, with the fusion depth no more than that).
+#: (top_k 5, and a first page of 5: 10 candidates).
 LAMPS = [
     *(
         {"item_id": f"lamp-{n:02d}", "title": f"Lamp {n:02d}", "text": "A lantern."}
@@ -274,7 +274,7 @@ def lamp_shop(open_client: Callable[[Settings], Client], data_dir: Path, depth: 
     client = open_client(
         make_settings(
             data_dir,
-            recommend={"popularity_refresh_seconds": 0, "prior_depth": depth, "fusion_depth": 10},
+            recommend={"popularity_refresh_seconds": 0, "prior_depth": depth, "first_page": 5},
         )
     )
     upsert(client, LAMPS)
@@ -304,6 +304,25 @@ def test_popularity_ranks_matches_beyond_the_list_of_a_source_that_ranks_by_rese
     found = {r["item_id"]: r for r in answers[3]["recommendations"]}
     assert set(found["lamp-best"]["sources"]) == {"popularity"}
     assert answers[3]["prior"] is True
+
+
+def test_the_first_page_is_the_same_however_many_results_are_asked_for(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    # The bestseller is past the cut of the lists a first page of 5 asks for (10 candidates),
+    # and within those of a request for 30: fused from those alone, it would come first.
+    client = lamp_shop(open_client, tmp_path / "data", depth=1)
+    asked = {"user_id": "reader", "context": "lantern", "sources": ["vector", "popularity"]}
+    short = recommend(client, top_k=5, **asked)
+    longer = recommend(client, top_k=30, **asked)
+
+    assert "lamp-best" not in ids(short)
+    assert ids(longer)[:5] == ids(short)
+    # The rest of the longer answer comes from its longer lists, where popularity found it.
+    best = next(r for r in longer["recommendations"] if r["item_id"] == "lamp-best")
+    assert best["source_ranks"]["popularity"] == 1
+    assert ids(longer)[5] == "lamp-best"
+    assert len(ids(longer)) == len(LAMPS)
 
 
 def test_popularity_ranks_only_the_vector_list_of_a_request_without_words(
@@ -393,11 +412,11 @@ def test_popularity_ranks_the_candidates_of_the_other_sources(
     open_client: Callable[[Settings], Client], tmp_path: Path
 ) -> None:
     # The prior ranks only the sources' own lists of 10 here: three times the vector list, or
-    # a list of the default fusion depth, would be the whole catalog of 22 items.
+    # the list of a default first page, would be the whole catalog of 22 items.
     client = open_client(
         make_settings(
             tmp_path / "data",
-            recommend={"popularity_refresh_seconds": 0, "prior_depth": 1, "fusion_depth": 10},
+            recommend={"popularity_refresh_seconds": 0, "prior_depth": 1, "first_page": 5},
         )
     )
     upsert(client, store_items())
