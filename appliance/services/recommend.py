@@ -451,17 +451,18 @@ def _fuse(
     among more matches); fused from the first page's lists alone, results beyond the first
     page ranked worse than in the whole lists' fusion (ReDial R@50 0.163 against 0.238).
     """
-    candidates = reciprocal_rank_fusion(
-        {s.name: hits for s, hits in zip(sources, heads, strict=True) if hits}, weights
-    )
+
+    def fused(lists: Sequence[list[Hit]]) -> list[Candidate]:
+        return reciprocal_rank_fusion(
+            {s.name: hits for s, hits in zip(sources, lists, strict=True) if hits}, weights
+        )
+
+    candidates = fused(heads)
     if heads is ranked:
         return candidates
     page = candidates[:first_page]
     shown = {c.item_id for c in page}
-    rest = reciprocal_rank_fusion(
-        {s.name: hits for s, hits in zip(sources, ranked, strict=True) if hits}, weights
-    )
-    return page + [c for c in rest if c.item_id not in shown]
+    return page + [c for c in fused(ranked) if c.item_id not in shown]
 
 
 def _logged(candidates: Sequence[Candidate], top_k: int) -> tuple[LoggedCandidate, ...]:
