@@ -125,10 +125,10 @@ class IndexSettings(_Section, frozen=True):
     phrases: bool = False
     """Keep a vector for each phrase of every item (its title and the sentences and clauses of
     its text) and offer the phrases source, which matches a request with an item's nearest
-    phrase. On the evaluation data it raised the fused tags NDCG@10 from 0.068 to 0.085 and
-    ReDial R@10 from 0.116 to 0.124; at 100,000 items it slowed ingest 2.5x, added 5 ms to a
-    request with words and about 600 MB at peak. Turned on, an existing index has its items'
-    phrases encoded at the next start."""
+    phrase. On the evaluation data it raised the fused tags NDCG@10 from 0.068 to 0.080 and
+    ReDial R@10 (as the first ten of a request for 50) from 0.116 to 0.122; at 100,000 items it
+    slowed ingest 2.5x, added 5 ms to a request with words and about 600 MB at peak. Turned on,
+    an existing index has its items' phrases encoded at the next start."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as
