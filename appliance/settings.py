@@ -189,7 +189,8 @@ class RecommendSettings(_Section, frozen=True):
     matches of the sources that rank by resemblance to them (vector, keyword, phrases, named) as
     each proposes itself. Resemblance finds what fits the words, not which of the fitting items
     people want (BM25 gives many items the same score), so where those lists are cut says
-    little; 1 ranks only the lists."""
+    little; 1 ranks only the lists. 6 measured ReDial R@10 0.101 against 0.089 for about 30%
+    more server CPU a request (see the README's Quality section)."""
     popularity_half_life_days: PositiveFloat = 30.0
     """Age at which a feedback event counts half towards an item's popularity."""
     popularity_refresh_seconds: Annotated[float, Meta(ge=0.0)] = 30.0
