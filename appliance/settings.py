@@ -129,6 +129,10 @@ class IndexSettings(_Section, frozen=True):
     ReDial R@10 (as the first ten of a request for 50) from 0.116 to 0.122; at 100,000 items it
     slowed ingest 2.5x, added 5 ms to a request with words and about 600 MB at peak. Turned on,
     an existing index has its items' phrases encoded at the next start."""
+    search_threads: Annotated[int, Meta(ge=0)] = 0
+    """Threads that read the index's segments in parallel for one search; 0 is one per core
+    the process may use. The engine's own default (eight threads on a 2-core machine) took
+    about a third more server CPU a request at concurrency 32 than one or two."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as

@@ -90,6 +90,7 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         text_language=settings.index.text_language,
         segment_items=settings.index.segment_items,
         phrases=settings.index.phrases,
+        search_threads=settings.index.search_threads,
     )
 
 

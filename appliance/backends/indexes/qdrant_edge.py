@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import threading
@@ -130,8 +131,11 @@ class QdrantEdgeIndex:
         text_language: str = "english",
         segment_items: int = 50_000,
         phrases: bool = False,
+        search_threads: int = 0,
     ) -> None:
         self.dimension = dimension
+        # Always a number: given none, the engine keeps what the shard was opened with last.
+        self._search_threads = search_threads or len(os.sched_getaffinity(0))
         self.phrases = phrases
         self._path = path
         self._segment_items = segment_items
@@ -257,6 +261,7 @@ class QdrantEdgeIndex:
             else None,
             hnsw_config=self._hnsw,
             quantization_config=self._quantization,
+            max_search_threads=self._search_threads,
             # Segments are merged only up to ``segment_items`` points, so that no graph is built
             # over more of them at once (Qdrant's bound is in kilobytes of dense vectors; the
             # precisions are named as numpy names their dtypes).
