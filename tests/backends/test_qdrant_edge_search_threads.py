@@ -25,8 +25,15 @@ pytestmark = pytest.mark.skipif(
 
 def search_threads() -> set[str]:
     """The ids of this process's threads that belong to an index's search pool."""
-    tasks = Path("/proc/self/task")
-    return {t.name for t in tasks.iterdir() if (t / "comm").read_text().startswith("edge-search")}
+    found = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            name = (task / "comm").read_text()
+        except FileNotFoundError:  # the thread ended while the others were listed
+            continue
+        if name.startswith("edge-search"):
+            found.add(task.name)
+    return found
 
 
 def open_and_search(path: Path, threads: int) -> set[str]:
