@@ -24,6 +24,7 @@ from typing import IO, Annotated, Any, Literal
 
 import msgspec
 
+from appliance.cpus import usable_cpus
 from appliance.errors import ModelFileError
 
 MANIFEST_NAME = "manifest.toml"
@@ -517,7 +518,7 @@ def _convert(
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = GGUF_TYPES[weight_type]
         params.allow_requantize = True
-        params.nthread = os.cpu_count() or 1
+        params.nthread = usable_cpus()
         status = llama_cpp.llama_model_quantize(
             str(_root(models_dir, base)).encode(), str(converted).encode(), ctypes.byref(params)
         )

@@ -93,7 +93,8 @@ class EmbedderSettings(_Section, frozen=True):
     model files once and kept beside them, or in the data directory if the models folder is
     read-only; the same vectors, about 3x faster on short texts) or torch."""
     threads: Annotated[int, Meta(ge=0)] = 0
-    """Intra-op threads for encoding; 0 keeps the runtime's default (one per core)."""
+    """Intra-op threads for encoding; 0 keeps the runtime's default (one per physical core),
+    or fewer when the container's CPU quota allows less time."""
 
 
 class IndexSettings(_Section, frozen=True):
@@ -130,9 +131,10 @@ class IndexSettings(_Section, frozen=True):
     slowed ingest 2.5x, added 5 ms to a request with words and about 600 MB at peak. Turned on,
     an existing index has its items' phrases encoded at the next start."""
     search_threads: Annotated[int, Meta(ge=0)] = 0
-    """Threads that read the index's segments in parallel for one search; 0 is one per core
-    the process may use. The engine's own default (eight threads on a 2-core machine) took
-    about a third more server CPU a request at concurrency 32 than one or two."""
+    """Threads that read the index's segments in parallel for one search; 0 is one per CPU
+    the process may use (a container's CPU quota counts). The engine's own default (eight
+    threads on a 2-core machine) took about a third more server CPU a request at concurrency
+    32 than one or two."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as
@@ -158,7 +160,8 @@ class RerankerSettings(_Section, frozen=True):
     model: str = "SmolLM2-135M-Instruct"
     """llamacpp: a models/manifest.toml entry, or the path of any GGUF file."""
     threads: Annotated[int, Meta(ge=0)] = 0
-    """llamacpp: CPU threads for the model; 0 uses every core."""
+    """llamacpp: CPU threads for the model; 0 is one per CPU the process may use (a
+    container's CPU quota counts)."""
     item_tokens: PositiveInt = 10
     """llamacpp: each candidate's title and text are cut to this many tokens (the cost per
     request grows with candidates x tokens), or fewer (down to 4) when the model's measured

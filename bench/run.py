@@ -30,6 +30,7 @@ import duckdb
 import httpx
 
 from appliance.backends.registry import DATABASE_FILE, build_embedder
+from appliance.cpus import usable_cpus
 from appliance.domain import Item
 from appliance.settings import Settings, load_settings
 from bench import catalog, dataset, reference, report, wrk
@@ -128,7 +129,7 @@ def machine() -> dict[str, Any]:
         memory_gb = 0.0
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": usable_cpus(),
         "memory_gb": memory_gb,
         "kernel": platform.release(),
         "python": platform.python_version(),

@@ -25,6 +25,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from appliance.backends.embedders.protocol import Vectors
+from appliance.cpus import quota_bound_cpus
 from appliance.errors import ConfigError
 
 #: The modules a model must consist of for this runtime: a transformer, mean pooling, and
@@ -68,7 +69,7 @@ class OnnxEmbedder:
         if not graph.exists():
             export(model_path, graph)
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or quota_bound_cpus() or 0
         options.inter_op_num_threads = 1
         # Idle worker threads sleep instead of spinning: the event loop and the index share
         # these cores.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from appliance.backends.embedders.protocol import Vectors
+from appliance.cpus import quota_bound_cpus
 from appliance.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ class SentenceTransformerEmbedder:
         import torch  # noqa: PLC0415 - torch costs seconds to import; only the server needs it
         from sentence_transformers import SentenceTransformer  # noqa: PLC0415
 
-        if threads:
+        if threads := threads or quota_bound_cpus() or 0:
             torch.set_num_threads(threads)
         try:
             self._model: SentenceTransformer = SentenceTransformer(

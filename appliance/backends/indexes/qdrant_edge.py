@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import threading
@@ -14,6 +13,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from appliance.backends.indexes.protocol import IndexEntry, Vector
+from appliance.cpus import usable_cpus
 from appliance.domain import FIELD_NAME, FieldCondition, Hit, Selection, point_id
 from appliance.errors import BackendError, ConfigError
 
@@ -135,7 +135,7 @@ class QdrantEdgeIndex:
     ) -> None:
         self.dimension = dimension
         # Always a number: given none, the engine keeps what the shard was opened with last.
-        self._search_threads = search_threads or len(os.sched_getaffinity(0))
+        self._search_threads = search_threads or usable_cpus()
         self.phrases = phrases
         self._path = path
         self._segment_items = segment_items

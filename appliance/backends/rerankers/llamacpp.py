@@ -30,7 +30,6 @@ import asyncio
 import ctypes
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from pathlib import Path
 import llama_cpp as llama
 
 from appliance.backends.rerankers.protocol import RerankCandidate, RerankTimeoutError
+from appliance.cpus import usable_cpus
 from appliance.errors import BackendError, ModelFileError
 
 # The cached preamble. Its example is deliberately not from any one domain: the same model
@@ -113,7 +113,7 @@ class LlamaCppReranker:
         self.max_candidates = max_candidates
         self._engine = _Engine(
             model_path,
-            threads=threads or os.cpu_count() or 1,
+            threads=threads or usable_cpus(),
             item_tokens=item_tokens,
             context_tokens=context_tokens,
             max_sequences=max_candidates,
