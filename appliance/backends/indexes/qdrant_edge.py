@@ -386,7 +386,8 @@ class QdrantEdgeIndex:
                 params=params,
             )
         )
-        return [Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload]
+        # ``payload`` is converted from the engine's at every read: read it once a hit.
+        return [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
 
     def recommend(
         self,
@@ -420,11 +421,12 @@ class QdrantEdgeIndex:
         hits: list[Hit] = []
         for p in points:
             vector: Any = p.vector
-            if not p.payload or vector is None:
+            payload = p.payload
+            if not payload or vector is None:
                 continue
             raw = vector[_DENSE] if isinstance(vector, dict) else vector
             nearest = int(np.argmax(matrix @ np.asarray(raw, dtype=np.float32)))
-            hits.append(Hit(p.payload["item_id"], float(p.score), liked[nearest]))
+            hits.append(Hit(payload["item_id"], float(p.score), liked[nearest]))
         return hits
 
     def newest(self, limit: int, selection: Selection) -> list[str]:
@@ -439,7 +441,7 @@ class QdrantEdgeIndex:
                 order_by=qe.OrderBy("seq", direction=qe.Direction.Desc),
             )
         )
-        return [r.payload["item_id"] for r in records if r.payload]
+        return [payload["item_id"] for r in records if (payload := r.payload)]
 
     def vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
         """Return the stored vectors of the items that exist."""
@@ -456,8 +458,9 @@ class QdrantEdgeIndex:
         out: dict[str, Vector] = {}
         for record in records:
             vector: Any = record.vector
-            if record.payload and isinstance(vector, dict) and vector.get(_PHRASES):
-                out[record.payload["item_id"]] = np.asarray(vector[_PHRASES], dtype=np.float32)
+            payload = record.payload
+            if payload and isinstance(vector, dict) and vector.get(_PHRASES):
+                out[payload["item_id"]] = np.asarray(vector[_PHRASES], dtype=np.float32)
         return out
 
     def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
@@ -474,11 +477,12 @@ class QdrantEdgeIndex:
         out: dict[str, tuple[Vector, str]] = {}
         for record in records:
             vector: Any = record.vector
-            if record.payload and vector is not None:
+            payload = record.payload
+            if payload and vector is not None:
                 raw = vector[_DENSE] if isinstance(vector, dict) else vector
-                out[record.payload["item_id"]] = (
+                out[payload["item_id"]] = (
                     np.asarray(raw, dtype=np.float32),
-                    record.payload.get("hash", ""),
+                    payload.get("hash", ""),
                 )
         return out
 
@@ -506,7 +510,7 @@ class QdrantEdgeIndex:
             records, offset = self._scroll(
                 qe.ScrollRequest(offset=offset, limit=_SCROLL_PAGE, with_payload=fields)
             )
-            yield from (record.payload for record in records if record.payload)
+            yield from (payload for record in records if (payload := record.payload))
             if offset is None:
                 return
 
