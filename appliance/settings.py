@@ -211,7 +211,9 @@ class CollaborativeSettings(_Section, frozen=True):
     """Item-to-item similarity learnt from the feedback events (the collaborative source)."""
 
     l2: PositiveFloat = 100.0
-    """Regularisation of the model (EASE's lambda): higher trusts rare co-occurrences less."""
+    """Regularisation of the model (EASE's lambda): higher trusts rare co-occurrences less. On
+    the evaluation's leave-last-out task 10, 30, 300 and 1000 gave HR@10 0.085-0.112 against
+    0.124."""
     max_items: Annotated[int, Meta(ge=2)] = 4000
     """Items the model relates, those with the most users. It holds 4 x the square of this in
     bytes (64 MB at 4000), and about as much again while it is rebuilt; a rebuild's time grows

@@ -183,8 +183,11 @@ class CollaborativeSource:
     Every item of the history counts, whatever the user thought of it: the model is learnt
     from who engaged with what, and having watched, read or bought something says what else
     one will (measured on the leave-last-out task: HR@10 0.124 from the whole history against
-    0.112 from the liked items alone). Each hit's ``via`` is the liked item that contributed
-    most to it, or the history item that did when no liked item contributed.
+    0.112 from the liked items alone), and alike however old: weighting the recent ones more
+    (halving an item's weight every 3 to 100 newer items, or every 1 to 180 days before the
+    newest) or keeping only the latest 10 or 50 gave 0.097-0.120. Each hit's ``via`` is the
+    liked item that contributed most to it, or the history item that did when no liked item
+    contributed.
     """
 
     name = "collaborative"
