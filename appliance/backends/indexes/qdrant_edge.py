@@ -18,6 +18,8 @@ from appliance.domain import FIELD_NAME, FieldCondition, Hit, Selection, point_i
 from appliance.errors import BackendError, ConfigError
 
 _SCROLL_PAGE = 2048
+#: Points an upsert converts while queries wait (see ``upsert``): about 5 ms of queries' time.
+_POINTS_PER_PAUSE = 200
 _FIELD = re.compile(FIELD_NAME)
 # Filterable metadata lives under this payload key so that it can never shadow the
 # appliance's own payload fields.
@@ -83,12 +85,12 @@ class _SharedShard:
         self._shard = shard
         self._changed = threading.Condition()
         self._using = 0
-        self._swapping = False
+        self._pausing = 0
 
     @contextmanager
     def use(self) -> Iterator[qe.EdgeShard]:
         with self._changed:
-            self._changed.wait_for(lambda: not self._swapping)
+            self._changed.wait_for(lambda: not self._pausing)
             self._using += 1
         try:
             yield self._shard
@@ -98,17 +100,23 @@ class _SharedShard:
                 if not self._using:
                     self._changed.notify_all()
 
-    def swap(self, reopen: Callable[[qe.EdgeShard], qe.EdgeShard]) -> None:
-        """Replace the shard by what ``reopen`` makes of it, with no query running."""
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Wait until the running queries have finished and hold new ones back meanwhile."""
         with self._changed:
-            self._swapping = True
+            self._pausing += 1
             self._changed.wait_for(lambda: not self._using)
         try:
-            self._shard = reopen(self._shard)
+            yield
         finally:
             with self._changed:
-                self._swapping = False
+                self._pausing -= 1
                 self._changed.notify_all()
+
+    def swap(self, reopen: Callable[[qe.EdgeShard], qe.EdgeShard]) -> None:
+        """Replace the shard by what ``reopen`` makes of it, with no query running."""
+        with self.paused():
+            self._shard = reopen(self._shard)
 
 
 class QdrantEdgeIndex:
@@ -276,7 +284,15 @@ class QdrantEdgeIndex:
         """Insert or replace items, indexing new metadata fields for filtering."""
         if not entries:
             return
-        points = [self._point(e) for e in entries]
+        points: list[qe.Point] = []
+        for start in range(0, len(entries), _POINTS_PER_PAUSE):
+            # The binding converts a payload value by trying one type after another, and lets
+            # go of the interpreter lock for each type that fails; a query keeps the lock
+            # throughout, so with queries running each hand-back waited for one. Measured with
+            # one thread searching 40,000 items without a pause: 10-23 s to write 1,000 points
+            # against 0.06 s alone. Queries wait for a short chunk instead.
+            with self._shard.paused():
+                points.extend(self._point(e) for e in entries[start : start + _POINTS_PER_PAUSE])
         with self._write_lock:
             try:
                 with self._shard.use() as shard:
