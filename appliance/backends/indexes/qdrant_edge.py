@@ -78,7 +78,8 @@ class _SharedShard:
     """The open shard, which queries share and which a writer can close and open again.
 
     Queries run concurrently; a swap waits until the running ones have finished and holds new
-    ones back until it is done, so none runs on a closed shard.
+    ones back until it is done, so none runs on a closed shard. A writer can pause them the same
+    way for work that must not share the interpreter with them (see ``QdrantEdgeIndex.upsert``).
     """
 
     def __init__(self, shard: qe.EdgeShard) -> None:
