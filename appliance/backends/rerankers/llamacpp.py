@@ -100,7 +100,7 @@ class LlamaCppReranker:
 
         Args:
             model_path: A GGUF file.
-            threads: CPU threads for the model; 0 means one per core.
+            threads: CPU threads for the model; 0 means one per CPU the process may use.
             item_tokens: Each candidate's title and text are cut to this many tokens, or fewer
                 (down to ``MIN_ITEM_TOKENS``) when that many would not fit the call's deadline.
             context_tokens: The request is cut to its last this-many tokens.
