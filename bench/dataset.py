@@ -188,7 +188,7 @@ async def _send_likes(url: str, likes: list[tuple[str, str]]) -> int:
 
 
 def scratch_copy(data_dir: Path, scratch: Path) -> None:
-    """Copy a built data directory for scenarios that write (the original stays as built)."""
+    """Copy a built data directory for a group of scenarios (the original stays as built)."""
     if scratch.exists():
         shutil.rmtree(scratch)
     shutil.copytree(data_dir, scratch, ignore=shutil.ignore_patterns("appliance.lock"))
