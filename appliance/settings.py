@@ -127,11 +127,11 @@ class IndexSettings(_Section, frozen=True):
     """Keep a vector for each phrase of every item (its title and the sentences and clauses of
     its text) and offer the phrases source, which matches a request with an item's nearest
     phrase. On the evaluation data it raised the fused tags NDCG@10 from 0.068 to 0.082 and
-    ReDial R@10 from 0.089 to 0.097 (0.097 and 0.122 with recommend.prior_depth 6 and
-    recommend.first_page 20 too), for 1.45x the CPU of a request with words at 10,000 items (the
-    three settings together: 5x at 100,000 items, under 3x at 10,000). At 100,000 items it
-    slowed ingest 2.5x and added about 600 MB at peak. Turned on, an existing index has its
-    items' phrases encoded at the next start."""
+    ReDial R@10 from 0.089 to 0.097 (tags 0.097 and ReDial 0.122 with recommend.prior_depth 6
+    and recommend.first_page 20 too), for 1.45x the CPU of a request with words at 10,000 items
+    and 3x at 100,000 (the three settings together: 5x at 100,000 items, under 3x at 10,000).
+    At 100,000 items it slowed ingest 2.5x and added about 600 MB at peak. Turned on, an
+    existing index has its items' phrases encoded at the next start."""
     search_threads: Annotated[int, Meta(ge=0)] = 0
     """Threads that read the index's segments in parallel for one search; 0 is one per CPU
     the process may use (a container's CPU quota counts). The engine's own default (eight
