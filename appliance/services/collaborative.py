@@ -41,7 +41,9 @@ import scipy.linalg.cython_lapack
 import scipy.sparse
 from threadpoolctl import threadpool_limits
 
+from appliance.backends.indexes.protocol import Vector
 from appliance.backends.stores.duckdb_store import DuckDBStore
+from appliance.services.neighbourhood import Neighbourhood, strongest_in_rows
 from appliance.settings import CollaborativeSettings
 
 log = logging.getLogger(__name__)
@@ -77,17 +79,42 @@ class ItemSimilarity:
         """Users those pairs came from."""
         self.build_seconds = build_seconds
         """Wall-clock time the build took."""
+        self.neighbourhood: Neighbourhood | None = None
+        """The items' vectors blended with their neighbours' (the neighbourhood source), when
+        built; set before the model is published."""
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the weights."""
+        """Memory held by the weights and the neighbourhood."""
         w = self._weights
-        if isinstance(w, np.ndarray):
-            return int(w.nbytes)
-        return int(w.data.nbytes + w.indices.nbytes + w.indptr.nbytes)
+        held = (
+            w.nbytes
+            if isinstance(w, np.ndarray)
+            else w.data.nbytes + w.indices.nbytes + w.indptr.nbytes
+        )
+        if self.neighbourhood is not None:
+            held += self.neighbourhood.nbytes
+        return int(held)
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self._position
+
+    def strongest_neighbours(self, size: int) -> npt.NDArray[np.int64]:
+        """Return, for each item, the positions of the ``size`` items it points to most.
+
+        Only items with a positive weight count; -1 fills the rest of a row.
+        """
+        w = self._weights
+        blocks = [
+            strongest_in_rows(
+                w[start : start + _BLOCK_ROWS]
+                if isinstance(w, np.ndarray)
+                else w[start : start + _BLOCK_ROWS].toarray(),
+                size,
+            )
+            for start in range(0, len(self.item_ids), _BLOCK_ROWS)
+        ]
+        return np.concatenate(blocks) if blocks else np.empty((0, size), dtype=np.int64)
 
     def neighbours(self, profile: Mapping[str, float], limit: int) -> list[tuple[str, float]]:
         """Return the items a profile points to most, best first.
@@ -335,10 +362,22 @@ class CollaborativeModel:
         settings: CollaborativeSettings,
         *,
         on_rebuilt: Callable[[], None] | None = None,
+        vectors: Callable[[Sequence[str]], Mapping[str, Vector]] | None = None,
     ) -> None:
+        """Make the model; the refresher starts with :meth:`start`.
+
+        Args:
+            store: Where the feedback is read from.
+            settings: The ``[collaborative]`` settings.
+            on_rebuilt: Called on the event loop after each rebuild.
+            vectors: Reads the catalog items' vectors, for the neighbourhood
+                (``collaborative.neighbourhood``); without it none is built.
+
+        """
         self._store = store
         self._settings = settings
         self._on_rebuilt = on_rebuilt
+        self._vectors = vectors
         self.current: ItemSimilarity | None = None
         """The model requests use; ``None`` until a first build has items to relate."""
         self._stale = asyncio.Event()
@@ -415,12 +454,26 @@ class CollaborativeModel:
                 self._built_generation = generation
                 self._built.notify_all()
 
+    def _build(self, interactions: pa.Table) -> ItemSimilarity | None:
+        """Fit the model and, when it has a reader of vectors, its neighbourhood."""
+        model = fit(interactions, self._settings)
+        size = self._settings.neighbourhood
+        if model is not None and size > 0 and self._vectors is not None:
+            started = time.perf_counter()
+            # Read in the rebuild's thread, with the rest of it: an item's new text reaches the
+            # neighbourhood at the next rebuild.
+            model.neighbourhood = Neighbourhood.build(
+                model.item_ids, model.strongest_neighbours(size), self._vectors(model.item_ids)
+            )
+            model.build_seconds += time.perf_counter() - started
+        return model
+
     async def _rebuild(self) -> None:
         interactions = await anyio.to_thread.run_sync(self._store.interactions)
         # Abandoned on shutdown rather than waited for: the fit touches nothing but its input,
         # and its result would be thrown away anyway.
         model = await anyio.to_thread.run_sync(
-            fit, interactions, self._settings, limiter=self._limiter, abandon_on_cancel=True
+            self._build, interactions, limiter=self._limiter, abandon_on_cancel=True
         )
         self.current = model
         self._built_at = datetime.now(UTC)

@@ -47,6 +47,7 @@ from appliance.services.reranking import RerankStage
 from appliance.services.sources import (
     CollaborativeSource,
     HistorySource,
+    NeighbourhoodSource,
     PopularitySource,
     VectorSource,
 )
@@ -269,7 +270,7 @@ async def open_runtime(
         await encoder.start()
         stack.push_async_callback(encoder.close)
         collaborative = CollaborativeModel(
-            store, settings.collaborative, on_rebuilt=results.shared_changed
+            store, settings.collaborative, on_rebuilt=results.shared_changed, vectors=index.vectors
         )
         catalog = CatalogService(
             store,
@@ -304,6 +305,7 @@ async def open_runtime(
                 *([PhraseSource(index)] if index.phrases else []),
                 NamedItemSource(index),
                 CollaborativeSource(collaborative, index),
+                NeighbourhoodSource(collaborative, index),
                 HistorySource(index, examples=settings.recommend.history_examples),
                 popularity,
             ],

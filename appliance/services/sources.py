@@ -21,7 +21,8 @@ POPULAR_POOL = 1000
 #: Ranked sources check this many times the items they need against the filters first, then
 #: that many times more at each further step while filters reject too many.
 _POOL_FACTOR = 4
-#: Most neighbours the collaborative source ranks for one request, however narrow the filter.
+#: Most items the collaborative and neighbourhood sources rank for one request, however narrow
+#: the filter.
 _MAX_POOL = 4096
 
 
@@ -207,17 +208,43 @@ class CollaborativeSource:
             liked = frozenset(h.item_id for h in plan.history if h.weight > 0)
         if model is None or not profile:
             return []
-        pool = plan.limit * _POOL_FACTOR
-        while True:
-            ranked = await anyio.to_thread.run_sync(model.neighbours, profile, pool)
-            admitted = await first_admitted(self._index, ranked, plan.selection, plan.limit)
-            # A narrow filter can reject most neighbours: rank more while there are more.
-            if len(admitted) >= plan.limit or len(ranked) < pool or pool >= _MAX_POOL:
-                break
-            pool *= _POOL_FACTOR
+        admitted = await first_admitted_of(
+            self._index, partial(model.neighbours, profile), plan.selection, plan.limit
+        )
         via = await anyio.to_thread.run_sync(
             model.strongest_sources, profile, [i for i, _ in admitted], liked
         )
+        return [Hit(i, score, via.get(i)) for i, score in admitted]
+
+
+class NeighbourhoodSource:
+    """Items whose company resembles the request's words (see ``services.neighbourhood``).
+
+    Each item the collaborative model relates is searched by its own vector blended with its
+    strongest neighbours' vectors: the words of a request find the items chosen by the people
+    who chose items that fit them, even when an item's own text says little. Each hit's ``via``
+    is its neighbour nearest the words. The user's preferences play no part: the collaborative
+    and history sources follow them.
+    """
+
+    name = "neighbourhood"
+    ranks_by_resemblance: Literal[True] = True
+
+    def __init__(self, model: CollaborativeModel, index: VectorIndex) -> None:
+        self._model = model
+        self._index = index
+
+    async def candidates(self, plan: Plan) -> list[Hit]:
+        """Search the blended vectors; nothing without a context or before a first model."""
+        model = self._model.current
+        hood = None if model is None else model.neighbourhood
+        words = plan.context_vector
+        if hood is None or words is None:
+            return []
+        admitted = await first_admitted_of(
+            self._index, partial(hood.search, words), plan.selection, plan.limit
+        )
+        via = hood.closest_neighbours([i for i, _ in admitted], words)
         return [Hit(i, score, via.get(i)) for i, score in admitted]
 
 
@@ -265,6 +292,27 @@ async def run_search(index: VectorIndex, search: Callable[[], list[Hit]]) -> lis
     if index.searches_hold_interpreter:
         return search()
     return await anyio.to_thread.run_sync(search)
+
+
+async def first_admitted_of(
+    index: VectorIndex,
+    rank: Callable[[int], list[tuple[str, float]]],
+    selection: Selection,
+    limit: int,
+) -> list[tuple[str, float]]:
+    """Return the first ``limit`` items that ``selection`` admits of ``rank``'s ranking.
+
+    ``rank(n)`` ranks the best ``n`` items, in a worker thread. A few times ``limit`` are
+    ranked first; a narrow filter can reject most of them, so more are ranked while it does
+    and there are more.
+    """
+    pool = limit * _POOL_FACTOR
+    while True:
+        ranked = await anyio.to_thread.run_sync(rank, pool)
+        admitted = await first_admitted(index, ranked, selection, limit)
+        if len(admitted) >= limit or len(ranked) < pool or pool >= _MAX_POOL:
+            return admitted
+        pool *= _POOL_FACTOR
 
 
 async def first_admitted(

@@ -1,6 +1,6 @@
 """The candidate sources that learn from feedback, through the HTTP API on the real app (real
-MiniLM, Qdrant Edge and DuckDB): collaborative, history and the popularity prior, on the generic
-test catalog and on a generated catalog of hardware-store products."""
+MiniLM, Qdrant Edge and DuckDB): collaborative, neighbourhood, history and the popularity prior,
+on the generic test catalog and on a generated catalog of hardware-store products."""
 
 from __future__ import annotations
 
@@ -350,6 +350,10 @@ DEPARTMENTS = {
 }
 
 
+#: The painting goods of the store catalog that the tests' painters buy.
+PAINTING = {"sku-pain-0", "sku-pain-1", "sku-pain-2"}
+
+
 def store_items() -> list[dict[str, Any]]:
     """One item per product, with a department and a price."""
     return [
@@ -406,6 +410,82 @@ def test_every_learning_source_on_a_store_catalog(
     assert ids(fused)[0] == "sku-camp-2"
     assert {"collaborative", "popularity"} <= set(fused["recommendations"][0]["sources"])
     assert all(r["metadata"]["price"] <= 30 for r in fused["recommendations"])
+
+
+#: An article whose own text says nothing of what it is for: only the people who buy it do.
+BARE_ARTICLE = {
+    "item_id": "sku-misc-9",
+    "title": "Article 4471",
+    "text": "Sold by the piece.",
+    "metadata": {"department": "misc", "price": 12},
+}
+
+
+def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    client = open_client(
+        make_settings(tmp_path / "data", collaborative={"refresh_seconds": 0}, cache=NO_RESULTS)
+    )
+    upsert(client, [*store_items(), BARE_ARTICLE])
+    # Campers buy the article with a tent and a stove; painters buy paint, rollers and tape.
+    for n in range(4):
+        for sku in ("sku-camp-0", "sku-camp-2", "sku-misc-9"):
+            feedback(client, f"camper-{n}", sku, interaction_type="purchase")
+    for n in range(3):
+        for sku in ("sku-pain-0", "sku-pain-1", "sku-pain-2"):
+            feedback(client, f"painter-{n}", sku, interaction_type="purchase")
+    wait_for_model(client)
+
+    asked = {"user_id": "visitor", "context": "gear for a camping trip", "top_k": 5}
+    hood = recommend(client, sources=["neighbourhood"], **asked)
+    found = {r["item_id"]: r for r in hood["recommendations"]}
+    assert "sku-misc-9" in ids(hood)[:3]
+    article = found["sku-misc-9"]
+    assert article["sources"] == {"neighbourhood": pytest.approx(article["score"])}
+    # Found through the neighbour that fits the words best.
+    assert article["via"]["neighbourhood"] in {"sku-camp-0", "sku-camp-2"}
+    # Only items with a company are proposed, the painting goods after the camping ones.
+    assert set(found) <= {"sku-camp-0", "sku-camp-2", "sku-misc-9", *PAINTING}
+    assert ids(hood)[-1] in PAINTING
+    # Its own text is no match for the words: the vector source ranks it after every tent,
+    # stove and lantern.
+    vector = recommend(client, **{**asked, "top_k": 10}, sources=["vector"])
+    assert "sku-misc-9" not in ids(vector)[:6]
+    fused = {
+        r["item_id"]: r for r in recommend(client, **{**asked, "top_k": 10})["recommendations"]
+    }
+    assert "neighbourhood" in fused["sku-misc-9"]["sources"]
+
+    # Filters and seen items hold; without words there is nothing to match.
+    only = recommend(client, sources=["neighbourhood"], filters={"department": "misc"}, **asked)
+    assert ids(only) == ["sku-misc-9"]
+    camper = recommend(client, **{**asked, "user_id": "camper-0"}, sources=["neighbourhood"])
+    assert not {"sku-camp-0", "sku-camp-2", "sku-misc-9"} & set(ids(camper))
+    wordless = recommend(client, user_id="camper-0", sources=["neighbourhood"])
+    assert wordless["recommendations"] == []
+
+
+def test_the_neighbourhood_can_be_turned_off(
+    open_client: Callable[[Settings], Client], tmp_path: Path
+) -> None:
+    client = open_client(
+        make_settings(
+            tmp_path / "data",
+            collaborative={"refresh_seconds": 0, "neighbourhood": 0},
+            cache=NO_RESULTS,
+        )
+    )
+    upsert(client, [*store_items(), BARE_ARTICLE])
+    for n in range(4):
+        for sku in ("sku-camp-0", "sku-camp-2", "sku-misc-9"):
+            feedback(client, f"camper-{n}", sku, interaction_type="purchase")
+    feedback(client, "newcomer", "sku-camp-0", interaction_type="purchase")
+    assert wait_for_model(client)["items"] == 3
+    # The source is still there to name, and proposes nothing; the collaborative one works.
+    asked = {"user_id": "newcomer", "context": "gear for a camping trip"}
+    assert recommend(client, sources=["neighbourhood"], **asked)["recommendations"] == []
+    assert set(ids(collaborative(client, "newcomer"))) == {"sku-camp-2", "sku-misc-9"}
 
 
 def test_popularity_ranks_the_candidates_of_the_other_sources(

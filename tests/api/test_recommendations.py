@@ -179,7 +179,15 @@ def test_cold_start_user_gets_popular_items(
 
 def test_a_request_can_name_its_candidate_sources(catalog_client: TestClient[Any]) -> None:
     names = catalog_client.get("/health").json()["sources"]
-    assert names == ["vector", "keyword", "named", "collaborative", "history", "popularity"]
+    assert names == [
+        "vector",
+        "keyword",
+        "named",
+        "collaborative",
+        "neighbourhood",
+        "history",
+        "popularity",
+    ]
 
     answer = recommend(catalog_client, user_id="u", context="time travel", sources=["vector"])
     assert all(set(r["sources"]) == {"vector"} for r in answer["recommendations"])

@@ -40,6 +40,7 @@ SOURCES_ALONE = (
     "keyword only",
     "named only",
     "collaborative only",
+    "neighbourhood only",
     "history only",
     "popularity only",
 )
