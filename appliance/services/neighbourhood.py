@@ -125,17 +125,15 @@ class Neighbourhood:
         That neighbour is why the item was found: the people who chose it chose that one too,
         and that one fits the request's words.
         """
-        query = np.asarray(vector, dtype=np.float32)
-        found: dict[str, str] = {}
-        for item in item_ids:
-            row = self._row.get(item)
-            if row is None:
-                continue
-            candidates = self._neighbours[row]
-            candidates = candidates[candidates >= 0]
-            best = candidates[int(np.argmax(self._own[candidates] @ query))]
-            found[item] = self._model_ids[int(best)]
-        return found
+        known = [item for item in item_ids if item in self._row]
+        if not known:
+            return {}
+        neighbours = self._neighbours[[self._row[item] for item in known]]
+        scores = self._own[np.maximum(neighbours, 0)] @ np.asarray(vector, dtype=np.float32)
+        # Every found item has a usable neighbour (that is what makes it findable).
+        best = np.where(neighbours >= 0, scores, -np.inf).argmax(axis=1)
+        chosen = neighbours[np.arange(len(known)), best]
+        return {item: self._model_ids[j] for item, j in zip(known, chosen.tolist(), strict=True)}
 
 
 def strongest_in_rows(rows: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.int64]:
