@@ -458,14 +458,22 @@ class CollaborativeModel:
         """Fit the model and, when it has a reader of vectors, its neighbourhood."""
         model = fit(interactions, self._settings)
         size = self._settings.neighbourhood
-        if model is not None and size > 0 and self._vectors is not None:
-            started = time.perf_counter()
+        if model is None or size == 0 or self._vectors is None:
+            return model
+        started = time.perf_counter()
+        try:
             # Read in the rebuild's thread, with the rest of it: an item's new text reaches the
             # neighbourhood at the next rebuild.
-            model.neighbourhood = Neighbourhood.build(
-                model.item_ids, model.strongest_neighbours(size), self._vectors(model.item_ids)
-            )
-            model.build_seconds += time.perf_counter() - started
+            vectors = self._vectors(model.item_ids)
+        except Exception:
+            # An index that cannot be read now (a Qdrant server out of reach) must not keep the
+            # new feedback out of the collaborative source.
+            log.exception("reading the items' vectors failed; this model has no neighbourhood")
+            return model
+        model.neighbourhood = Neighbourhood.build(
+            model.item_ids, model.strongest_neighbours(size), vectors
+        )
+        model.build_seconds += time.perf_counter() - started
         return model
 
     async def _rebuild(self) -> None:

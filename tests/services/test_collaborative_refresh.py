@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from appliance.domain import InteractionType, Item, Selection
+from appliance.services.collaborative import CollaborativeModel
 from appliance.services.feedback import FeedbackInput
 from appliance.services.runtime import Runtime, open_runtime
 from appliance.services.sources import CollaborativeSource, Plan
@@ -106,3 +107,47 @@ async def test_items_named_in_a_request_lead_the_collaborative_source(runtime: R
     named = await source.candidates(plan(runtime, "asker", named=("pen-0",)))
     assert [(h.item_id, h.via) for h in named] == [("ink-0", "pen-0")]
     assert await source.candidates(plan(runtime, "nobody")) == []
+
+
+@pytest.mark.anyio
+async def test_each_rebuild_blends_the_related_items_vectors_into_a_neighbourhood(
+    runtime: Runtime,
+) -> None:
+    await runtime.feedback.import_events(
+        likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0", "ink-1")))
+    )
+    built = await runtime.collaborative.wait_fresh()
+    assert built is not None
+    assert built.neighbourhood is not None
+    assert sorted(built.neighbourhood.item_ids) == ["ink-0", "ink-1", "pen-0"]
+    assert runtime.collaborative.status().memory_bytes > built.neighbourhood.nbytes
+
+    # A deleted item leaves it at the next rebuild, as it leaves the model.
+    await runtime.catalog.delete("ink-1")
+    rebuilt = await runtime.collaborative.wait_fresh()
+    assert rebuilt is not None
+    assert rebuilt.neighbourhood is not None
+    assert sorted(rebuilt.neighbourhood.item_ids) == ["ink-0", "pen-0"]
+
+
+@pytest.mark.anyio
+async def test_an_index_out_of_reach_leaves_the_model_without_its_neighbourhood(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    def out_of_reach(item_ids: object) -> dict[str, object]:
+        raise ConnectionError("the index is out of reach")
+
+    model = CollaborativeModel(runtime.store, runtime.settings.collaborative, vectors=out_of_reach)
+    await runtime.feedback.import_events(
+        likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
+    )
+    await model.start()
+    try:
+        built = await model.wait_fresh()
+    finally:
+        await model.close()
+    # The feedback is in the model all the same.
+    assert built is not None
+    assert sorted(built.item_ids) == ["ink-0", "pen-0"]
+    assert built.neighbourhood is None
+    assert "this model has no neighbourhood" in caplog.text
