@@ -457,9 +457,11 @@ def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
     }
     assert "neighbourhood" in fused["sku-misc-9"]["sources"]
 
-    # Filters and seen items hold; without words there is nothing to match.
-    only = recommend(client, sources=["neighbourhood"], filters={"department": "misc"}, **asked)
-    assert ids(only) == ["sku-misc-9"]
+    # Seen items are left out; a request with a metadata filter or without words gets nothing
+    # from it (the other sources answer those).
+    only = {"filters": {"department": "misc"}}
+    assert recommend(client, sources=["neighbourhood"], **only, **asked)["recommendations"] == []
+    assert ids(recommend(client, **only, **asked)) == ["sku-misc-9"]
     camper = recommend(client, **{**asked, "user_id": "camper-0"}, sources=["neighbourhood"])
     assert not {"sku-camp-0", "sku-camp-2", "sku-misc-9"} & set(ids(camper))
     wordless = recommend(client, user_id="camper-0", sources=["neighbourhood"])
