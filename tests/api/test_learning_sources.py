@@ -421,17 +421,22 @@ BARE_ARTICLE = {
 }
 
 
+def campers_buy_the_article(client: Client) -> None:
+    """The store catalog and the article; four campers buy it with a tent and a stove."""
+    upsert(client, [*store_items(), BARE_ARTICLE])
+    for n in range(4):
+        for sku in ("sku-camp-0", "sku-camp-2", "sku-misc-9"):
+            feedback(client, f"camper-{n}", sku, interaction_type="purchase")
+
+
 def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
     open_client: Callable[[Settings], Client], tmp_path: Path
 ) -> None:
     client = open_client(
         make_settings(tmp_path / "data", collaborative={"refresh_seconds": 0}, cache=NO_RESULTS)
     )
-    upsert(client, [*store_items(), BARE_ARTICLE])
-    # Campers buy the article with a tent and a stove; painters buy paint, rollers and tape.
-    for n in range(4):
-        for sku in ("sku-camp-0", "sku-camp-2", "sku-misc-9"):
-            feedback(client, f"camper-{n}", sku, interaction_type="purchase")
+    campers_buy_the_article(client)
+    # Painters buy paint, rollers and tape.
     for n in range(3):
         for sku in ("sku-pain-0", "sku-pain-1", "sku-pain-2"):
             feedback(client, f"painter-{n}", sku, interaction_type="purchase")
@@ -478,10 +483,7 @@ def test_the_neighbourhood_can_be_turned_off(
             cache=NO_RESULTS,
         )
     )
-    upsert(client, [*store_items(), BARE_ARTICLE])
-    for n in range(4):
-        for sku in ("sku-camp-0", "sku-camp-2", "sku-misc-9"):
-            feedback(client, f"camper-{n}", sku, interaction_type="purchase")
+    campers_buy_the_article(client)
     feedback(client, "newcomer", "sku-camp-0", interaction_type="purchase")
     assert wait_for_model(client)["items"] == 3
     # The source is still there to name, and proposes nothing; the collaborative one works.
