@@ -368,6 +368,13 @@ def store_items() -> list[dict[str, Any]]:
     ]
 
 
+def painters_buy_the_painting_goods(client: Client) -> None:
+    """Three painters each buy paint, rollers and tape."""
+    for n in range(3):
+        for sku in sorted(PAINTING):
+            feedback(client, f"painter-{n}", sku, interaction_type="purchase")
+
+
 def test_every_learning_source_on_a_store_catalog(
     open_client: Callable[[Settings], Client], tmp_path: Path
 ) -> None:
@@ -383,9 +390,7 @@ def test_every_learning_source_on_a_store_catalog(
     for n in range(5):
         for sku in ("sku-camp-0", "sku-camp-2"):
             feedback(client, f"camper-{n}", sku, interaction_type="purchase")
-    for n in range(3):
-        for sku in ("sku-pain-0", "sku-pain-1", "sku-pain-2"):
-            feedback(client, f"painter-{n}", sku, interaction_type="purchase")
+    painters_buy_the_painting_goods(client)
     feedback(client, "shopper", "sku-camp-0", interaction_type="purchase")
     feedback(client, "shopper", "sku-plum-1", interaction_type="dislike")
     wait_for_model(client)
@@ -436,10 +441,7 @@ def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
         make_settings(tmp_path / "data", collaborative={"refresh_seconds": 0}, cache=NO_RESULTS)
     )
     campers_buy_the_article(client)
-    # Painters buy paint, rollers and tape.
-    for n in range(3):
-        for sku in ("sku-pain-0", "sku-pain-1", "sku-pain-2"):
-            feedback(client, f"painter-{n}", sku, interaction_type="purchase")
+    painters_buy_the_painting_goods(client)
     wait_for_model(client)
 
     asked = {"user_id": "visitor", "context": "gear for a camping trip", "top_k": 5}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.services.collaborative import _BLOCK_ROWS
+from appliance.services.collaborative import _BLOCK_ROWS, ItemSimilarity
 from appliance.services.neighbourhood import Neighbourhood, strongest_in_rows
 from tests.unit.test_collaborative_model import fitted, groups
 
@@ -28,27 +28,25 @@ def test_the_strongest_neighbours_are_the_largest_positive_weights_in_order() ->
     assert strongest_in_rows(rows, 10).shape == (2, 4)
 
 
-def test_a_models_neighbours_are_chosen_over_every_block_of_rows() -> None:
+def test_a_models_strongest_neighbours_are_in_its_own_group() -> None:
     model = fitted(groups())
     strongest = model.strongest_neighbours(2)
     assert strongest.shape == (len(model.item_ids), 2)
     # Each item's strongest neighbours are in its own group: the same people took them.
     for item, row in zip(model.item_ids, strongest.tolist(), strict=True):
         assert {model.item_ids[j][0] for j in row if j >= 0} == {item[0]}
-    assert len(model.item_ids) < _BLOCK_ROWS  # the blocks are exercised by the test below
+    assert len(model.item_ids) < _BLOCK_ROWS  # several blocks: the test below
 
 
-def test_neighbours_over_several_blocks_match_one_pass() -> None:
+def test_a_models_neighbours_over_several_blocks_match_one_pass() -> None:
     rng = np.random.default_rng(3)
-    weights = rng.normal(size=(_BLOCK_ROWS * 2 + 5, _BLOCK_ROWS * 2 + 5)).astype(np.float32)
+    size = _BLOCK_ROWS * 2 + 5
+    weights = rng.normal(size=(size, size)).astype(np.float32)
     np.fill_diagonal(weights, 0.0)
-    blocked = np.concatenate(
-        [
-            strongest_in_rows(weights[s : s + _BLOCK_ROWS], 4)
-            for s in range(0, len(weights), _BLOCK_ROWS)
-        ]
+    model = ItemSimilarity(
+        [f"item-{n}" for n in range(size)], weights, pairs=0, users=0, build_seconds=0.0
     )
-    assert (blocked == strongest_in_rows(weights, 4)).all()
+    assert (model.strongest_neighbours(4) == strongest_in_rows(weights, 4)).all()
 
 
 def test_an_item_is_found_by_the_words_that_fit_its_company() -> None:
