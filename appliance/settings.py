@@ -68,8 +68,9 @@ class AuthSettings(_Section, frozen=True):
     """Who may call the API: keys sent as Authorization: Bearer <key> or X-API-Key: <key>."""
 
     client_keys: tuple[str, ...] = ()
-    """Keys that may call POST /recommendations and POST /feedback: each the key itself or,
-    better, sha256:HEX with HEX the key's SHA-256 digest, so that no key is stored in clear."""
+    """Keys that may call POST /recommendations, GET /items/{item_id}/similar and POST
+    /feedback: each the key itself or, better, sha256:HEX with HEX the key's SHA-256 digest, so
+    that no key is stored in clear."""
     admin_keys: tuple[str, ...] = ()
     """Keys that may call every endpoint (catalog, users, listings, stats, metrics, admin); same
     forms as client_keys."""

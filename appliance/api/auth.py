@@ -23,7 +23,7 @@ from appliance.security import KeyRing, Role, presented_key
 ACCESS = "access"
 #: Routes any key, or none, may call (``/health``).
 PUBLIC_ACCESS: dict[str, Any] = {ACCESS: "public"}
-#: Routes a client key may call (recommend, record feedback).
+#: Routes a client key may call (recommend, items like one item, record feedback).
 CLIENT_ACCESS: dict[str, Any] = {ACCESS: "client"}
 
 #: The OpenAPI description: the interactive docs under this path stay open.
@@ -76,7 +76,8 @@ class AccessMiddleware(ASGIMiddleware):
         if role < Role.ADMIN and access != CLIENT_ACCESS[ACCESS]:
             raise PermissionDeniedException(
                 detail="this endpoint needs an admin key (auth.admin_keys); the key sent is a "
-                "client key, which may call POST /recommendations and POST /feedback only"
+                "client key, which may call POST /recommendations, GET /items/{item_id}/similar "
+                "and POST /feedback only"
             )
 
 

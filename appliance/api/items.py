@@ -7,9 +7,12 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, Parameter
 
+from appliance.api.auth import CLIENT_ACCESS
 from appliance.api.openapi import error_responses
 from appliance.api.paging import PageCursor, PageLimit
+from appliance.api.recommendations import recommended_items
 from appliance.domain import Item
+from appliance.schemas.base import ID_PATTERN, MAX_ID_LENGTH
 from appliance.schemas.items import (
     MAX_TITLE_LENGTH,
     ItemOut,
@@ -17,6 +20,9 @@ from appliance.schemas.items import (
     ItemsUpsertRequest,
     ItemsUpsertResponse,
 )
+from appliance.schemas.recommendations import FUSION_PATTERN, SimilarItemsResponse
+from appliance.services.learning import FusionMode
+from appliance.services.recommend import ANONYMOUS, RecommendationQuery
 from appliance.services.runtime import Runtime
 
 
@@ -73,6 +79,63 @@ class ItemController(Controller):
     async def get_item(self, item_id: FromPath[str], runtime: NamedDependency[Runtime]) -> ItemOut:
         """Return one item."""
         return _out(await runtime.catalog.get(item_id))
+
+    @get(
+        "/{item_id:str}/similar",
+        summary="Items like this one",
+        opt=CLIENT_ACCESS,
+        responses=error_responses(HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT),
+    )
+    async def similar(
+        self,
+        item_id: FromPath[str],
+        runtime: NamedDependency[Runtime],
+        *,
+        top_k: Annotated[int, Parameter(ge=1, le=100, description="Items returned")] = 5,
+        user_id: Annotated[
+            str | None,
+            Parameter(
+                min_length=1,
+                max_length=MAX_ID_LENGTH,
+                pattern=ID_PATTERN,
+                description="The user to answer for: their seen items are left out, their "
+                "taste counts, and the answer is logged for the fusion to learn from",
+            ),
+        ] = None,
+        sources: Annotated[
+            list[str] | None,
+            Parameter(max_items=16, description="Candidate sources to ask (repeat the parameter)"),
+        ] = None,
+        fusion: Annotated[
+            str | None, Parameter(pattern=FUSION_PATTERN, description="rrf or learned")
+        ] = None,
+    ) -> SimilarItemsResponse:
+        """More like this: the sources asked as for a request that names the item.
+
+        The collaborative source proposes what the people who chose the item chose too, the
+        named and vector sources the items whose text is nearest its own, the neighbourhood
+        the items whose company resembles it, the keyword source the items sharing its title's
+        words; the item itself is left out.
+        """
+        result = await runtime.cached_recommender.recommend(
+            RecommendationQuery(
+                user_id=ANONYMOUS if user_id is None else user_id,
+                like=item_id,
+                top_k=top_k,
+                sources=None if sources is None else frozenset(sources),
+                fusion=None if fusion is None else FusionMode(fusion),
+            )
+        )
+        return SimilarItemsResponse(
+            item_id=item_id,
+            recommendations=recommended_items(result),
+            timestamp=result.timestamp,
+            user_id=user_id,
+            request_id="" if user_id is None else result.request_id,
+            timings_ms=result.timings_ms,
+            fusion=result.fusion,
+            fusion_weights=result.fusion_weights or {},
+        )
 
     @delete(
         "/{item_id:str}",

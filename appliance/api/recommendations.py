@@ -19,7 +19,7 @@ from appliance.schemas.recommendations import (
     RecommendedItem,
 )
 from appliance.services.learning import FusionMode
-from appliance.services.recommend import RecommendationQuery
+from appliance.services.recommend import RecommendationQuery, RecommendationResult
 from appliance.services.runtime import Runtime
 
 
@@ -55,19 +55,7 @@ class RecommendationController(Controller):
         )
         return RecommendationResponse(
             user_id=result.user_id,
-            recommendations=[
-                RecommendedItem(
-                    item_id=r.item.item_id,
-                    title=r.item.title,
-                    score=round(r.score, 6),
-                    metadata=r.item.metadata,
-                    sources={k: round(v, 6) for k, v in r.sources.items()},
-                    via=r.via,
-                    fused_score=round(r.fused_score, 6),
-                    source_ranks=r.ranks,
-                )
-                for r in result.recommendations
-            ],
+            recommendations=recommended_items(result),
             timestamp=result.timestamp,
             request_id=result.request_id,
             strategy=result.strategy,
@@ -79,6 +67,23 @@ class RecommendationController(Controller):
             diversity=result.diversity,
             prior=result.prior,
         )
+
+
+def recommended_items(result: RecommendationResult) -> list[RecommendedItem]:
+    """Describe an answer's recommendations as the API returns them."""
+    return [
+        RecommendedItem(
+            item_id=r.item.item_id,
+            title=r.item.title,
+            score=round(r.score, 6),
+            metadata=r.item.metadata,
+            sources={k: round(v, 6) for k, v in r.sources.items()},
+            via=r.via,
+            fused_score=round(r.fused_score, 6),
+            source_ranks=r.ranks,
+        )
+        for r in result.recommendations
+    ]
 
 
 def _condition(field: str, value: FilterValue) -> FieldCondition:

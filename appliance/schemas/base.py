@@ -6,6 +6,8 @@ import msgspec
 from msgspec import Meta
 
 MAX_ID_LENGTH = 256
+#: What an id may hold: it appears in URL paths, so no slash and no control characters.
+ID_PATTERN = r"^[^/\x00-\x1f]+$"
 
 #: A client-chosen id ("alice-123", "movie_101"): it appears in URL paths, so no slash and
 #: no control characters.
@@ -14,7 +16,7 @@ Id = Annotated[
     Meta(
         min_length=1,
         max_length=MAX_ID_LENGTH,
-        pattern=r"^[^/\x00-\x1f]+$",
+        pattern=ID_PATTERN,
         description="A client-chosen id: 1 to 256 characters, no '/' or control characters.",
         examples=["alice-123"],
     ),

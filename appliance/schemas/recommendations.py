@@ -29,7 +29,8 @@ class RangeFilter(Request):
 
 FilterValue = Scalar | Annotated[list[Scalar], Meta(min_length=1, max_length=256)] | RangeFilter
 #: A fusion mode; a pattern rather than an enum, so that a wrong value's error names the choices.
-Fusion = Annotated[str, Meta(pattern="^(rrf|learned)$", examples=["rrf", "learned"])]
+FUSION_PATTERN = "^(rrf|learned)$"
+Fusion = Annotated[str, Meta(pattern=FUSION_PATTERN, examples=["rrf", "learned"])]
 
 
 class RecommendationRequest(Request):
@@ -113,3 +114,22 @@ class RecommendationResponse(Response):
     prior: bool = False
     """Whether popularity ranked the other sources' candidates (the request's prior) rather
     than proposing its own list."""
+
+
+class SimilarItemsResponse(Response):
+    """Items like one item, best first (GET /items/{item_id}/similar)."""
+
+    item_id: str
+    recommendations: list[RecommendedItem]
+    timestamp: datetime
+    user_id: str | None = None
+    """The user the answer was made for, when the request named one."""
+    request_id: str = ""
+    """Identifies this answer when it was made for a user; send it back with feedback on these
+    items."""
+    timings_ms: dict[str, float] = {}
+    """Milliseconds per pipeline stage, as for recommendations."""
+    fusion: str = ""
+    """The fusion that ordered the candidates: rrf or learned."""
+    fusion_weights: dict[str, float] = {}
+    """With learned fusion, the weight of each source asked (plain RRF weighs each 1)."""

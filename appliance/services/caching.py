@@ -27,6 +27,7 @@ from appliance.backends.embedders.protocol import Vectors
 from appliance.services.encoding import Encoder
 from appliance.services.impressions import ImpressionLog
 from appliance.services.recommend import (
+    ANONYMOUS,
     RecommendationQuery,
     RecommendationResult,
     RecommendationService,
@@ -245,10 +246,10 @@ class ResultCache:
 class CachedRecommender:
     """Answers from the result cache when it can, from the pipeline otherwise.
 
-    This is what the API answers with: every answer it returns, computed or reused, is logged
-    once in the impression log under its own request id, so that feedback naming that id
-    answers it. A reused answer's impression shares the candidates logged with the answer it
-    reuses.
+    This is what the API answers with: every answer it returns to a user, computed or reused,
+    is logged once in the impression log under its own request id, so that feedback naming that
+    id answers it (an answer for nobody in particular, ``ANONYMOUS``, is not). A reused
+    answer's impression shares the candidates logged with the answer it reuses.
     """
 
     def __init__(
@@ -273,7 +274,7 @@ class CachedRecommender:
 
         """
         result = await self._answer(query)
-        if self._impressions is not None:
+        if self._impressions is not None and result.user_id != ANONYMOUS:
             self._impressions.record(result.impression())
         return result
 

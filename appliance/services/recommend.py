@@ -25,7 +25,7 @@ from appliance.domain import (
     PreferenceState,
     Selection,
 )
-from appliance.errors import ConflictError, InvalidInputError
+from appliance.errors import ConflictError, InvalidInputError, NotFoundError
 from appliance.services.diversity import maximal_marginal_relevance
 from appliance.services.encoding import Encoder
 from appliance.services.fusion import reciprocal_rank_fusion
@@ -38,6 +38,9 @@ from appliance.settings import RecommendSettings
 
 #: At most this many named items are taken from one request, in order of mention.
 MAX_NAMED = 8
+#: The user of a request made for nobody in particular (``GET /items/{id}/similar`` without a
+#: user): no history, and no impression logged, since no feedback can answer it.
+ANONYMOUS = ""
 
 # Stages that never started do not get a timing.
 _SKIPPED = {
@@ -68,6 +71,9 @@ class RecommendationQuery:
     prior: bool = True
     """Let a prior source (popularity) rank the other sources' candidates rather than propose
     its own list."""
+    like: str | None = None
+    """An item to find more like, in place of a context: the request is answered as one whose
+    words are the item's title and name that item (and no other item of the same title)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +192,7 @@ class RecommendationService:
             ConflictError: The catalog is empty.
             InvalidInputError: An unknown source is named, or diversity is asked for from an
                 appliance without item vectors.
+            NotFoundError: ``query.like`` is not in the catalog.
 
         """
         sources = self._chosen_sources(query.sources)
@@ -193,10 +200,19 @@ class RecommendationService:
             raise InvalidInputError("diversity needs the items' vectors, which this pipeline lacks")
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        context = query.context.strip()
-        (state, history), context_vector, named = await asyncio.gather(
-            self._user(query.user_id), self._encode(context), self._named(context)
-        )
+        if query.like is None:
+            context = query.context.strip()
+            (state, history), context_vector, named = await asyncio.gather(
+                self._user(query.user_id), self._encode(context), self._named(context)
+            )
+        else:
+            # As a request naming the item in words: the named source searches near the item's
+            # own vector, the others match its title (the item's vector for the words too
+            # would have the vector source repeat the named one's list).
+            (state, history), context = await asyncio.gather(
+                self._user(query.user_id), self._title_of(query.like)
+            )
+            context_vector, named = await self._encode(context), (query.like,)
         seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
@@ -376,6 +392,15 @@ class RecommendationService:
             mentions = await anyio.to_thread.run_sync(self._titles.find, context)
         named = dict.fromkeys(i for m in mentions for i in m.item_ids)
         return tuple(named)[:MAX_NAMED]
+
+    async def _title_of(self, item_id: str) -> str:
+        found, unread = self._store.kept_items([item_id])
+        if unread:
+            found = await anyio.to_thread.run_sync(self._store.get_items, unread)
+        stored = found.get(item_id)
+        if stored is None:
+            raise NotFoundError(f"item {item_id!r} is not in the catalog")
+        return stored.item.title
 
     async def _encode(self, context: str) -> Vector | None:
         if not context:

@@ -125,6 +125,9 @@ def test_a_client_key_may_recommend_and_send_feedback(
     response = recommend(keyed, send(CLIENT_KEY))
     assert response.status_code == 200, response.text
     assert response.json()["recommendations"]
+    response = keyed.get("/items/tt-1/similar", headers=send(CLIENT_KEY))
+    assert response.status_code == 200, response.text
+    assert response.json()["recommendations"]
     response = record(keyed, send(CLIENT_KEY))
     assert response.status_code == 200, response.text
 

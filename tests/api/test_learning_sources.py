@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 from appliance.settings import Settings
 from tests.api.calls import feedback, ids, recommend, stats, upsert
+from tests.api.calls import logged as logged_answer
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.slow
@@ -434,15 +435,20 @@ def campers_buy_the_article(client: Client) -> None:
             feedback(client, f"camper-{n}", sku, interaction_type="purchase")
 
 
-def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
-    open_client: Callable[[Settings], Client], tmp_path: Path
-) -> None:
+@pytest.fixture
+def shoppers_client(open_client: Callable[[Settings], Client], tmp_path: Path) -> Client:
+    """The store catalog with the article; campers and painters have bought, in the model."""
     client = open_client(
         make_settings(tmp_path / "data", collaborative={"refresh_seconds": 0}, cache=NO_RESULTS)
     )
     campers_buy_the_article(client)
     painters_buy_the_painting_goods(client)
     wait_for_model(client)
+    return client
+
+
+def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(shoppers_client: Client) -> None:
+    client = shoppers_client
 
     asked = {"user_id": "visitor", "context": "gear for a camping trip", "top_k": 5}
     hood = recommend(client, sources=["neighbourhood"], **asked)
@@ -473,6 +479,84 @@ def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(
     assert not {"sku-camp-0", "sku-camp-2", "sku-misc-9"} & set(ids(camper))
     wordless = recommend(client, user_id="camper-0", sources=["neighbourhood"])
     assert wordless["recommendations"] == []
+
+
+def similar(client: Client, item_id: str, **params: Any) -> dict[str, Any]:
+    """GET /items/{item_id}/similar and return the answer."""
+    response = client.get(f"/items/{item_id}/similar", params=params)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def impressions_logged(client: Client) -> int:
+    """How many answers the impression log has taken since start-up."""
+    response = client.get("/admin/fusion")
+    assert response.status_code == 200, response.text
+    logged: int = response.json()["impressions"]["logged"]
+    return logged
+
+
+def test_more_like_an_item_from_each_source(shoppers_client: Client) -> None:
+    client = shoppers_client
+    logged = impressions_logged(client)
+
+    tent = similar(client, "sku-camp-0", top_k=10)
+    assert tent["item_id"] == "sku-camp-0"
+    assert "user_id" not in tent
+    assert "request_id" not in tent
+    found = {r["item_id"]: r for r in tent["recommendations"]}
+    assert "sku-camp-0" not in found
+    # What the tent's buyers bought with it comes first, the bare article among it: its own
+    # text says nothing of camping.
+    assert set(ids(tent)[:2]) == {"sku-camp-2", "sku-misc-9"}
+    assert found["sku-misc-9"]["via"]["collaborative"] == "sku-camp-0"
+    fused = {s for r in tent["recommendations"] for s in r["sources"]}
+    assert fused >= {"collaborative", "named", "vector", "neighbourhood", "popularity"}
+    # Nobody can answer an answer made for nobody: it is not logged.
+    assert impressions_logged(client) == logged
+
+    # Each source alone: who bought it, what its text is near, what keeps its company, and
+    # what shares its title's words.
+    bought = similar(client, "sku-camp-0", sources="collaborative")
+    assert set(ids(bought)) == {"sku-camp-2", "sku-misc-9"}
+    assert {r["via"]["collaborative"] for r in bought["recommendations"]} == {"sku-camp-0"}
+    for near in ("vector", "named"):
+        answer = similar(client, "sku-camp-0", sources=near, top_k=3)
+        assert {r["metadata"]["department"] for r in answer["recommendations"]} == {"camping"}
+        assert all(r["sources"].keys() == {near} for r in answer["recommendations"])
+    company = similar(client, "sku-camp-0", sources="neighbourhood", top_k=3)
+    assert "sku-misc-9" in ids(company)
+    paint = similar(client, "sku-pain-0", sources="keyword", top_k=3)
+    assert "sku-pain-4" in ids(paint)  # "Wall Paint" and "Paint Tray"
+    both = similar(client, "sku-camp-0", sources=["collaborative", "vector"], fusion="rrf")
+    assert {s for r in both["recommendations"] for s in r["sources"]} == {"collaborative", "vector"}
+    assert both["fusion"] == "rrf"
+
+    # For a user: what they have bought is left out, and the answer is logged to learn from.
+    camper = similar(client, "sku-camp-0", user_id="camper-0", top_k=10)
+    assert camper["user_id"] == "camper-0"
+    assert not {"sku-camp-2", "sku-misc-9"} & set(ids(camper))
+    assert impressions_logged(client) == logged + 1
+    assert logged_answer(client, camper["request_id"])["user_id"] == "camper-0"
+
+
+def test_more_like_an_item_refuses_what_it_cannot_answer(catalog_client: Client) -> None:
+    client = catalog_client
+    cases = {
+        "/items/no-such-item/similar": (404, "'no-such-item' is not in the catalog"),
+        "/items/sp-1/similar?top_k=0": (400, "top_k"),
+        "/items/sp-1/similar?top_k=101": (400, "top_k"),
+        "/items/sp-1/similar?sources=bogus": (400, "unknown candidate source(s) bogus"),
+        "/items/sp-1/similar?fusion=best": (400, "fusion"),
+        "/items/sp-1/similar?user_id=": (400, "user_id"),
+    }
+    for path, (status, says) in cases.items():
+        response = client.get(path)
+        assert response.status_code == status, (path, response.text)
+        assert says in response.text, (path, response.text)
+    assert client.delete("/items/sp-1").status_code == 204
+    assert client.get("/items/sp-1/similar").status_code == 404
 
 
 def test_the_neighbourhood_can_be_turned_off(

@@ -16,11 +16,12 @@ from tests.conftest import make_settings
 
 ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 #: Operations a client key may call; /health needs no key at all.
-CLIENT = {"POST /recommendations", "POST /feedback"}
+CLIENT = {"POST /recommendations", "GET /items/{item_id}/similar", "POST /feedback"}
 PUBLIC = {"GET /health"}
 NOT_FOUND = {
     "POST /feedback",
     "GET /items/{item_id}",
+    "GET /items/{item_id}/similar",
     "DELETE /items/{item_id}",
     "GET /users/{user_id}",
     "DELETE /users/{user_id}",
@@ -28,7 +29,12 @@ NOT_FOUND = {
     "POST /admin/users/rebuild",
     "GET /admin/impressions/{request_id}",
 }
-CONFLICT = {"POST /recommendations", "PUT /admin/reranker", "POST /admin/restore"}
+CONFLICT = {
+    "POST /recommendations",
+    "GET /items/{item_id}/similar",
+    "PUT /admin/reranker",
+    "POST /admin/restore",
+}
 #: Takes a body that is not JSON (streamed to disk under a limit of its own).
 RAW_BODY = {"POST /admin/restore"}
 
@@ -90,7 +96,7 @@ def test_the_schema_holds_every_constraint_the_decoder_checks(spec: dict[str, An
 
 def test_every_operation_declares_the_errors_it_may_answer(spec: dict[str, Any]) -> None:
     ops = operations(spec)
-    assert len(ops) == 25
+    assert len(ops) == 26
     for name, operation in ops.items():
         expected = {"503"}
         if "requestBody" in operation or name in RAW_BODY:
