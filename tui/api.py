@@ -30,7 +30,11 @@ from appliance.schemas.admin import (
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
 from appliance.schemas.fusion import FusionOut
 from appliance.schemas.items import ItemOut, ItemPage, ItemsUpsertResponse
-from appliance.schemas.recommendations import RecommendationRequest, RecommendationResponse
+from appliance.schemas.recommendations import (
+    RecommendationRequest,
+    RecommendationResponse,
+    SimilarItemsResponse,
+)
 from appliance.schemas.system import Health, Stats
 from appliance.schemas.users import UserDeleted, UserProfileOut
 
@@ -198,6 +202,11 @@ class ApplianceApi:
     async def item(self, item_id: str) -> ItemOut:
         """GET /items/{id}."""
         return await self._call("GET", f"/items/{_segment(item_id)}", ItemOut)
+
+    async def similar(self, item_id: str, top_k: int = 10) -> SimilarItemsResponse:
+        """GET /items/{id}/similar: more like the item, for nobody in particular."""
+        path = f"/items/{_segment(item_id)}/similar"
+        return await self._call("GET", path, SimilarItemsResponse, params={"top_k": top_k})
 
     async def delete_item(self, item_id: str) -> None:
         """DELETE /items/{id}."""

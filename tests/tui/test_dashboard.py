@@ -125,6 +125,12 @@ async def test_catalog_search_open_and_delete(appliance: Served) -> None:
         assert text(app.screen.query_one("#item-title")) == "The Clockmaker's Return"
         assert "watchmaker" in text(app.screen.query_one("#item-text"))
         assert '"category": "time travel"' in text(app.screen.query_one("#item-metadata"))
+        # More like it, from GET /items/tt-1/similar: the other time-travel items first.
+        similar = text(app.screen.query_one("#item-similar")).splitlines()
+        assert similar[0] == "More like this"
+        assert len(similar) == 11
+        assert " tt-" in similar[1]
+        assert not any(" tt-1 " in line for line in similar)
         await pilot.press("escape")
 
         await pilot.press("d")

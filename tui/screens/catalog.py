@@ -1,4 +1,4 @@
-"""Catalog: search and page through items, open, delete and import them."""
+"""Catalog: search and page through items, open (with more like each), delete and import them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from textual import work
 from textual.binding import Binding, BindingType
 
 from appliance.schemas.items import ItemOut
+from appliance.schemas.recommendations import SimilarItemsResponse
 from tui import format as fmt
 from tui.api import ApiError, ApplianceApi
 from tui.screens.paged import PagedSearchPage, Row
@@ -58,13 +59,18 @@ class CatalogPane(PagedSearchPage[ItemOut]):
 
     @work(exclusive=True, group="catalog-open", exit_on_error=False)
     async def open_item(self, item_id: str) -> None:
-        """GET /items/{id}, then the item dialog."""
+        """GET /items/{id} and /items/{id}/similar, then the item dialog."""
         try:
             item = await self.api.item(item_id)
         except ApiError as e:
             self.report(e)
             return
-        await self.app.push_screen(ItemScreen(item))
+        try:
+            similar: SimilarItemsResponse | str = await self.api.similar(item_id)
+        except ApiError as e:
+            # The item is worth showing without them.
+            similar = str(e)
+        await self.app.push_screen(ItemScreen(item, similar))
 
     def deletion_question(self, key: str) -> str:
         """Warn that a deleted item is never recommended again."""

@@ -13,6 +13,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Footer, Static
 
 from appliance.schemas.items import ItemOut
+from appliance.schemas.recommendations import SimilarItemsResponse
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -51,13 +52,15 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 class ItemScreen(ModalScreen[None]):
-    """One catalog item: title, id, text and metadata."""
+    """One catalog item: title, id, text, metadata, and the items most like it."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,q", "close", "Close")]
 
-    def __init__(self, item: ItemOut) -> None:
+    def __init__(self, item: ItemOut, similar: SimilarItemsResponse | str) -> None:
+        """``similar``: GET /items/{id}/similar's answer, or why it could not be had."""
         super().__init__()
         self.item = item
+        self.similar = similar
 
     def compose(self) -> ComposeResult:
         """Show the item's fields, scrollable."""
@@ -71,7 +74,21 @@ class ItemScreen(ModalScreen[None]):
                 id="item-metadata",
                 markup=False,
             )
+            yield Static(self._similar(), id="item-similar")
         yield Footer()
+
+    def _similar(self) -> Text:
+        """More like this: each item's title, id and the sources that found it."""
+        lines = Text("More like this\n", style="bold")
+        if isinstance(self.similar, str):
+            lines.append(self.similar, style="red")
+            return lines
+        if not self.similar.recommendations:
+            lines.append("(nothing yet)", style="dim")
+        for n, r in enumerate(self.similar.recommendations, start=1):
+            lines.append(f"{n:>2}. {r.title}  ")
+            lines.append(f"{r.item_id}  {', '.join(r.sources)}\n", style="dim")
+        return lines
 
     def action_close(self) -> None:
         """Back to the list."""
