@@ -6,7 +6,7 @@ import msgspec
 from msgspec import Meta
 
 MAX_ID_LENGTH = 256
-#: What an id may hold: it appears in URL paths, so no slash and no control characters.
+#: What an ``Id`` may hold (a query parameter naming one checks it too).
 ID_PATTERN = r"^[^/\x00-\x1f]+$"
 
 #: A client-chosen id ("alice-123", "movie_101"): it appears in URL paths, so no slash and
