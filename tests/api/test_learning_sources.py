@@ -1,6 +1,7 @@
 """The candidate sources that learn from feedback, through the HTTP API on the real app (real
 MiniLM, Qdrant Edge and DuckDB): collaborative, neighbourhood, history and the popularity prior,
-on the generic test catalog and on a generated catalog of hardware-store products."""
+on the generic test catalog and on a generated catalog of hardware-store products; and more like
+one item (GET /items/{item_id}/similar), which asks every source."""
 
 from __future__ import annotations
 
