@@ -61,6 +61,7 @@ SCENARIOS = (
         "recommend: as unique, re-ranked by llama.cpp (SmolLM2-135M) on 10 candidates",
         reranker="llamacpp",
     ),
+    Scenario("similar", "GET /items/{id}/similar: a random item, a new user each request"),
     Scenario("feedback", "POST /feedback: one of 1,000 users, a random item", writes=True),
     Scenario("ingest", "POST /items: new items, --ingest-batch (32) a request", writes=True,
              timeout_s=300.0),

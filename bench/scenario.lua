@@ -2,7 +2,7 @@
 --
 --   wrk -s bench/scenario.lua URL -- MODE FIRST ITEMS TAG WORDS_FILE [POOL_FILE BATCH]
 --
--- MODE       unique | repeated | users | filtered | rerank | feedback | ingest
+-- MODE       unique | repeated | users | filtered | rerank | similar | feedback | ingest
 -- FIRST      where this run's request counter starts: runs given disjoint ranges never repeat a
 --            context or an id
 -- ITEMS      catalog size (feedback names items item-0000000 .. item-<ITEMS-1>)
@@ -90,6 +90,13 @@ local bodies = {
    end,
 }
 
+-- GET requests: the path, which names what is asked for.
+local gets = {
+   similar = function(n)
+      return string.format("/items/item-%07d/similar?user_id=visitor-%d", math.random(0, items - 1), n)
+   end,
+}
+
 local paths = {
    unique = "/recommendations",
    repeated = "/recommendations",
@@ -102,7 +109,7 @@ local paths = {
 
 function init(args)
    mode = args[1]
-   if bodies[mode] == nil then
+   if bodies[mode] == nil and gets[mode] == nil then
       error("unknown mode " .. tostring(mode))
    end
    counter = tonumber(args[2]) + thread_id * THREAD_SPAN
@@ -122,6 +129,9 @@ end
 function request()
    local n = counter
    counter = counter + 1
+   if gets[mode] ~= nil then
+      return wrk.format("GET", gets[mode](n))
+   end
    return wrk.format(nil, nil, nil, bodies[mode](n))
 end
 

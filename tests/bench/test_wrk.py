@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -104,6 +106,13 @@ class _Recorder(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers["Content-Length"])
         self.bodies.append((self.path, json.loads(self.rfile.read(length))))
+        self._answer()
+
+    def do_GET(self) -> None:
+        self.bodies.append((self.path, {}))
+        self._answer()
+
+    def _answer(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2")
@@ -206,6 +215,21 @@ def test_rerank_asks_for_the_stage(recorder: Any, tmp_path: Path) -> None:
     send(url, tmp_path, "rerank", first=3_000_000_000)
 
     assert all(b["rerank"] is True and b["context"] for _, b in bodies)
+
+
+def test_similar_asks_for_catalog_items_for_new_users(recorder: Any, tmp_path: Path) -> None:
+    url, bodies = recorder
+    result = send(url, tmp_path, "similar", first=4_000_000_000)
+
+    assert result.requests <= len(bodies) <= result.requests + 2
+    asked = [urlsplit(path) for path, _ in bodies]
+    items = {a.path.removeprefix("/items/").removesuffix("/similar") for a in asked}
+    # Ids of the catalog's 5,000 items, spread over it.
+    assert all(re.fullmatch(r"item-\d{7}", i) and int(i[5:]) < 5000 for i in items)
+    assert len(items) > len(asked) // 2
+    users = [parse_qs(a.query)["user_id"][0] for a in asked]
+    assert len(set(users)) == len(users)
+    assert all(a.path.endswith("/similar") for a in asked)
 
 
 def test_feedback_events_carry_ids_that_can_be_counted(recorder: Any, tmp_path: Path) -> None:
