@@ -394,10 +394,7 @@ class RecommendationService:
         return tuple(named)[:MAX_NAMED]
 
     async def _title_of(self, item_id: str) -> str:
-        found, unread = self._store.kept_items([item_id])
-        if unread:
-            found = await anyio.to_thread.run_sync(self._store.get_items, unread)
-        stored = found.get(item_id)
+        stored = (await self._read_items([item_id])).get(item_id)
         if stored is None:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         return stored.item.title
@@ -446,12 +443,17 @@ class RecommendationService:
         while len(present) < wanted and read < len(candidates):
             window = candidates[read : read + wanted - len(present)]
             read += len(window)
-            found, unread = self._store.kept_items([c.item_id for c in window])
-            if unread:
-                found.update(await anyio.to_thread.run_sync(self._store.get_items, unread))
+            found = await self._read_items([c.item_id for c in window])
             items.update(found)
             present.extend(c for c in window if c.item_id in found)
         return present + candidates[read:], items
+
+    async def _read_items(self, item_ids: list[str]) -> dict[str, StoredItem]:
+        """Return the given items that exist, from memory where it holds them."""
+        found, unread = self._store.kept_items(item_ids)
+        if unread:
+            found.update(await anyio.to_thread.run_sync(self._store.get_items, unread))
+        return found
 
     async def _fail_if_catalog_empty(self) -> None:
         counts = await anyio.to_thread.run_sync(self._store.counts)
