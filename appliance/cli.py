@@ -456,10 +456,13 @@ def evaluate(
             if catalog is None:
                 raise ApplianceError("--feedback needs --catalog, the items it refers to")
             history, queries = datasets.time_split(datasets.read_interactions(feedback))
-            tasks = [runner.holdout_task(queries)]
+            holdout = runner.holdout_task(queries)
+            tasks = [holdout]
         else:
             history = list(datasets.read_ratings(dataset / "movielens-small" / "ratings_train.csv"))
             tasks = runner.dataset_tasks(dataset, split)
+            holdout = next(t for t in tasks if t.name == runner.LEAVE_LAST_OUT)
+        tasks.append(runner.more_like_this_task(holdout, history))
         if limit is not None:
             tasks = [dataclasses.replace(t, queries=t.queries[:limit]) for t in tasks]
         with tempfile.TemporaryDirectory(prefix="appliance-eval-") as scratch:

@@ -40,6 +40,8 @@ class Query:
     """Item id -> graded relevance. Ids absent from the catalog stay in: they count as misses."""
     liked: tuple[str, ...] = field(default=())
     """Items the user said they liked before asking, replayed as feedback first."""
+    like: str | None = None
+    """An item to find more like (``GET /items/{item_id}/similar``), in place of words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +164,15 @@ def _json_lines(path: Path, kind: type[T]) -> Iterator[T]:
                 raise ValueError(f"{path} line {number}: {e}") from e
 
 
+#: Ratings at or above this count as positive (MovieLens' leave-last-out targets are so chosen).
+POSITIVE_FROM = 4.0
+
+
 def time_split(
-    interactions: Iterable[Interaction], *, positive_from: float = 4.0, min_history: int = 1
+    interactions: Iterable[Interaction],
+    *,
+    positive_from: float = POSITIVE_FROM,
+    min_history: int = 1,
 ) -> tuple[list[Interaction], list[Query]]:
     """Hold out each user's latest positive interaction, for data without prepared targets.
 
@@ -203,6 +212,38 @@ def time_split(
             )
         )
     return history, queries
+
+
+def more_like_latest(
+    queries: Iterable[Query],
+    history: Iterable[Interaction],
+    *,
+    positive_from: float = POSITIVE_FROM,
+) -> list[Query]:
+    """Ask, for each hold-out query, for more like the item its user liked last in the history.
+
+    The target stays the held-out item: what the user went on to like next is what a "more like
+    this" on the item they had just liked should find. Users without a positive event in the
+    history are left out.
+    """
+    latest: dict[str, Interaction] = {}
+    for i in history:
+        if i.rating >= positive_from and (
+            (kept := latest.get(i.user_id)) is None
+            or (i.timestamp, i.item_id) > (kept.timestamp, kept.item_id)
+        ):
+            latest[i.user_id] = i
+    return [
+        Query(
+            query_id=f"like-{q.query_id}",
+            user_id=q.user_id,
+            context="",
+            relevant=q.relevant,
+            like=latest[q.user_id].item_id,
+        )
+        for q in queries
+        if q.user_id in latest
+    ]
 
 
 def read_interactions(path: Path) -> Iterator[Interaction]:

@@ -35,10 +35,16 @@ come from other users, and the tag queries' tags are absent from the item text.
 the paired bootstrap difference from the RRF one. Only impressions where two or more sources
 proposed candidates can teach the fusion anything, and the learner keeps one set of weights
 per kind of request: the wordless visits teach requests without words (leave-last-out), the
-naming ones teach requests that name items (most ReDial requests). Nothing teaches requests
-whose words name no item (the tag queries, and ReDial requests naming no movie) weights of
-their own: they borrow the weights learned from all the visits together, as an appliance does
-for any kind of request its users have not yet answered enough of.
+naming ones teach requests that name items (most ReDial requests, and every "more like this"
+request, which names its item). Nothing teaches requests whose words name no item (the tag
+queries, and ReDial requests naming no movie) weights of their own: they borrow the weights
+learned from all the visits together, as an appliance does for any kind of request its users
+have not yet answered enough of.
+
+Besides the dataset's tasks, "more like this" asks, for each user of the hold-out task, for
+more like the item they liked last in the history (``GET /items/{item_id}/similar`` for that
+user), and counts a hit when the held-out item is among the first 10; item-kNN answers it with
+that item's cosine neighbours.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import math
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -65,6 +71,7 @@ from appliance.domain import InteractionType
 from appliance.evaluation.datasets import (
     Interaction,
     Query,
+    more_like_latest,
     read_leave_last_out,
     read_redial_queries,
     read_tag_queries,
@@ -109,6 +116,10 @@ NAMING_CONTEXT = "Something like {title}"
 TAG_METRICS = (("NDCG", 10), ("P", 5), ("R", 10))
 #: One held-back item per user: did it make the top 10, and how high.
 HOLDOUT_METRICS = (("HR", 10), ("NDCG", 10))
+LEAVE_LAST_OUT = "leave-last-out"
+#: More like the item a user liked last (``GET /items/{item_id}/similar``), judged by the item
+#: they went on to like.
+MORE_LIKE_THIS = "more like this"
 #: Items whose similarities item-kNN computes at once.
 _KNN_BLOCK = 512
 _METRICS: dict[str, Callable[..., float]] = {
@@ -200,6 +211,7 @@ class Pipeline:
                 rerank=self._rerank,
                 sources=self.sources,
                 fusion=self.fusion,
+                like=query.like,
             )
         )
         self.rerank_outcomes[result.rerank_status] += 1
@@ -253,7 +265,8 @@ class ItemKNN:
 
     Cosine similarity of who interacted with what, each item's ``neighbours`` most similar
     items kept; a user's score for an item is the sum of its similarities to the items of
-    their history, minus what they have seen.
+    their history (or, asked for more like an item, its similarity to that item), minus what
+    they have seen.
     """
 
     name = ITEM_KNN
@@ -267,10 +280,12 @@ class ItemKNN:
         self._model = cosine_neighbours({(i.user_id, i.item_id) for i in history}, neighbours)
 
     async def rank(self, query: Query, k: int) -> list[str]:
-        """Return the items most similar to the user's history."""
+        """Return the items most similar to the user's history, or to the item asked about."""
         seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
-        ranked = self._model.neighbours(dict.fromkeys(seen, 1.0), k)
-        return [i for i, _ in ranked]
+        if query.like is None:
+            return [i for i, _ in self._model.neighbours(dict.fromkeys(seen, 1.0), k)]
+        ranked = self._model.neighbours({query.like: 1.0}, k + len(seen))
+        return [i for i, _ in ranked if i not in seen][:k]
 
 
 def cosine_neighbours(pairs: Iterable[tuple[str, str]], neighbours: int) -> ItemSimilarity:
@@ -743,6 +758,8 @@ async def run(
             stack.push_async_callback(reranker.close)
             stages.append(RerankStage(reranker, config))
         await runtime.catalog.load_file(catalog)
+        items = await anyio.to_thread.run_sync(runtime.store.content_hashes)
+        tasks = [_askable(task, items) for task in tasks]
         past, simulated = usage_visits(history, visits)
         await replay(runtime, past)
         # A running appliance's visitors meet a model of the history before them.
@@ -782,6 +799,12 @@ def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:
     return sum(len(t.queries) for t in tasks for s in systems if _applies(s, t))
 
 
+def _askable(task: Task, catalog: Collection[str]) -> Task:
+    """Leave out the queries asking for more like an item the catalog lacks: none can ask it."""
+    kept = [q for q in task.queries if q.like is None or q.like in catalog]
+    return task if len(kept) == len(task.queries) else replace(task, queries=kept)
+
+
 def _applies(system: System, task: Task) -> bool:
     return (task.has_context or not system.needs_context) and (
         task.personal or not system.needs_history
@@ -813,7 +836,7 @@ def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
             personal=True,
         ),
         Task(
-            "leave-last-out",
+            LEAVE_LAST_OUT,
             read_leave_last_out(folder / f"ml_loo_{split}_targets.csv"),
             HOLDOUT_METRICS,
             personal=True,
@@ -824,3 +847,10 @@ def dataset_tasks(dataset: Path, split: str = "dev") -> list[Task]:
 def holdout_task(queries: list[Query]) -> Task:
     """Return the task of an operator's own time-split feedback log."""
     return Task("holdout", queries, HOLDOUT_METRICS, personal=True)
+
+
+def more_like_this_task(holdout: Task, history: Iterable[Interaction]) -> Task:
+    """Return "more like this" on a hold-out task's users (see ``more_like_latest``)."""
+    return Task(
+        MORE_LIKE_THIS, more_like_latest(holdout.queries, history), HOLDOUT_METRICS, personal=True
+    )

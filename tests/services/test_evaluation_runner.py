@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from appliance.evaluation.runner import (
     FUSED,
     FUSED_LEARNED,
     ITEM_KNN,
+    MORE_LIKE_THIS,
     USAGE_MIN_HISTORY,
     Task,
+    more_like_this_task,
     replay_liked,
     run,
     usage_visits,
@@ -177,6 +180,35 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
+async def test_more_like_the_item_a_user_liked_last(tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "items.jsonl")
+    train, holdout = time_split(history())
+    more_like = more_like_this_task(Task("holdout", holdout, ()), train)
+    # About an item the catalog lacks, the request cannot be made: the query is left out.
+    lacking = Query("like-gone", "camper-0", "", {"tent-1": 1.0}, like="gone-item")
+    progress = Recorder()
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+
+    report = await run(
+        settings,
+        catalog,
+        train,
+        [replace(more_like, queries=[*more_like.queries, lacking])],
+        progress=progress,
+    )
+
+    systems = ("most-popular", ITEM_KNN, BASELINE, *SOURCES_ALONE, FUSED, FUSED_LEARNED)
+    assert progress.totals == [len(systems) * len(holdout)]
+    by = {r.system: r for r in report.results}
+    assert set(by) == set(systems)
+    assert all(len(r.scores["HR@10"]) == len(holdout) for r in report.results)
+    # More like the tent a camper rated last: the tents rated with it (the held-out one among
+    # them), and the tents near it, which the named source searches.
+    for system in (ITEM_KNN, "collaborative only", "named only", FUSED_LEARNED):
+        assert by[system].interval("HR@10").mean == 1.0, system
+
+
+@pytest.mark.anyio
 async def test_rerankers_are_compared_on_the_worded_tasks(tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "items.jsonl")
     train, holdout = time_split(history())
@@ -266,7 +298,7 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "holdout" in result.stdout
     report = json.loads(out.read_text())
-    assert {r["task"] for r in report["results"]} == {"holdout"}
+    assert {r["task"] for r in report["results"]} == {"holdout", MORE_LIKE_THIS}
     assert report["references"] == [BASELINE, ITEM_KNN]
     assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")
 

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 from appliance.evaluation.datasets import (
+    Interaction,
+    Query,
+    more_like_latest,
     read_leave_last_out,
     read_ratings,
     read_redial_queries,
@@ -51,6 +54,42 @@ def test_leave_last_out_targets() -> None:
     assert queries[0].user_id == "ml-1"
     assert queries[0].relevant == {"movie_2492": 1.0}
     assert all(q.context == "" for q in queries)
+
+
+def test_more_like_the_latest_liked_item_of_each_leave_last_out_user() -> None:
+    holdout = read_leave_last_out(EVAL / "ml_loo_dev_targets.csv")
+    history = list(read_ratings(DATASETS / "movielens-small" / "ratings_train.csv"))
+
+    queries = more_like_latest(holdout, history)
+
+    # Every one of them liked something before their held-back movie.
+    assert len(queries) == len(holdout)
+    for asked, held_back in zip(queries, holdout, strict=True):
+        assert (asked.user_id, asked.relevant, asked.context) == (
+            held_back.user_id,
+            held_back.relevant,
+            "",
+        )
+        liked = [i for i in history if i.user_id == asked.user_id and i.rating >= 4.0]
+        latest = max(liked, key=lambda i: (i.timestamp, i.item_id))
+        assert asked.like == latest.item_id
+        assert asked.like not in asked.relevant
+
+
+def test_more_like_leaves_out_users_who_liked_nothing() -> None:
+    t = datetime(2025, 1, 1, tzinfo=UTC)
+    history = [
+        Interaction("a", "x", 4.0, t),
+        Interaction("a", "z", 4.5, t.replace(year=2026)),
+        Interaction("a", "y", 5.0, t.replace(year=2026)),  # the same moment as z: ids decide
+        Interaction("a", "w", 3.5, t.replace(year=2027)),  # newest, but not liked
+        Interaction("b", "x", 3.0, t),
+    ]
+    holdout = [Query(f"q-{u}", u, "", {"v": 1.0}) for u in ("a", "b")]
+
+    (only,) = more_like_latest(holdout, history)
+
+    assert (only.query_id, only.user_id, only.like) == ("like-q-a", "a", "z")
 
 
 def test_ratings_stream() -> None:
