@@ -1,8 +1,9 @@
 """Screenshots of every page of the dashboard, taken headlessly from a running appliance.
 
-Drives the real dashboard with Textual's Pilot at 140x42 through the six pages (the playground
-with a recommendation for a context and one like, the users page with a user opened), saves each
-page as SVG and converts it to PNG with cairosvg into docs/screenshots/<page>.png.
+Drives the real dashboard with Textual's Pilot at 140x42 through the six pages (the catalog with
+its first item opened, the playground with a recommendation for a context and one like, the
+users page with a user opened), saves each page as SVG and converts it to PNG with cairosvg into
+docs/screenshots/<page>.png.
 
     .venv/bin/python scripts/screenshots.py --url http://127.0.0.1:8000     # e.g. `just demo`
 
@@ -29,6 +30,7 @@ from tui.app import DashboardApp, make_app
 from tui.screens.overview import OverviewPane
 from tui.screens.users import UserScreen
 from tui.testing import wait_until
+from tui.widgets.dialogs import ItemScreen
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (140, 42)
@@ -62,16 +64,20 @@ async def overview(app: DashboardApp, pilot: Pilot[None], args: argparse.Namespa
 
 
 async def catalog(app: DashboardApp, pilot: Pilot[None], args: argparse.Namespace) -> None:
-    """Show the first page of items."""
+    """Open the first item of the first page, with the items most like it."""
     del args
     await pilot.press("f2")
     items = app.query_one("#items", DataTable)
     await wait_until(pilot, lambda: items.row_count > 0, what="the catalog")
+    items.focus()
+    await pilot.press("enter")
+    await wait_until(pilot, lambda: isinstance(app.screen, ItemScreen), what="the item")
+    await pilot.pause(0.3)
 
 
 async def playground(app: DashboardApp, pilot: Pilot[None], args: argparse.Namespace) -> None:
-    """Ask for the context, then like the second row."""
-    await pilot.press("f3")
+    """Close the item, ask for the context, then like the second row."""
+    await pilot.press("escape", "f3")
     app.query_one("#pg-context", Input).value = args.context
     await pilot.press("enter")
     results = app.query_one("#pg-left-table", DataTable)
