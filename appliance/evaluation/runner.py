@@ -63,7 +63,6 @@ from typing import Protocol
 import anyio.to_thread
 import msgspec
 import numpy as np
-import numpy.typing as npt
 import scipy.sparse
 
 from appliance.backends.registry import build_reranker
@@ -85,7 +84,7 @@ from appliance.evaluation.metrics import (
     precision_at_k,
     recall_at_k,
 )
-from appliance.services.collaborative import ItemSimilarity
+from appliance.services.collaborative import ItemSimilarity, cooccurrence
 from appliance.services.feedback import FeedbackInput
 from appliance.services.learning import FusionMode, FusionState
 from appliance.services.recommend import RecommendationQuery, RecommendationService
@@ -120,8 +119,6 @@ LEAVE_LAST_OUT = "leave-last-out"
 #: More like the item a user liked last (``GET /items/{item_id}/similar``), judged by the item
 #: they went on to like.
 MORE_LIKE_THIS = "more like this"
-#: Items whose similarities item-kNN computes at once.
-_KNN_BLOCK = 512
 _METRICS: dict[str, Callable[..., float]] = {
     "NDCG": ndcg_at_k,
     "P": precision_at_k,
@@ -299,32 +296,12 @@ def cosine_neighbours(pairs: Iterable[tuple[str, str]], neighbours: int) -> Item
     x = scipy.sparse.csc_matrix(
         (np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(users), len(items))
     )
-    norms = np.sqrt(np.asarray(x.sum(axis=0)).ravel())
-    blocks = []
-    # A block of rows at a time: the dense similarities of every item pair at once would not fit.
-    for start in range(0, len(items), _KNN_BLOCK):
-        stop = min(start + _KNN_BLOCK, len(items))
-        block = (x[:, start:stop].T @ x).toarray()
-        block /= norms[start:stop, None] * norms[None, :]
-        block[np.arange(stop - start), np.arange(start, stop)] = 0.0
-        blocks.append(_strongest(block, neighbours))
     return ItemSimilarity(
         list(items),
-        scipy.sparse.vstack(blocks, format="csr"),
+        cooccurrence(x, neighbours),
         pairs=len(rows),
         users=len(users),
         build_seconds=0.0,
-    )
-
-
-def _strongest(block: npt.NDArray[np.float32], keep: int) -> scipy.sparse.csr_matrix:
-    """Keep the ``keep`` largest positive entries of every row, as a sparse matrix."""
-    keep = max(1, min(keep, block.shape[1] - 1))
-    top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
-    picked = np.take_along_axis(block, top, axis=1)
-    rows, columns = np.nonzero(picked > 0.0)
-    return scipy.sparse.csr_matrix(
-        (picked[rows, columns], (rows, top[rows, columns])), shape=block.shape
     )
 
 

@@ -16,6 +16,11 @@ leave-last-out task: HR@10 0.124 with all of them, 0.108 with each item's 200 or
 largest kept). It is rebuilt from the store in a worker
 thread after new feedback, never on a request's path, with one BLAS thread and at most a set
 share of the time (see :class:`CollaborativeModel`).
+
+Each build also keeps every item's nearest items by plain co-occurrence, the cosine similarity
+of who chose them (item-kNN), for finding more like one item: EASE's weights are learnt to
+score a whole history, each given all the other items, and one item's row of them ranks its
+neighbours below co-occurrence does (see ``CollaborativeSource``).
 """
 
 from __future__ import annotations
@@ -54,6 +59,9 @@ _NOISE = 1e-5
 #: the matrix itself to this many rows.
 _BLOCK_ROWS = 256
 
+#: Nearest items kept per item by co-occurrence (``ItemSimilarity.cooccurrence``).
+COOCCURRENCE_NEIGHBOURS = 100
+
 #: Item-to-item weights: dense (EASE), or sparse (a nearest-neighbour model).
 Weights: TypeAlias = npt.NDArray[np.float32] | scipy.sparse.csr_matrix
 
@@ -82,10 +90,13 @@ class ItemSimilarity:
         self.neighbourhood: Neighbourhood | None = None
         """The items' vectors blended with their neighbours' (the neighbourhood source), when
         built; set before the model is published."""
+        self.cooccurrence: ItemSimilarity | None = None
+        """The same items' nearest items by co-occurrence (see :func:`cooccurrence`), when
+        built; set before the model is published."""
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the weights and the neighbourhood."""
+        """Memory held by the weights, the neighbourhood and the co-occurrence."""
         w = self._weights
         held = (
             w.nbytes
@@ -94,6 +105,8 @@ class ItemSimilarity:
         )
         if self.neighbourhood is not None:
             held += self.neighbourhood.nbytes
+        if self.cooccurrence is not None:
+            held += self.cooccurrence.nbytes
         return int(held)
 
     def __contains__(self, item_id: object) -> bool:
@@ -230,12 +243,47 @@ def fit(interactions: pa.Table, settings: CollaborativeSettings) -> ItemSimilari
     # One BLAS thread: a rebuild must not take the cores that requests are served on.
     with threadpool_limits(limits=1, user_api="blas"):
         weights = _ease(x, settings.l2)
-    return ItemSimilarity(
-        [item_ids[c] for c in kept.tolist()],
-        weights,
-        pairs=x.nnz,
-        users=int(np.count_nonzero(np.diff(x.indptr))),
-        build_seconds=time.perf_counter() - started,
+        alike = cooccurrence(x, COOCCURRENCE_NEIGHBOURS)
+    items, users = [item_ids[c] for c in kept.tolist()], int(np.count_nonzero(np.diff(x.indptr)))
+    model = ItemSimilarity(items, weights, pairs=x.nnz, users=users, build_seconds=0.0)
+    model.cooccurrence = ItemSimilarity(items, alike, pairs=x.nnz, users=users, build_seconds=0.0)
+    model.build_seconds = time.perf_counter() - started
+    return model
+
+
+def cooccurrence(x: scipy.sparse.spmatrix, keep: int) -> scipy.sparse.csr_matrix:
+    """Return item-to-item cosine similarities of who chose what, each item's ``keep`` largest.
+
+    Args:
+        x: Users x items, 1 where a user chose an item (every item chosen by someone).
+        keep: Most neighbours kept per item; only positive similarities are.
+
+    Returns:
+        Items x items, sparse, with a zero diagonal.
+
+    """
+    columns = scipy.sparse.csc_matrix(x, dtype=np.float32)
+    n = columns.shape[1]
+    norms = np.sqrt(np.asarray(columns.sum(axis=0), dtype=np.float32).ravel())
+    blocks = []
+    # A block of rows at a time: the dense similarities of every pair of items may not fit.
+    for start in range(0, n, _BLOCK_ROWS):
+        stop = min(start + _BLOCK_ROWS, n)
+        block = (columns[:, start:stop].T @ columns).toarray()
+        block /= norms[start:stop, None] * norms[None, :]
+        block[np.arange(stop - start), np.arange(start, stop)] = 0.0
+        blocks.append(_largest_in_rows(block, keep))
+    return scipy.sparse.vstack(blocks, format="csr") if blocks else scipy.sparse.csr_matrix((0, 0))
+
+
+def _largest_in_rows(block: npt.NDArray[np.float32], keep: int) -> scipy.sparse.csr_matrix:
+    """Keep the ``keep`` largest positive entries of every row, as a sparse matrix."""
+    keep = max(1, min(keep, block.shape[1] - 1))
+    top = np.argpartition(-block, keep - 1, axis=1)[:, :keep]
+    picked = np.take_along_axis(block, top, axis=1)
+    rows, columns = np.nonzero(picked > 0.0)
+    return scipy.sparse.csr_matrix(
+        (picked[rows, columns], (rows, top[rows, columns])), shape=block.shape
     )
 
 

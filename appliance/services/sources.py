@@ -43,6 +43,9 @@ class Plan:
     examples."""
     context_vector: Vector | None = None
     """The context's own embedding, without the user's preferences."""
+    like: str | None = None
+    """The item the request asks for more like (``GET /items/{item_id}/similar``), which
+    ``named`` holds too."""
 
 
 class CandidateSource(Protocol):
@@ -189,6 +192,14 @@ class CollaborativeSource:
     newest) or keeping only the latest 10 or 50 gave 0.097-0.120. Each hit's ``via`` is the
     liked item that contributed most to it, or the history item that did when no liked item
     contributed.
+
+    More like one item (``plan.like``) is its nearest items by co-occurrence instead of its
+    row of EASE's weights, which are learnt to score a whole history, each given all the other
+    items. On the evaluation's "more like this" task (more like the movie a user liked last;
+    did the next one they liked come up), HR@10 of this source alone 0.097 against 0.054, of
+    the whole answer 0.097 against 0.058, level with item-kNN (0.100). Requests that name
+    items in words keep EASE's rows: with co-occurrence for them too, the ReDial requests'
+    R@10 fell from 0.106 to 0.084.
     """
 
     name = "collaborative"
@@ -200,13 +211,17 @@ class CollaborativeSource:
     async def candidates(self, plan: Plan) -> list[Hit]:
         """Return the model's strongest admitted neighbours of the plan's items."""
         model = self._model.current
+        if model is None:
+            return []
+        if plan.like is not None and model.cooccurrence is not None:
+            model = model.cooccurrence
         # Items the request names say what is wanted now; otherwise the history does.
         if plan.named:
             profile, liked = dict.fromkeys(plan.named, 1.0), frozenset(plan.named)
         else:
             profile = dict.fromkeys((h.item_id for h in plan.history), 1.0)
             liked = frozenset(h.item_id for h in plan.history if h.weight > 0)
-        if model is None or not profile:
+        if not profile:
             return []
         admitted = await first_admitted_of(
             self._index, partial(model.neighbours, profile), plan.selection, plan.limit

@@ -4,6 +4,7 @@ items a request names."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -47,7 +48,9 @@ def likes(*pairs: tuple[str, str]) -> list[FeedbackInput]:
     return [FeedbackInput(u, i, InteractionType.LIKE) for u, i in pairs]
 
 
-def plan(runtime: Runtime, user_id: str, *, named: tuple[str, ...] = ()) -> Plan:
+def plan(
+    runtime: Runtime, user_id: str, *, named: tuple[str, ...] = (), like: str | None = None
+) -> Plan:
     """What the recommendation service hands the sources for a request without words."""
     history = tuple(runtime.store.user_history(user_id))
     return Plan(
@@ -57,7 +60,8 @@ def plan(runtime: Runtime, user_id: str, *, named: tuple[str, ...] = ()) -> Plan
         selection=Selection(exclude=frozenset(h.item_id for h in history)),
         limit=5,
         history=history,
-        named=named,
+        named=(like,) if like is not None else named,
+        like=like,
     )
 
 
@@ -107,6 +111,30 @@ async def test_items_named_in_a_request_lead_the_collaborative_source(runtime: R
     named = await source.candidates(plan(runtime, "asker", named=("pen-0",)))
     assert [(h.item_id, h.via) for h in named] == [("ink-0", "pen-0")]
     assert await source.candidates(plan(runtime, "nobody")) == []
+
+
+@pytest.mark.anyio
+async def test_more_like_one_item_is_what_was_chosen_with_it(runtime: Runtime) -> None:
+    # Three writers take a pen, ink and a cup; seven others take the cup alone.
+    await runtime.feedback.import_events(
+        likes(
+            *((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0", "cup-0")),
+            *((f"drinker-{n}", "cup-0") for n in range(7)),
+        )
+    )
+    await runtime.collaborative.wait_fresh()
+    source = CollaborativeSource(runtime.collaborative, runtime.index)
+
+    alike = await source.candidates(plan(runtime, "visitor", like="pen-0"))
+
+    # Cosine similarity of who chose them: the ink always went with the pen (3 / sqrt(3 x 3)),
+    # the cup with a pen's every buyer but seven others too (3 / sqrt(3 x 10)).
+    assert [(h.item_id, h.via) for h in alike] == [("ink-0", "pen-0"), ("cup-0", "pen-0")]
+    assert [h.score for h in alike] == pytest.approx([1.0, 3 / math.sqrt(30)], rel=1e-5)
+    # Named in words, the pen's row of EASE's weights answers, with weights of its own.
+    named = await source.candidates(plan(runtime, "visitor", named=("pen-0",)))
+    assert [h.item_id for h in named] == ["ink-0", "cup-0"]
+    assert [h.score for h in named] != pytest.approx([h.score for h in alike], rel=1e-3)
 
 
 @pytest.mark.anyio

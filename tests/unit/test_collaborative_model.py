@@ -8,8 +8,10 @@ import pytest
 
 from appliance.services.collaborative import (
     _BLOCK_ROWS,
+    COOCCURRENCE_NEIGHBOURS,
     ItemSimilarity,
     _invert_positive_definite,
+    cooccurrence,
     fit,
 )
 from appliance.settings import CollaborativeSettings
@@ -68,6 +70,35 @@ def test_weights_are_eases_closed_form() -> None:
             assert score == pytest.approx(expected[other], rel=1e-4)
     assert model.pairs == len(pairs)
     assert model.users == len(users)
+
+
+def test_each_build_keeps_the_cosine_similarity_of_who_chose_what() -> None:
+    pairs = groups()
+    model = fitted(pairs)
+    alike = model.cooccurrence
+    assert alike is not None
+    assert alike.item_ids == model.item_ids
+    items = model.item_ids
+    users = sorted({u for u, _ in pairs})
+    x = np.zeros((len(users), len(items)))
+    for u, i in pairs:
+        x[users.index(u), items.index(i)] = 1.0
+    counts = x.sum(axis=0)
+    cosine = (x.T @ x) / np.sqrt(np.outer(counts, counts))
+    np.fill_diagonal(cosine, 0.0)
+    for row, item in enumerate(items):
+        expected = {items[j]: c for j, c in enumerate(cosine[row]) if c > 0}
+        found = dict(alike.neighbours({item: 1.0}, len(items)))
+        assert found.keys() == expected.keys()
+        for other, score in found.items():
+            assert score == pytest.approx(expected[other], rel=1e-5)
+    assert model.nbytes > alike.nbytes > 0
+    assert len(items) < COOCCURRENCE_NEIGHBOURS  # every neighbour kept here; fewer below
+    sparse = cooccurrence(x, 2)
+    for row in range(len(items)):
+        kept = sparse.getrow(row)
+        assert kept.nnz == 2
+        assert sorted(kept.data) == pytest.approx(sorted(cosine[row])[-2:])
 
 
 def test_neighbours_come_from_the_group_and_name_the_item_they_came_through() -> None:
