@@ -217,7 +217,8 @@ def fit(interactions: pa.Table, settings: CollaborativeSettings) -> ItemSimilari
     bought). Items need at least two users to have neighbours.
 
     Returns:
-        The model, or ``None`` when fewer than two items have two users.
+        The model (EASE's weights) with its items' nearest items by co-occurrence, or ``None``
+        when fewer than two items have two users.
 
     """
     started = time.perf_counter()
