@@ -243,8 +243,15 @@ def fit(interactions: pa.Table, settings: CollaborativeSettings) -> ItemSimilari
     )
     # One BLAS thread: a rebuild must not take the cores that requests are served on.
     with threadpool_limits(limits=1, user_api="blas"):
-        weights = _ease(x, settings.l2)
-        alike = cooccurrence(x, COOCCURRENCE_NEIGHBOURS)
+        gram = _gram(x)
+        # Before EASE turns the Gram matrix into its weights, in place: the co-occurrence
+        # counts are its entries.
+        alike = _strongest_cosines(
+            lambda start, stop: gram[start:stop].copy(),
+            np.sqrt(np.diag(gram)),
+            COOCCURRENCE_NEIGHBOURS,
+        )
+        weights = _ease(gram, settings.l2)
     items, users = [item_ids[c] for c in kept.tolist()], int(np.count_nonzero(np.diff(x.indptr)))
     model = ItemSimilarity(items, weights, pairs=x.nnz, users=users, build_seconds=0.0)
     model.cooccurrence = ItemSimilarity(items, alike, pairs=x.nnz, users=users, build_seconds=0.0)
@@ -264,13 +271,32 @@ def cooccurrence(x: scipy.sparse.spmatrix, keep: int) -> scipy.sparse.csr_matrix
 
     """
     columns = scipy.sparse.csc_matrix(x, dtype=np.float32)
-    n = columns.shape[1]
     norms = np.sqrt(np.asarray(columns.sum(axis=0), dtype=np.float32).ravel())
-    blocks = []
     # A block of rows at a time: the dense similarities of every pair of items may not fit.
+    return _strongest_cosines(
+        lambda start, stop: (columns[:, start:stop].T @ columns).toarray(), norms, keep
+    )
+
+
+def _strongest_cosines(
+    counts: Callable[[int, int], npt.NDArray[np.float32]],
+    norms: npt.NDArray[np.float32],
+    keep: int,
+) -> scipy.sparse.csr_matrix:
+    """Turn co-occurrence counts into cosines, a block of rows at a time, keeping the largest.
+
+    Args:
+        counts: Rows ``start`` to ``stop`` of the items x items co-occurrence counts, as a new
+            array (it is scaled in place).
+        norms: The square root of each item's number of users.
+        keep: Most neighbours kept per item.
+
+    """
+    n = len(norms)
+    blocks = []
     for start in range(0, n, _BLOCK_ROWS):
         stop = min(start + _BLOCK_ROWS, n)
-        block = (columns[:, start:stop].T @ columns).toarray()
+        block = counts(start, stop)
         block /= norms[start:stop, None] * norms[None, :]
         block[np.arange(stop - start), np.arange(start, stop)] = 0.0
         blocks.append(_largest_in_rows(block, keep))
@@ -300,8 +326,8 @@ def _codes(column: pa.ChunkedArray) -> tuple[list[str], npt.NDArray[np.int64]]:
     return distinct.to_pylist(), codes.astype(np.int64)
 
 
-def _ease(x: scipy.sparse.csr_matrix, l2: float) -> npt.NDArray[np.float32]:
-    """Return EASE's item-to-item weights for ``x``, a dense float32 matrix."""
+def _gram(x: scipy.sparse.csr_matrix) -> npt.NDArray[np.float32]:
+    """Return ``xᵀx``, how many users each pair of items shares, as a dense float32 matrix."""
     n = x.shape[1]
     gram = np.empty((n, n), dtype=np.float32)
     columns = x.tocsc()
@@ -310,6 +336,12 @@ def _ease(x: scipy.sparse.csr_matrix, l2: float) -> npt.NDArray[np.float32]:
     for start in range(0, n, _BLOCK_ROWS):
         block = columns[:, start : start + _BLOCK_ROWS]
         gram[start : start + block.shape[1]] = (block.T @ x).toarray()
+    return gram
+
+
+def _ease(gram: npt.NDArray[np.float32], l2: float) -> npt.NDArray[np.float32]:
+    """Return EASE's item-to-item weights, made from the Gram matrix ``xᵀx`` in place."""
+    n = gram.shape[0]
     gram[np.diag_indices_from(gram)] += l2
     # In place throughout: the dense n x n matrix exists once, and its rows, which requests
     # read, stay contiguous.
