@@ -10,7 +10,7 @@ from litestar.params import FromPath, JSONBody, Parameter
 from appliance.api.auth import CLIENT_ACCESS
 from appliance.api.openapi import error_responses
 from appliance.api.paging import PageCursor, PageLimit
-from appliance.api.recommendations import recommended_items
+from appliance.api.recommendations import conditions_of, filters_in_query, recommended_items
 from appliance.domain import Item
 from appliance.schemas.base import ID_PATTERN, MAX_ID_LENGTH
 from appliance.schemas.items import (
@@ -24,6 +24,10 @@ from appliance.schemas.recommendations import FUSION_PATTERN, SimilarItemsRespon
 from appliance.services.learning import FusionMode
 from appliance.services.recommend import ANONYMOUS, RecommendationQuery
 from appliance.services.runtime import Runtime
+
+#: Room for filters in a query string: a few dozen conditions; longer URLs are often refused on
+#: the way (proxies, load balancers) before they get here.
+MAX_FILTERS_LENGTH = 4096
 
 
 def _out(item: Item) -> ItemOut:
@@ -109,13 +113,33 @@ class ItemController(Controller):
         fusion: Annotated[
             str | None, Parameter(pattern=FUSION_PATTERN, description="rrf or learned")
         ] = None,
+        filters: Annotated[
+            str | None,
+            Parameter(
+                max_length=MAX_FILTERS_LENGTH,
+                description="Metadata conditions as a JSON object, as POST /recommendations "
+                'takes them: {"genres": "Comedy", "year": {"gte": 1990}}',
+            ),
+        ] = None,
+        exclude_seen: Annotated[
+            bool, Parameter(description="With user_id: leave out the items they gave feedback on")
+        ] = True,
+        diversity: Annotated[
+            float,
+            Parameter(
+                ge=0.0,
+                le=1.0,
+                description="Trade likeness for variety, as in POST "
+                "/recommendations: 0 keeps the fused order",
+            ),
+        ] = 0.0,
     ) -> SimilarItemsResponse:
         """More like this: the sources asked as for a request that names the item.
 
         The collaborative source proposes what the people who chose the item chose too, the
         named and vector sources the items whose text is nearest its own, the neighbourhood
         the items whose company resembles it, the keyword source the items sharing its title's
-        words; the item itself is left out.
+        words; the item itself is left out. Filters and diversity work as for recommendations.
         """
         result = await runtime.cached_recommender.recommend(
             RecommendationQuery(
@@ -124,6 +148,9 @@ class ItemController(Controller):
                 top_k=top_k,
                 sources=None if sources is None else frozenset(sources),
                 fusion=None if fusion is None else FusionMode(fusion),
+                conditions=conditions_of(None if filters is None else filters_in_query(filters)),
+                exclude_seen=exclude_seen,
+                diversity=diversity,
             )
         )
         return SimilarItemsResponse(
@@ -135,6 +162,7 @@ class ItemController(Controller):
             timings_ms=result.timings_ms,
             fusion=result.fusion,
             fusion_weights=result.fusion_weights or {},
+            diversity=result.diversity or None,
         )
 
     @delete(

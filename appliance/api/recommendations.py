@@ -3,6 +3,7 @@ from __future__ import annotations
 import re
 from http import HTTPStatus
 
+import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody
@@ -12,6 +13,7 @@ from appliance.api.openapi import error_responses
 from appliance.domain import FIELD_PATH, FieldCondition, Range
 from appliance.errors import InvalidInputError
 from appliance.schemas.recommendations import (
+    Filters,
     FilterValue,
     RangeFilter,
     RecommendationRequest,
@@ -44,7 +46,7 @@ class RecommendationController(Controller):
                 user_id=data.user_id,
                 context=data.context or "",
                 top_k=data.top_k,
-                conditions=tuple(_condition(k, v) for k, v in (data.filters or {}).items()),
+                conditions=conditions_of(data.filters),
                 exclude_seen=data.exclude_seen,
                 rerank=data.rerank,
                 sources=None if data.sources is None else frozenset(data.sources),
@@ -64,7 +66,7 @@ class RecommendationController(Controller):
             timings_ms=result.timings_ms,
             fusion=result.fusion,
             fusion_weights=result.fusion_weights or {},
-            diversity=result.diversity,
+            diversity=result.diversity or None,
             prior=result.prior,
         )
 
@@ -84,6 +86,27 @@ def recommended_items(result: RecommendationResult) -> list[RecommendedItem]:
         )
         for r in result.recommendations
     ]
+
+
+def conditions_of(filters: Filters | None) -> tuple[FieldCondition, ...]:
+    """Return the conditions a request's filters set on the items' metadata."""
+    return tuple(_condition(field, value) for field, value in (filters or {}).items())
+
+
+def filters_in_query(text: str) -> Filters:
+    """Decode filters given as JSON in a query parameter (``?filters={"genres": "Comedy"}``).
+
+    Raises:
+        InvalidInputError: ``text`` is not a JSON object of filters.
+
+    """
+    try:
+        return msgspec.json.decode(text, type=Filters)
+    except msgspec.DecodeError as e:
+        raise InvalidInputError(
+            f"filters: {e}; give a JSON object of metadata conditions, as POST /recommendations "
+            'takes them, e.g. {"genres": "Comedy", "year": {"gte": 1990}}'
+        ) from None
 
 
 def _condition(field: str, value: FilterValue) -> FieldCondition:

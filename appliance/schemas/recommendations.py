@@ -28,6 +28,9 @@ class RangeFilter(Request):
 
 
 FilterValue = Scalar | Annotated[list[Scalar], Meta(min_length=1, max_length=256)] | RangeFilter
+#: Metadata conditions, all of which must hold (POST /recommendations' ``filters``, and GET
+#: /items/{item_id}/similar's as JSON).
+Filters = Annotated[dict[FieldName, FilterValue], Meta(max_length=32)]
 #: A fusion mode; a pattern rather than an enum, so that a wrong value's error names the choices.
 FUSION_PATTERN = "^(rrf|learned)$"
 Fusion = Annotated[str, Meta(pattern=FUSION_PATTERN, examples=["rrf", "learned"])]
@@ -41,7 +44,7 @@ class RecommendationRequest(Request):
     """What the user is looking for right now, in their own words."""
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
     """How many items to return."""
-    filters: Annotated[dict[FieldName, FilterValue], Meta(max_length=32)] | None = None
+    filters: Filters | None = None
     """Metadata conditions, all of which must hold: a value (equal, or contained in a list
     field), a list of values (any of them), or a range such as {"gte": 1990, "lt": 2000}."""
     exclude_seen: bool = True
@@ -109,7 +112,7 @@ class RecommendationResponse(Response):
     """The fusion that ordered the candidates: rrf or learned."""
     fusion_weights: dict[str, float] = {}
     """With learned fusion, the weight of each source asked (plain RRF weighs each 1)."""
-    diversity: float = 0.0
+    diversity: float | None = None
     """The diversity applied, when the request asked for some."""
     prior: bool = False
     """Whether popularity ranked the other sources' candidates (the request's prior) rather
@@ -133,3 +136,5 @@ class SimilarItemsResponse(Response):
     """The fusion that ordered the candidates: rrf or learned."""
     fusion_weights: dict[str, float] = {}
     """With learned fusion, the weight of each source asked (plain RRF weighs each 1)."""
+    diversity: float | None = None
+    """The diversity applied, when the request asked for some."""

@@ -39,6 +39,14 @@ def recommend(client: TestClient[Any], **body: Any) -> dict[str, Any]:
     return response.json()
 
 
+def similar(client: TestClient[Any], item_id: str, **params: Any) -> dict[str, Any]:
+    """GET /items/{item_id}/similar and return the answer."""
+    response = client.get(f"/items/{item_id}/similar", params=params)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
 def ids(answer: dict[str, Any]) -> list[str]:
     """The recommended item ids, best first."""
     return [r["item_id"] for r in answer["recommendations"]]

@@ -16,7 +16,7 @@ from appliance.app import create_app
 from appliance.backends.embedders.protocol import Embedder
 from appliance.backends.registry import Backends
 from appliance.settings import Settings
-from tests.api.calls import feedback, ids, logged, recommend, upsert
+from tests.api.calls import feedback, ids, logged, recommend, similar, upsert
 from tests.conftest import make_settings
 
 PRODUCTS = {
@@ -452,20 +452,27 @@ def test_diversity_spreads_out_near_duplicates(
     upsert(client, [*products(), *lamps])
     body = {"user_id": "fay", "context": "a brass desk lamp", "top_k": 5}
 
-    focused = recommend(client, **body)
-    varied = recommend(client, **body, diversity=0.7)
-
     def lamp_count(answer: dict[str, Any]) -> int:
         return sum(i.startswith("lamp-") for i in ids(answer))
 
-    assert lamp_count(focused) == 5
-    assert ids(varied)[0] == ids(focused)[0]
-    assert lamp_count(varied) <= 2
-    assert varied["diversity"] == 0.7
-    assert "diversify" in varied["timings_ms"]
-    assert "diversity" not in focused
-    assert "diversify" not in focused["timings_ms"]
+    # A request for lamps, and more like one lamp: five lamps, or one or two among other goods.
+    asked = {
+        "recommend": lambda **more: recommend(client, **body, **more),
+        "similar": lambda **more: similar(client, "lamp-0", top_k=5, **more),
+    }
+    for ask in asked.values():
+        focused, varied = ask(), ask(diversity=0.7)
+        assert lamp_count(focused) == 5
+        assert ids(varied)[0] == ids(focused)[0]
+        assert lamp_count(varied) <= 2
+        assert varied["diversity"] == 0.7
+        assert "diversify" in varied["timings_ms"]
+        assert "diversity" not in focused
+        assert "diversity" not in ask(diversity=0)
+        assert "diversify" not in focused["timings_ms"]
+
     # The logged impression keeps the order the client saw.
+    varied = asked["recommend"](diversity=0.7)
     assert [c["item_id"] for c in logged(client, varied["request_id"])["candidates"]][:5] == ids(
         varied
     )

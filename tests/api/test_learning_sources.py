@@ -5,6 +5,7 @@ one item (GET /items/{item_id}/similar), which asks every source."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -15,7 +16,7 @@ import pytest
 from litestar.testing import TestClient
 
 from appliance.settings import Settings
-from tests.api.calls import feedback, ids, recommend, stats, upsert
+from tests.api.calls import feedback, ids, recommend, similar, stats, upsert
 from tests.api.calls import logged as logged_answer
 from tests.conftest import make_settings
 
@@ -482,14 +483,6 @@ def test_the_neighbourhood_finds_an_item_by_the_company_it_keeps(shoppers_client
     assert wordless["recommendations"] == []
 
 
-def similar(client: Client, item_id: str, **params: Any) -> dict[str, Any]:
-    """GET /items/{item_id}/similar and return the answer."""
-    response = client.get(f"/items/{item_id}/similar", params=params)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
-    return answer
-
-
 def impressions_logged(client: Client) -> int:
     """How many answers the impression log has taken since start-up."""
     response = client.get("/admin/fusion")
@@ -534,12 +527,25 @@ def test_more_like_an_item_from_each_source(shoppers_client: Client) -> None:
     assert {s for r in both["recommendations"] for s in r["sources"]} == {"collaborative", "vector"}
     assert both["fusion"] == "rrf"
 
+    # Filters as POST /recommendations takes them, in JSON: more like the tent among the misc
+    # goods is the article bought with it; below a price, only what costs that little.
+    misc = similar(client, "sku-camp-0", filters=json.dumps({"department": "misc"}))
+    assert ids(misc) == ["sku-misc-9"]
+    assert misc["recommendations"][0]["via"]["collaborative"] == "sku-camp-0"
+    cheap = similar(client, "sku-camp-0", top_k=10, filters=json.dumps({"price": {"lte": 17}}))
+    assert ids(cheap)
+    assert all(r["metadata"]["price"] <= 17 for r in cheap["recommendations"])
+    assert "sku-misc-9" in ids(cheap)
+
     # For a user: what they have bought is left out, and the answer is logged to learn from.
     camper = similar(client, "sku-camp-0", user_id="camper-0", top_k=10)
     assert camper["user_id"] == "camper-0"
     assert not {"sku-camp-2", "sku-misc-9"} & set(ids(camper))
     assert impressions_logged(client) == logged + 1
     assert logged_answer(client, camper["request_id"])["user_id"] == "camper-0"
+    # Unless they ask for it back.
+    again = similar(client, "sku-camp-0", user_id="camper-0", top_k=10, exclude_seen="false")
+    assert {"sku-camp-2", "sku-misc-9"} <= set(ids(again))
 
 
 def test_more_like_an_item_refuses_what_it_cannot_answer(catalog_client: Client) -> None:
@@ -551,6 +557,12 @@ def test_more_like_an_item_refuses_what_it_cannot_answer(catalog_client: Client)
         "/items/sp-1/similar?sources=bogus": (400, "unknown candidate source(s) bogus"),
         "/items/sp-1/similar?fusion=best": (400, "fusion"),
         "/items/sp-1/similar?user_id=": (400, "user_id"),
+        "/items/sp-1/similar?diversity=2": (400, "diversity"),
+        "/items/sp-1/similar?exclude_seen=maybe": (400, "exclude_seen"),
+        "/items/sp-1/similar?filters=year": (400, "filters: JSON is malformed"),
+        "/items/sp-1/similar?filters=%5B1%5D": (400, "filters: Expected `object`, got `array`"),
+        "/items/sp-1/similar?filters=%7B%22year%22%3A%7B%7D%7D": (400, "'year' has no bounds"),
+        f"/items/sp-1/similar?filters={'x' * 4097}": (400, "filters"),
     }
     for path, (status, says) in cases.items():
         response = client.get(path)
