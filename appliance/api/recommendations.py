@@ -35,7 +35,7 @@ class RecommendationController(Controller):
         status_code=200,
         summary="Recommend items for a user",
         opt=CLIENT_ACCESS,
-        responses=error_responses(HTTPStatus.CONFLICT),
+        responses=error_responses(HTTPStatus.NOT_FOUND, HTTPStatus.CONFLICT),
     )
     async def recommend(
         self, data: JSONBody[RecommendationRequest], runtime: NamedDependency[Runtime]
@@ -45,6 +45,7 @@ class RecommendationController(Controller):
             RecommendationQuery(
                 user_id=data.user_id,
                 context=data.context or "",
+                like_items=tuple(dict.fromkeys(data.like_items or ())),
                 top_k=data.top_k,
                 conditions=conditions_of(data.filters),
                 exclude_seen=data.exclude_seen,

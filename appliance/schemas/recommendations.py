@@ -42,6 +42,10 @@ class RecommendationRequest(Request):
     user_id: Id
     context: Annotated[str, Meta(max_length=4000)] | None = None
     """What the user is looking for right now, in their own words."""
+    like_items: Annotated[list[Id], Meta(max_length=8)] | None = None
+    """Catalog items the answer should go with (a basket, the page being viewed), by id: they
+    count as items the context names (the answer is like them, and leaves them out), and
+    without a context their titles are its words."""
     top_k: Annotated[int, Meta(ge=1, le=100)] = 5
     """How many items to return."""
     filters: Filters | None = None

@@ -74,6 +74,9 @@ class RecommendationQuery:
     like: str | None = None
     """An item to find more like, in place of a context: the request is answered as one whose
     words are the item's title and name that item (and no other item of the same title)."""
+    like_items: tuple[str, ...] = ()
+    """Items the answer should go with (a basket, what the user is looking at), named by id:
+    they count as items the context names, and without a context their titles are its words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,7 @@ class RecommendationService:
             ConflictError: The catalog is empty.
             InvalidInputError: An unknown source is named, or diversity is asked for from an
                 appliance without item vectors.
-            NotFoundError: ``query.like`` is not in the catalog.
+            NotFoundError: ``query.like`` or one of ``query.like_items`` is not in the catalog.
 
         """
         sources = self._chosen_sources(query.sources)
@@ -200,19 +203,26 @@ class RecommendationService:
             raise InvalidInputError("diversity needs the items' vectors, which this pipeline lacks")
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        if query.like is None:
+        seeds = (query.like,) if query.like is not None else query.like_items
+        if not seeds:
             context = query.context.strip()
             (state, history), context_vector, named = await asyncio.gather(
                 self._user(query.user_id), self._encode(context), self._named(context)
             )
         else:
-            # As a request naming the item in words: the named source searches near the item's
-            # own vector, the others match its title (the item's vector for the words too
-            # would have the vector source repeat the named one's list).
-            (state, history), context = await asyncio.gather(
-                self._user(query.user_id), self._title_of(query.like)
+            # As a request naming the items in words: the named source searches near the items'
+            # own vectors, the others match the words, their titles unless the request has
+            # words of its own (the items' vectors for the words too would have the vector
+            # source repeat the named one's list). An item is named by its id, not its title,
+            # which other items may share.
+            (state, history), titles = await asyncio.gather(
+                self._user(query.user_id), self._titles_of(seeds)
             )
-            context_vector, named = await self._encode(context), (query.like,)
+            context = query.context.strip() or ", ".join(titles)
+            context_vector, in_words = await asyncio.gather(
+                self._encode(context), self._named(query.context.strip())
+            )
+            named = tuple(dict.fromkeys((*seeds, *in_words)))[:MAX_NAMED]
         seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
@@ -394,11 +404,12 @@ class RecommendationService:
         named = dict.fromkeys(i for m in mentions for i in m.item_ids)
         return tuple(named)[:MAX_NAMED]
 
-    async def _title_of(self, item_id: str) -> str:
-        stored = (await self._read_items([item_id])).get(item_id)
-        if stored is None:
-            raise NotFoundError(f"item {item_id!r} is not in the catalog")
-        return stored.item.title
+    async def _titles_of(self, item_ids: Sequence[str]) -> list[str]:
+        stored = await self._read_items(list(item_ids))
+        missing = [i for i in item_ids if i not in stored]
+        if missing:
+            raise NotFoundError(f"item {missing[0]!r} is not in the catalog")
+        return [stored[i].item.title for i in item_ids]
 
     async def _encode(self, context: str) -> Vector | None:
         if not context:

@@ -548,6 +548,51 @@ def test_more_like_an_item_from_each_source(shoppers_client: Client) -> None:
     assert {"sku-camp-2", "sku-misc-9"} <= set(ids(again))
 
 
+def test_recommendations_that_go_with_items_named_by_id(shoppers_client: Client) -> None:
+    client = shoppers_client
+
+    # A basket with the tent in it: what the tent's buyers bought with it comes first, the bare
+    # article among it, and the tent is left out.
+    basket = recommend(client, user_id="visitor", like_items=["sku-camp-0"], top_k=5)
+    assert set(ids(basket)[:2]) == {"sku-camp-2", "sku-misc-9"}
+    assert "sku-camp-0" not in ids(basket)
+    found = {r["item_id"]: r for r in basket["recommendations"]}
+    assert found["sku-misc-9"]["via"]["collaborative"] == "sku-camp-0"
+    # Without words, the items' titles are the words: the vector source matches the tent's.
+    vector = recommend(client, user_id="visitor", like_items=["sku-camp-0"], sources=["vector"])
+    assert {r["metadata"]["department"] for r in vector["recommendations"][:3]} == {"camping"}
+
+    # Two items: the answer goes with each, and names each as where its items came from.
+    both = recommend(client, user_id="visitor", like_items=["sku-camp-0", "sku-pain-0"], top_k=10)
+    assert not {"sku-camp-0", "sku-pain-0"} & set(ids(both))
+    departments = {r["metadata"]["department"] for r in both["recommendations"][:6]}
+    assert {"camping", "painting"} <= departments
+    vias = {v for r in both["recommendations"] for v in r.get("via", {}).values()}
+    assert {"sku-camp-0", "sku-pain-0"} <= vias
+
+    # With words of their own, the words steer and the items still count.
+    steered = recommend(
+        client, user_id="visitor", like_items=["sku-camp-0"], context="paint", top_k=5
+    )
+    assert "sku-misc-9" in ids(steered)
+    assert {r["metadata"]["department"] for r in steered["recommendations"]} & {"painting"}
+
+    # Named twice is named once; an unknown item is a 404, too many items or a bad id a 400.
+    twice = recommend(client, user_id="visitor", like_items=["sku-camp-0", "sku-camp-0"], top_k=5)
+    assert ids(twice) == ids(basket)
+    for like_items, status, says in [
+        (["sku-camp-0", "no-such-item"], 404, "'no-such-item' is not in the catalog"),
+        ([f"sku-{n}" for n in range(9)], 400, "like_items"),
+        (["a/b"], 400, "like_items"),
+        ([], 200, ""),
+    ]:
+        response = client.post(
+            "/recommendations", json={"user_id": "visitor", "like_items": like_items}
+        )
+        assert response.status_code == status, response.text
+        assert says in response.text
+
+
 def test_more_like_an_item_refuses_what_it_cannot_answer(catalog_client: Client) -> None:
     client = catalog_client
     cases = {

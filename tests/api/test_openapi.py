@@ -19,6 +19,7 @@ ERROR_BODY = {"$ref": "#/components/schemas/ErrorBody"}
 CLIENT = {"POST /recommendations", "GET /items/{item_id}/similar", "POST /feedback"}
 PUBLIC = {"GET /health"}
 NOT_FOUND = {
+    "POST /recommendations",
     "POST /feedback",
     "GET /items/{item_id}",
     "GET /items/{item_id}/similar",
