@@ -203,9 +203,10 @@ class RecommendationService:
             raise InvalidInputError("diversity needs the items' vectors, which this pipeline lacks")
         timings: dict[str, float] = {}
         started = time.perf_counter()
+        words = query.context.strip()
         seeds = (query.like,) if query.like is not None else query.like_items
         if not seeds:
-            context = query.context.strip()
+            context = words
             (state, history), context_vector, named = await asyncio.gather(
                 self._user(query.user_id), self._encode(context), self._named(context)
             )
@@ -218,9 +219,9 @@ class RecommendationService:
             (state, history), titles = await asyncio.gather(
                 self._user(query.user_id), self._titles_of(seeds)
             )
-            context = query.context.strip() or ", ".join(titles)
+            context = words or ", ".join(titles)
             context_vector, in_words = await asyncio.gather(
-                self._encode(context), self._named(query.context.strip())
+                self._encode(context), self._named(words)
             )
             named = tuple(dict.fromkeys((*seeds, *in_words)))[:MAX_NAMED]
         seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
