@@ -1,7 +1,8 @@
 """The candidate sources that learn from feedback, through the HTTP API on the real app (real
 MiniLM, Qdrant Edge and DuckDB): collaborative, neighbourhood, history and the popularity prior,
 on the generic test catalog and on a generated catalog of hardware-store products; and more like
-one item (GET /items/{item_id}/similar), which asks every source."""
+one item (GET /items/{item_id}/similar) or a few named by id (like_items), which ask every
+source."""
 
 from __future__ import annotations
 
