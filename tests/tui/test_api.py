@@ -59,6 +59,7 @@ async def test_requests_are_encoded_from_the_wire_contract() -> None:
     assert json.loads(seen[0].content) == {
         "user_id": "u/1",
         "context": "x",
+        "like_items": None,
         "top_k": 5,
         "filters": None,
         "exclude_seen": True,
