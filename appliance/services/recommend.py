@@ -242,7 +242,7 @@ class RecommendationService:
             limit=max(retrieved, self._first_page_depth),
             history=tuple(history),
             named=named,
-            like=query.like,
+            like=seeds,
         )
         heads, ranked, prior = await self._candidates(sources, plan, prior=query.prior)
         fusion, weights = (

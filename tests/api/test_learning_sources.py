@@ -17,7 +17,7 @@ import pytest
 from litestar.testing import TestClient
 
 from appliance.settings import Settings
-from tests.api.calls import feedback, ids, recommend, similar, stats, upsert
+from tests.api.calls import feedback, ids, recommend, scores, similar, stats, upsert
 from tests.api.calls import logged as logged_answer
 from tests.conftest import make_settings
 
@@ -559,6 +559,19 @@ def test_recommendations_that_go_with_items_named_by_id(shoppers_client: Client)
     assert "sku-camp-0" not in ids(basket)
     found = {r["item_id"]: r for r in basket["recommendations"]}
     assert found["sku-misc-9"]["via"]["collaborative"] == "sku-camp-0"
+    # From the collaborative source, the same as more like the tent: co-occurrence, where the
+    # tent named in words gets EASE's weights.
+    bought = recommend(
+        client, user_id="visitor", like_items=["sku-camp-0"], sources=["collaborative"]
+    )
+    with_it = similar(client, "sku-camp-0", sources="collaborative")
+    assert bought["recommendations"] == with_it["recommendations"]
+    worded = recommend(
+        client, user_id="visitor", context="a Tent (camping)", sources=["collaborative"]
+    )
+    assert ids(worded) == ids(bought)
+    assert {r["via"]["collaborative"] for r in worded["recommendations"]} == {"sku-camp-0"}
+    assert scores(worded) != pytest.approx(scores(bought))
     # Without words, the items' titles are the words: the vector source matches the tent's.
     vector = recommend(client, user_id="visitor", like_items=["sku-camp-0"], sources=["vector"])
     assert {r["metadata"]["department"] for r in vector["recommendations"][:3]} == {"camping"}

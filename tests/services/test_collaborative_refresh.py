@@ -49,7 +49,7 @@ def likes(*pairs: tuple[str, str]) -> list[FeedbackInput]:
 
 
 def plan(
-    runtime: Runtime, user_id: str, *, named: tuple[str, ...] = (), like: str | None = None
+    runtime: Runtime, user_id: str, *, named: tuple[str, ...] = (), like: tuple[str, ...] = ()
 ) -> Plan:
     """What the recommendation service hands the sources for a request without words."""
     history = tuple(runtime.store.user_history(user_id))
@@ -60,7 +60,7 @@ def plan(
         selection=Selection(exclude=frozenset(h.item_id for h in history)),
         limit=5,
         history=history,
-        named=(like,) if like is not None else named,
+        named=like or named,
         like=like,
     )
 
@@ -125,7 +125,7 @@ async def test_more_like_one_item_is_what_was_chosen_with_it(runtime: Runtime) -
     await runtime.collaborative.wait_fresh()
     source = CollaborativeSource(runtime.collaborative, runtime.index)
 
-    alike = await source.candidates(plan(runtime, "visitor", like="pen-0"))
+    alike = await source.candidates(plan(runtime, "visitor", like=("pen-0",)))
 
     # Cosine similarity of who chose them: the ink always went with the pen (3 / sqrt(3 x 3)),
     # the cup with a pen's every buyer but seven others too (3 / sqrt(3 x 10)).
