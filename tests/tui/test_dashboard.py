@@ -179,12 +179,18 @@ async def test_catalog_import_shows_progress_and_totals(appliance: Served, tmp_p
         assert {"new-0", "new-1", "new-2"} <= set(keys(table))
 
 
+async def open_playground(app: DashboardApp, pilot: Pilot[None]) -> Input:
+    """Switch to the playground and return its context box, which has the keyboard."""
+    await pilot.press("3")
+    context = app.query_one("#pg-context", Input)
+    await wait_until(pilot, lambda: app.focused is context, what="the context box focused")
+    return context
+
+
 async def test_playground_feedback_changes_the_next_recommendations(appliance: Served) -> None:
     app = dashboard(appliance.url)
     async with app.run_test(size=SIZE) as pilot:
-        await pilot.press("3")
-        context = app.query_one("#pg-context", Input)
-        await wait_until(pilot, lambda: app.focused is context, what="the context box focused")
+        context = await open_playground(app, pilot)
         assert app.query_one("#pg-user", Input).value == "demo-user"
         context.value = "time travel"
         await pilot.press("enter")
@@ -220,6 +226,30 @@ async def test_playground_feedback_changes_the_next_recommendations(appliance: S
         # The number keys rate in the playground's results; F5 switches pages from anywhere.
         await pilot.press("f5")
         await feedback_is_visible(app, pilot, liked)
+
+
+async def test_playground_recommends_what_goes_with_items(appliance: Served) -> None:
+    app = dashboard(appliance.url)
+    async with app.run_test(size=SIZE) as pilot:
+        await open_playground(app, pilot)
+        like = app.query_one("#pg-like", Input)
+        table = app.query_one("#pg-left-table", DataTable)
+        info = app.query_one("#pg-left-info", Static)
+
+        # Like one time-travel item, no words: the others come first, found through it.
+        like.value = "tt-1"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: table.row_count == 10, what="recommendations")
+        assert "tt-1" not in keys(table)
+        assert keys(table)[0].startswith("tt-")
+        assert "named" in column(table, "sources")[0]
+
+        # An item the catalog lacks is named in the answer's error.
+        like.value = "tt-1, no-such-item"
+        like.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "no-such-item" in text(info), what="the error")
+        assert "'no-such-item' is not in the catalog" in text(info)
 
 
 async def feedback_is_visible(app: DashboardApp, pilot: Pilot[None], liked: str) -> None:

@@ -48,8 +48,9 @@ class PlaygroundPane(Pane):
         self.side_by_side = False
         self.responses: dict[str, RecommendationResponse] = {}
         """The answer shown in each table ("left", "right")."""
-        self.asked: tuple[str, str] | None = None
-        """(user, context) of the answers shown: changes are highlighted only within one."""
+        self.asked: tuple[str, str, tuple[str, ...]] | None = None
+        """(user, context, items) of the answers shown: changes are highlighted only within
+        one."""
         self.active_side = "left"
 
     def compose(self) -> ComposeResult:
@@ -57,6 +58,8 @@ class PlaygroundPane(Pane):
         with Horizontal(id="pg-inputs"):
             yield Label("user", classes="field-label")
             yield Input(self.default_user, placeholder="user id", id="pg-user")
+            yield Label("like", classes="field-label")
+            yield Input(placeholder="ids, comma-separated", id="pg-like")
             yield Label("context", classes="field-label")
             yield Input(
                 placeholder="what the user is looking for, e.g. space adventure (Enter: run)",
@@ -107,30 +110,35 @@ class PlaygroundPane(Pane):
         self.run()
         self.query_one(f"#pg-{self.active_side}-table", DataTable).focus()
 
-    def question(self) -> tuple[str, str]:
-        """(user id, context) as typed."""
+    def question(self) -> tuple[str, str, tuple[str, ...]]:
+        """(user id, context, the items to go with) as typed."""
         user = self.query_one("#pg-user", Input).value.strip()
         context = self.query_one("#pg-context", Input).value.strip()
-        return user, context
+        like = self.query_one("#pg-like", Input).value.split(",")
+        return user, context, tuple(i.strip() for i in like if i.strip())
 
     def run(self) -> None:
         """Ask for recommendations on every visible side."""
-        user, context = self.question()
-        if not user:
+        question = self.question()
+        if not question[0]:
             self.notify("enter a user id", severity="warning")
             return
-        if self.asked != (user, context):
+        if self.asked != question:
             self.responses.clear()
-        self.asked = (user, context)
-        self.recommend(user, context)
+        self.asked = question
+        self.recommend(*question)
 
     @work(exclusive=True, group="playground", exit_on_error=False)
-    async def recommend(self, user: str, context: str) -> None:
+    async def recommend(self, user: str, context: str, like: tuple[str, ...]) -> None:
         """POST /recommendations once per side, concurrently."""
         sides = ["left", "right"] if self.side_by_side else ["left"]
         requests = [
             RecommendationRequest(
-                user_id=user, context=context or None, top_k=TOP_K, rerank=self._rerank(side)
+                user_id=user,
+                context=context or None,
+                like_items=list(like) or None,
+                top_k=TOP_K,
+                rerank=self._rerank(side),
             )
             for side in sides
         ]
