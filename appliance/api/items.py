@@ -144,7 +144,7 @@ class ItemController(Controller):
         result = await runtime.cached_recommender.recommend(
             RecommendationQuery(
                 user_id=ANONYMOUS if user_id is None else user_id,
-                like=item_id,
+                like_items=(item_id,),
                 top_k=top_k,
                 sources=None if sources is None else frozenset(sources),
                 fusion=None if fusion is None else FusionMode(fusion),

@@ -208,7 +208,7 @@ class Pipeline:
                 rerank=self._rerank,
                 sources=self.sources,
                 fusion=self.fusion,
-                like=query.like,
+                like_items=() if query.like is None else (query.like,),
             )
         )
         self.rerank_outcomes[result.rerank_status] += 1

@@ -71,12 +71,10 @@ class RecommendationQuery:
     prior: bool = True
     """Let a prior source (popularity) rank the other sources' candidates rather than propose
     its own list."""
-    like: str | None = None
-    """An item to find more like, in place of a context: the request is answered as one whose
-    words are the item's title and name that item (and no other item of the same title)."""
     like_items: tuple[str, ...] = ()
-    """Items the answer should go with (a basket, what the user is looking at), named by id:
-    they count as items the context names, and without a context their titles are its words."""
+    """Items the answer should go with (a basket, what the user is looking at; more like one
+    item), named by id: they count as items the context names (and no other item of the same
+    title), and without a context their titles are its words."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,7 +193,7 @@ class RecommendationService:
             ConflictError: The catalog is empty.
             InvalidInputError: An unknown source is named, or diversity is asked for from an
                 appliance without item vectors.
-            NotFoundError: ``query.like`` or one of ``query.like_items`` is not in the catalog.
+            NotFoundError: One of ``query.like_items`` is not in the catalog.
 
         """
         sources = self._chosen_sources(query.sources)
@@ -204,8 +202,7 @@ class RecommendationService:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         words = query.context.strip()
-        seeds = (query.like,) if query.like is not None else query.like_items
-        if not seeds:
+        if not query.like_items:
             context = words
             (state, history), context_vector, named = await asyncio.gather(
                 self._user(query.user_id), self._encode(context), self._named(context)
@@ -217,13 +214,13 @@ class RecommendationService:
             # source repeat the named one's list). An item is named by its id, not its title,
             # which other items may share.
             (state, history), titles = await asyncio.gather(
-                self._user(query.user_id), self._titles_of(seeds)
+                self._user(query.user_id), self._titles_of(query.like_items)
             )
             context = words or ", ".join(titles)
             context_vector, in_words = await asyncio.gather(
                 self._encode(context), self._named(words)
             )
-            named = tuple(dict.fromkeys((*seeds, *in_words)))[:MAX_NAMED]
+            named = tuple(dict.fromkeys((*query.like_items, *in_words)))[:MAX_NAMED]
         seen = frozenset(h.item_id for h in history) if query.exclude_seen else frozenset()
         preference = preference_direction(state)
         vector, strategy = self._query_vector(context_vector, preference)
@@ -242,7 +239,7 @@ class RecommendationService:
             limit=max(retrieved, self._first_page_depth),
             history=tuple(history),
             named=named,
-            like=seeds,
+            like=query.like_items,
         )
         heads, ranked, prior = await self._candidates(sources, plan, prior=query.prior)
         fusion, weights = (
