@@ -462,7 +462,10 @@ def evaluate(
             history = list(datasets.read_ratings(dataset / "movielens-small" / "ratings_train.csv"))
             tasks = runner.dataset_tasks(dataset, split)
             holdout = next(t for t in tasks if t.name == runner.LEAVE_LAST_OUT)
-        tasks.append(runner.more_like_this_task(holdout, history))
+        tasks += [
+            runner.more_like_this_task(holdout, history),
+            runner.basket_task(holdout, history),
+        ]
         if limit is not None:
             tasks = [dataclasses.replace(t, queries=t.queries[:limit]) for t in tasks]
         with tempfile.TemporaryDirectory(prefix="appliance-eval-") as scratch:

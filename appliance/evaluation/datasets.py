@@ -40,8 +40,9 @@ class Query:
     """Item id -> graded relevance. Ids absent from the catalog stay in: they count as misses."""
     liked: tuple[str, ...] = field(default=())
     """Items the user said they liked before asking, replayed as feedback first."""
-    like: str | None = None
-    """An item to find more like (``GET /items/{item_id}/similar``), in place of words."""
+    like: tuple[str, ...] = ()
+    """Items to find what goes with (``like_items``), in place of words; one item is "more like
+    this" (``GET /items/{item_id}/similar``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,32 +215,38 @@ def time_split(
     return history, queries
 
 
-def more_like_latest(
+def like_latest(
     queries: Iterable[Query],
     history: Iterable[Interaction],
     *,
+    count: int = 1,
     positive_from: float = POSITIVE_FROM,
 ) -> list[Query]:
-    """Ask, for each hold-out query, for more like the item its user liked last in the history.
+    """Ask, for each hold-out query, for what goes with the ``count`` items its user liked last.
 
-    The target stays the held-out item: what the user went on to like next is what a "more like
-    this" on the item they had just liked should find. Users without a positive event in the
+    The target stays the held-out item: what the user went on to like next is what "more like
+    this" on the item they had just liked, or a basket of their latest likes, should find. The
+    items are oldest first; an item liked twice counts once. Users who liked fewer items in the
     history are left out.
     """
-    latest: dict[str, Interaction] = {}
+    liked: dict[str, list[Interaction]] = {}
     for i in history:
-        if i.rating >= positive_from and (
-            (kept := latest.get(i.user_id)) is None
-            or (i.timestamp, i.item_id) > (kept.timestamp, kept.item_id)
-        ):
-            latest[i.user_id] = i
+        if i.rating >= positive_from:
+            liked.setdefault(i.user_id, []).append(i)
+    latest: dict[str, tuple[str, ...]] = {}
+    for user_id, events in liked.items():
+        # An item liked twice counts once, where it was liked last.
+        newest_first = sorted(events, key=lambda i: (i.timestamp, i.item_id), reverse=True)
+        items = tuple(dict.fromkeys(i.item_id for i in newest_first))
+        if len(items) >= count:
+            latest[user_id] = items[:count][::-1]
     return [
         Query(
             query_id=f"like-{q.query_id}",
             user_id=q.user_id,
             context="",
             relevant=q.relevant,
-            like=latest[q.user_id].item_id,
+            like=latest[q.user_id],
         )
         for q in queries
         if q.user_id in latest

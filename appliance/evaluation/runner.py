@@ -44,7 +44,9 @@ have not yet answered enough of.
 Besides the dataset's tasks, "more like this" asks, for each user of the hold-out task, for
 more like the item they liked last in the history (``GET /items/{item_id}/similar`` for that
 user), and counts a hit when the held-out item is among the first 10; item-kNN answers it with
-that item's cosine neighbours.
+that item's cosine neighbours. "basket" asks the same for the three items each user liked last,
+named by id (``like_items`` of ``POST /recommendations``, as a shop's basket or a visit's pages
+would be); item-kNN answers it with their summed neighbours.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ from appliance.domain import InteractionType
 from appliance.evaluation.datasets import (
     Interaction,
     Query,
-    more_like_latest,
+    like_latest,
     read_leave_last_out,
     read_redial_queries,
     read_tag_queries,
@@ -119,6 +121,11 @@ LEAVE_LAST_OUT = "leave-last-out"
 #: More like the item a user liked last (``GET /items/{item_id}/similar``), judged by the item
 #: they went on to like.
 MORE_LIKE_THIS = "more like this"
+#: What goes with the items a user liked last (``like_items``), judged by the item they went on
+#: to like: a basket, or the pages of a visit.
+BASKET = "basket"
+#: How many of their latest liked items a basket query names.
+BASKET_SIZE = 3
 _METRICS: dict[str, Callable[..., float]] = {
     "NDCG": ndcg_at_k,
     "P": precision_at_k,
@@ -208,7 +215,7 @@ class Pipeline:
                 rerank=self._rerank,
                 sources=self.sources,
                 fusion=self.fusion,
-                like_items=() if query.like is None else (query.like,),
+                like_items=query.like,
             )
         )
         self.rerank_outcomes[result.rerank_status] += 1
@@ -262,7 +269,7 @@ class ItemKNN:
 
     Cosine similarity of who interacted with what, each item's ``neighbours`` most similar
     items kept; a user's score for an item is the sum of its similarities to the items of
-    their history (or, asked for more like an item, its similarity to that item), minus what
+    their history (or, asked about items, the sum of its similarities to those), minus what
     they have seen.
     """
 
@@ -277,11 +284,11 @@ class ItemKNN:
         self._model = cosine_neighbours({(i.user_id, i.item_id) for i in history}, neighbours)
 
     async def rank(self, query: Query, k: int) -> list[str]:
-        """Return the items most similar to the user's history, or to the item asked about."""
+        """Return the items most similar to the user's history, or to the items asked about."""
         seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
-        if query.like is None:
+        if not query.like:
             return [i for i, _ in self._model.neighbours(dict.fromkeys(seen, 1.0), k)]
-        ranked = self._model.neighbours({query.like: 1.0}, k + len(seen))
+        ranked = self._model.neighbours(dict.fromkeys(query.like, 1.0), k + len(seen))
         return [i for i, _ in ranked if i not in seen][:k]
 
 
@@ -777,8 +784,8 @@ def query_count(tasks: Sequence[Task], systems: Sequence[System]) -> int:
 
 
 def _askable(task: Task, catalog: Collection[str]) -> Task:
-    """Leave out the queries asking for more like an item the catalog lacks: none can ask it."""
-    kept = [q for q in task.queries if q.like is None or q.like in catalog]
+    """Leave out the queries asking about items the catalog lacks: none can ask it."""
+    kept = [q for q in task.queries if all(i in catalog for i in q.like)]
     return task if len(kept) == len(task.queries) else replace(task, queries=kept)
 
 
@@ -827,7 +834,17 @@ def holdout_task(queries: list[Query]) -> Task:
 
 
 def more_like_this_task(holdout: Task, history: Iterable[Interaction]) -> Task:
-    """Return "more like this" on a hold-out task's users (see ``more_like_latest``)."""
+    """Return "more like this" on a hold-out task's users (see ``like_latest``)."""
     return Task(
-        MORE_LIKE_THIS, more_like_latest(holdout.queries, history), HOLDOUT_METRICS, personal=True
+        MORE_LIKE_THIS, like_latest(holdout.queries, history), HOLDOUT_METRICS, personal=True
+    )
+
+
+def basket_task(holdout: Task, history: Iterable[Interaction]) -> Task:
+    """Return what goes with a hold-out task's users' latest likes (see ``like_latest``)."""
+    return Task(
+        BASKET,
+        like_latest(holdout.queries, history, count=BASKET_SIZE),
+        HOLDOUT_METRICS,
+        personal=True,
     )

@@ -16,12 +16,15 @@ import pytest
 from appliance.evaluation.datasets import Interaction, Query, read_interactions, time_split
 from appliance.evaluation.runner import (
     BASELINE,
+    BASKET,
+    BASKET_SIZE,
     FUSED,
     FUSED_LEARNED,
     ITEM_KNN,
     MORE_LIKE_THIS,
     USAGE_MIN_HISTORY,
     Task,
+    basket_task,
     more_like_this_task,
     replay_liked,
     run,
@@ -180,12 +183,19 @@ async def test_pipeline_and_baseline_are_scored_per_query(tmp_path: Path) -> Non
 
 
 @pytest.mark.anyio
-async def test_more_like_the_item_a_user_liked_last(tmp_path: Path) -> None:
+async def test_more_like_the_items_a_user_liked_last(tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "items.jsonl")
     train, holdout = time_split(history())
-    more_like = more_like_this_task(Task("holdout", holdout, ()), train)
+    tasks = [
+        more_like_this_task(Task("holdout", holdout, ()), train),
+        basket_task(Task("holdout", holdout, ()), train),
+    ]
+    assert [len(t.queries[0].like) for t in tasks] == [1, BASKET_SIZE]
     # About an item the catalog lacks, the request cannot be made: the query is left out.
-    lacking = Query("like-gone", "camper-0", "", {"tent-1": 1.0}, like="gone-item")
+    lacking = [
+        Query("like-gone", "camper-0", "", {"tent-1": 1.0}, like=("gone-item",)),
+        Query("basket-gone", "camper-0", "", {"tent-1": 1.0}, like=("tent-2", "gone-item")),
+    ]
     progress = Recorder()
     settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
 
@@ -193,19 +203,21 @@ async def test_more_like_the_item_a_user_liked_last(tmp_path: Path) -> None:
         settings,
         catalog,
         train,
-        [replace(more_like, queries=[*more_like.queries, lacking])],
+        [replace(task, queries=[*task.queries, *lacking]) for task in tasks],
         progress=progress,
     )
 
     systems = ("most-popular", ITEM_KNN, BASELINE, *SOURCES_ALONE, FUSED, FUSED_LEARNED)
-    assert progress.totals == [len(systems) * len(holdout)]
-    by = {r.system: r for r in report.results}
-    assert set(by) == set(systems)
+    assert progress.totals == [len(tasks) * len(systems) * len(holdout)]
+    by = {(r.task, r.system): r for r in report.results}
+    assert set(by) == {(t, s) for t in (MORE_LIKE_THIS, BASKET) for s in systems}
     assert all(len(r.scores["HR@10"]) == len(holdout) for r in report.results)
-    # More like the tent a camper rated last: the tents rated with it (the held-out one among
-    # them), and the tents near it, which the named source searches.
-    for system in (ITEM_KNN, "collaborative only", "named only", FUSED_LEARNED):
-        assert by[system].interval("HR@10").mean == 1.0, system
+    # More like the tent a camper rated last, or the three before the held-out one: the tents
+    # rated with them (the held-out one among them), and the tents near them, which the named
+    # source searches.
+    for task in (MORE_LIKE_THIS, BASKET):
+        for system in (ITEM_KNN, "collaborative only", "named only", FUSED_LEARNED):
+            assert by[task, system].interval("HR@10").mean == 1.0, (task, system)
 
 
 @pytest.mark.anyio
@@ -298,7 +310,7 @@ def test_eval_command_on_an_operators_own_data(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "holdout" in result.stdout
     report = json.loads(out.read_text())
-    assert {r["task"] for r in report["results"]} == {"holdout", MORE_LIKE_THIS}
+    assert {r["task"] for r in report["results"]} == {"holdout", MORE_LIKE_THIS, BASKET}
     assert report["references"] == [BASELINE, ITEM_KNN]
     assert out.with_suffix(".md").read_text().startswith("| task | system | HR@10 | NDCG@10 |")
 

@@ -10,7 +10,7 @@ import pytest
 from appliance.evaluation.datasets import (
     Interaction,
     Query,
-    more_like_latest,
+    like_latest,
     read_leave_last_out,
     read_ratings,
     read_redial_queries,
@@ -56,27 +56,34 @@ def test_leave_last_out_targets() -> None:
     assert all(q.context == "" for q in queries)
 
 
-def test_more_like_the_latest_liked_item_of_each_leave_last_out_user() -> None:
+def test_the_latest_liked_items_of_each_leave_last_out_user() -> None:
     holdout = read_leave_last_out(EVAL / "ml_loo_dev_targets.csv")
     history = list(read_ratings(DATASETS / "movielens-small" / "ratings_train.csv"))
 
-    queries = more_like_latest(holdout, history)
+    queries = like_latest(holdout, history)
+    baskets = like_latest(holdout, history, count=3)
 
-    # Every one of them liked something before their held-back movie.
+    # Every one of them liked a movie before their held-back one; all but two liked three.
     assert len(queries) == len(holdout)
-    for asked, held_back in zip(queries, holdout, strict=True):
-        assert (asked.user_id, asked.relevant, asked.context) == (
-            held_back.user_id,
-            held_back.relevant,
-            "",
-        )
-        liked = [i for i in history if i.user_id == asked.user_id and i.rating >= 4.0]
-        latest = max(liked, key=lambda i: (i.timestamp, i.item_id))
-        assert asked.like == latest.item_id
-        assert asked.like not in asked.relevant
+    assert len(baskets) == len(holdout) - 2
+    held_back = {q.user_id: q for q in holdout}
+    for query in (*queries, *baskets):
+        assert (query.relevant, query.context) == (held_back[query.user_id].relevant, "")
+        assert not set(query.like) & set(query.relevant)
+    latest: dict[str, list[Interaction]] = {user_id: [] for user_id in held_back}
+    for i in sorted(history, key=lambda i: (i.timestamp, i.item_id)):
+        if i.user_id in latest and i.rating >= 4.0:
+            latest[i.user_id].append(i)
+    for asked in queries:
+        assert asked.like == (latest[asked.user_id][-1].item_id,)
+    for basket in baskets:
+        assert basket.like == tuple(i.item_id for i in latest[basket.user_id][-3:])
+    assert {q.user_id for q in holdout} - {q.user_id for q in baskets} == {
+        user_id for user_id, liked in latest.items() if len(liked) < 3
+    }
 
 
-def test_more_like_leaves_out_users_who_liked_nothing() -> None:
+def test_users_who_liked_too_few_items_are_left_out() -> None:
     t = datetime(2025, 1, 1, tzinfo=UTC)
     history = [
         Interaction("a", "x", 4.0, t),
@@ -87,9 +94,28 @@ def test_more_like_leaves_out_users_who_liked_nothing() -> None:
     ]
     holdout = [Query(f"q-{u}", u, "", {"v": 1.0}) for u in ("a", "b")]
 
-    (only,) = more_like_latest(holdout, history)
+    (only,) = like_latest(holdout, history)
+    (basket,) = like_latest(holdout, history, count=3)
 
-    assert (only.query_id, only.user_id, only.like) == ("like-q-a", "a", "z")
+    assert (only.query_id, only.user_id, only.like) == ("like-q-a", "a", ("z",))
+    # Oldest first; b liked nothing, so has no basket either.
+    assert (basket.user_id, basket.like) == ("a", ("x", "y", "z"))
+    assert like_latest(holdout, history, count=4) == []
+
+
+def test_an_item_liked_twice_counts_once_in_a_basket() -> None:
+    t = datetime(2025, 1, 1, tzinfo=UTC)
+    history = [
+        Interaction("a", "x", 4.0, t),
+        Interaction("a", "y", 4.0, t.replace(year=2026)),
+        Interaction("a", "x", 5.0, t.replace(year=2027)),
+    ]
+    holdout = [Query("q-a", "a", "", {"v": 1.0})]
+
+    (basket,) = like_latest(holdout, history, count=2)
+
+    assert basket.like == ("y", "x")
+    assert like_latest(holdout, history, count=3) == []
 
 
 def test_ratings_stream() -> None:
