@@ -37,7 +37,7 @@ from appliance.api.system import SystemController
 from appliance.api.users import UserController
 from appliance.backends.registry import Backends
 from appliance.errors import ApplianceError
-from appliance.schemas.base import ErrorBody
+from appliance.schemas.base import ErrorBody, InvalidValue
 from appliance.schemas.items import MAX_ITEMS_PER_REQUEST
 from appliance.security import KeyRing, check_exposure
 from appliance.services.runtime import Runtime, open_runtime
@@ -83,12 +83,16 @@ def _http_error_response(
     # Litestar's own answers: validation errors, unknown routes, wrong methods.
     detail = exc.detail
     if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
-        fields = "; ".join(
-            f"{e.get('key') or e.get('source', '')}: {e.get('message', '')}"
+        invalid = [
+            InvalidValue(
+                message=str(e.get("message", "")),
+                key=str(e.get("key") or ""),
+                source=str(e.get("source", "")),
+            )
             for e in exc.extra
             if isinstance(e, dict)
-        )
-        detail = f"{detail}: {fields}" if fields else detail
+        ]
+        detail = ErrorBody(status_code=exc.status_code, detail=detail, extra=invalid).explained()
     server: ServerSettings = request.app.state.server_settings
     if isinstance(exc, RequestEntityTooLarge):
         exc = RequestEntityTooLarge(

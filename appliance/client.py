@@ -21,6 +21,7 @@ from appliance.schemas.admin import (
     UserFeedbackPage,
     UserPage,
 )
+from appliance.schemas.base import ErrorBody
 from appliance.schemas.items import ItemPage, ItemsUpsertResponse
 from appliance.schemas.system import Health, ReindexResult, Stats
 from appliance.schemas.users import RebuildResult
@@ -206,9 +207,8 @@ class ApplianceClient:
 def _failure(method: str, path: str, response: httpx.Response) -> ApplianceError:
     """Return the error an error answer stands for, with the appliance's own message."""
     try:
-        body = msgspec.json.decode(response.content)
-        detail = body.get("detail", response.text) if isinstance(body, dict) else body
-    except msgspec.DecodeError:
+        detail = msgspec.json.decode(response.content, type=ErrorBody).explained()
+    except msgspec.DecodeError:  # not the appliance's answer (a proxy's page, say)
         detail = response.text
     error = ApplianceError(f"{method} {path} failed ({response.status_code}): {detail}")
     error.status_code = response.status_code

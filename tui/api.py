@@ -27,6 +27,7 @@ from appliance.schemas.admin import (
     UserFeedbackPage,
     UserPage,
 )
+from appliance.schemas.base import ErrorBody
 from appliance.schemas.feedback import FeedbackRequest, FeedbackResponse
 from appliance.schemas.fusion import FusionOut
 from appliance.schemas.items import ItemOut, ItemPage, ItemsUpsertResponse
@@ -279,9 +280,6 @@ def _segment(identifier: str) -> str:
 
 def _detail(response: httpx.Response) -> str:
     try:
-        body = msgspec.json.decode(response.content)
-    except msgspec.DecodeError:
+        return msgspec.json.decode(response.content, type=ErrorBody).explained()
+    except msgspec.DecodeError:  # not the appliance's answer (a proxy's page, say)
         return response.text.strip()[:300] or response.reason_phrase
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])
-    return response.text.strip()[:300]

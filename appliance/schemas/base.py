@@ -49,3 +49,12 @@ class ErrorBody(Response):
     """What went wrong and what to change."""
     extra: list[InvalidValue] | None = None
     """With a 400 for values that do not match the schema: each of them."""
+
+    def explained(self) -> str:
+        """Return the detail, with what is wrong in each value it concerns (``filters: ...``).
+
+        Litestar's detail of a value that does not match the schema only says that validation
+        failed; the value and what is wrong with it are in ``extra``.
+        """
+        values = "; ".join(f"{v.key or v.source}: {v.message}" for v in self.extra or ())
+        return f"{self.detail}: {values}" if values else self.detail

@@ -252,6 +252,41 @@ async def test_playground_recommends_what_goes_with_items(appliance: Served) -> 
         assert "'no-such-item' is not in the catalog" in text(info)
 
 
+async def test_playground_filters_by_metadata(appliance: Served) -> None:
+    app = dashboard(appliance.url)
+    async with app.run_test(size=SIZE) as pilot:
+        context = await open_playground(app, pilot)
+        filters = app.query_one("#pg-filters", Input)
+        table = app.query_one("#pg-left-table", DataTable)
+        info = app.query_one("#pg-left-info", Static)
+
+        # Time travel among the cooking items only: cooking items, however far from the words.
+        context.value = "time travel"
+        filters.value = '{"category": "cooking"}'
+        filters.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: table.row_count > 0, what="recommendations")
+        assert keys(table)
+        assert all(item_id.startswith("ck-") for item_id in keys(table))
+        filters.value = '{"category": "cooking", "year": {"gte": 2018}}'
+        filters.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: len(keys(table)) == 3, what="the newer cooking items")
+        assert sorted(keys(table)) == ["ck-2", "ck-5", "ck-6"]
+
+        # Text that is not JSON is refused before asking; conditions the API refuses, by it.
+        filters.value = '{"category": cooking}'
+        filters.focus()
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: "not JSON" in text(info), what="the JSON error")
+        filters.value = '["cooking"]'
+        filters.focus()
+        await pilot.press("enter")
+        # The answer's line says which value is wrong, not only that validation failed.
+        await wait_until(pilot, lambda: "filters: Expected" in text(info), what="the API's 400")
+        assert "filters: Expected `object | null`, got `array`" in text(info)
+
+
 async def feedback_is_visible(app: DashboardApp, pilot: Pilot[None], liked: str) -> None:
     """The like and the dislike in the tail, the user's list and their history."""
     tail = app.query_one("#tail", DataTable)

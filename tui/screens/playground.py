@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar, NamedTuple
 
+import msgspec
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -29,6 +30,17 @@ SIDES: dict[str, tuple[str, bool | None]] = {
 SIDE_BY_SIDE_LEFT = ("vector only (rerank: false)", False)
 
 
+class Question(NamedTuple):
+    """What the playground asks, as typed."""
+
+    user: str
+    context: str
+    like: tuple[str, ...]
+    """The items to go with (``like_items``)."""
+    filters: str
+    """The metadata conditions, as JSON text (empty: none)."""
+
+
 class PlaygroundPane(Pane):
     """POST /recommendations for a user and a context; POST /feedback on a row, then again."""
 
@@ -48,9 +60,8 @@ class PlaygroundPane(Pane):
         self.side_by_side = False
         self.responses: dict[str, RecommendationResponse] = {}
         """The answer shown in each table ("left", "right")."""
-        self.asked: tuple[str, str, tuple[str, ...]] | None = None
-        """(user, context, items) of the answers shown: changes are highlighted only within
-        one."""
+        self.asked: Question | None = None
+        """The question of the answers shown: changes are highlighted only within one."""
         self.active_side = "left"
 
     def compose(self) -> ComposeResult:
@@ -64,6 +75,13 @@ class PlaygroundPane(Pane):
             yield Input(
                 placeholder="what the user is looking for, e.g. space adventure (Enter: run)",
                 id="pg-context",
+            )
+        with Horizontal(id="pg-conditions"):
+            yield Label("filters", classes="field-label")
+            yield Input(
+                placeholder='metadata conditions as JSON, e.g. {"category": "cooking"} or '
+                '{"year": {"gte": 2010}}',
+                id="pg-filters",
             )
         with Horizontal(id="pg-results"):
             for side in SIDES:
@@ -110,35 +128,48 @@ class PlaygroundPane(Pane):
         self.run()
         self.query_one(f"#pg-{self.active_side}-table", DataTable).focus()
 
-    def question(self) -> tuple[str, str, tuple[str, ...]]:
-        """(user id, context, the items to go with) as typed."""
-        user = self.query_one("#pg-user", Input).value.strip()
-        context = self.query_one("#pg-context", Input).value.strip()
+    def question(self) -> Question:
+        """Return the question as typed."""
         like = self.query_one("#pg-like", Input).value.split(",")
-        return user, context, tuple(i.strip() for i in like if i.strip())
+        return Question(
+            self.query_one("#pg-user", Input).value.strip(),
+            self.query_one("#pg-context", Input).value.strip(),
+            tuple(i.strip() for i in like if i.strip()),
+            self.query_one("#pg-filters", Input).value.strip(),
+        )
 
     def run(self) -> None:
         """Ask for recommendations on every visible side."""
         question = self.question()
-        if not question[0]:
+        if not question.user:
             self.notify("enter a user id", severity="warning")
+            return
+        try:
+            # Only the JSON is checked here: what the conditions may say, the API checks and
+            # explains (its 400 shows in the answer's line).
+            filters = msgspec.json.decode(question.filters) if question.filters else None
+        except msgspec.DecodeError as e:
+            self.query_one("#pg-left-info", Static).update(
+                f'filters: not JSON ({e}); e.g. {{"category": "cooking"}}'
+            )
             return
         if self.asked != question:
             self.responses.clear()
         self.asked = question
-        self.recommend(*question)
+        self.recommend(question, filters)
 
     @work(exclusive=True, group="playground", exit_on_error=False)
-    async def recommend(self, user: str, context: str, like: tuple[str, ...]) -> None:
+    async def recommend(self, question: Question, filters: Any) -> None:
         """POST /recommendations once per side, concurrently."""
         sides = ["left", "right"] if self.side_by_side else ["left"]
         requests = [
             RecommendationRequest(
-                user_id=user,
-                context=context or None,
-                like_items=list(like) or None,
+                user_id=question.user,
+                context=question.context or None,
+                like_items=list(question.like) or None,
                 top_k=TOP_K,
                 rerank=self._rerank(side),
+                filters=filters,
             )
             for side in sides
         ]
