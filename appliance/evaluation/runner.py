@@ -22,7 +22,9 @@ measured, on the training history only (``simulate_usage``):
    The user's next part of ratings is then recorded as feedback naming that response's
    request_id, ratings below the neutral point as negative answers. Visits go round by round,
    every user's first visit before anyone's second, so the newest impressions, which the
-   learner holds out to check itself, come last.
+   learner holds out to check itself, come last. The collaborative model and the popularity
+   ranking are rebuilt from the feedback recorded so far at the start of each round, and at no
+   other time: a run's figures do not depend on how fast the machine got through the visits.
 3. The fusion is trained once from those impressions, as the scheduled learning would.
    Scheduled learning is off for the whole run: nothing is learned from the evaluation's own
    queries, whose impressions have no answers anyway. After step 2 every training rating has
@@ -287,7 +289,9 @@ class ItemKNN:
         """Return the items most similar to the user's history, or to the items asked about."""
         seen = await anyio.to_thread.run_sync(self._runtime.store.seen_item_ids, query.user_id)
         if not query.like:
-            return [i for i, _ in self._model.neighbours(dict.fromkeys(seen, 1.0), k)]
+            # In order: a set's order changes from process to process, and with it how the
+            # similarities are summed, which decides near ties.
+            return [i for i, _ in self._model.neighbours(dict.fromkeys(sorted(seen), 1.0), k)]
         ranked = self._model.neighbours(dict.fromkeys(query.like, 1.0), k + len(seen))
         return [i for i, _ in ranked if i not in seen][:k]
 
@@ -551,7 +555,9 @@ async def simulate_usage(runtime: Runtime, visits: Sequence[Visit]) -> UsageSumm
     """Make each visit's request, then record its answers as feedback naming the response.
 
     See the module docstring for the protocol. A naming visit of a user who has liked nothing
-    yet asks without words. Answers about items missing from the catalog are skipped.
+    yet asks without words. Answers about items missing from the catalog are skipped. The
+    runtime's collaborative refresher should be held off (``run`` does): the visits rebuild the
+    model themselves, at the start of each round.
 
     Returns:
         What was asked and recorded; the fusion is not trained yet.
@@ -564,7 +570,9 @@ async def simulate_usage(runtime: Runtime, visits: Sequence[Visit]) -> UsageSumm
     for visit in visits:
         user_id = visit.answers[0].user_id
         if not round_users or user_id in round_users:
-            # A new round of visits: popularity as of the feedback recorded so far.
+            # A new round of visits: popularity and the collaborative model as of the feedback
+            # recorded so far.
+            await runtime.collaborative.rebuild()
             runtime.popularity.forget()
             round_users.clear()
         round_users.add(user_id)
@@ -722,14 +730,16 @@ async def run(
 
     """
     # Learning happens once, after the simulated usage: never from the evaluation's queries.
-    # The popularity ranking is refreshed at set points (each round of visits, and before the
-    # queries) rather than by the clock: by the clock, the feedback it had seen depended on how
-    # fast the machine ran, and with it every figure popularity touches (popularity alone on the
-    # tag queries: NDCG@10 0.007 in one run, 0.036 in the next of the same code).
+    # The popularity ranking and the collaborative model are refreshed at set points (each
+    # round of visits, and before the queries) rather than by the clock: by the clock, the
+    # feedback they had seen depended on how fast the machine ran, and with it every figure
+    # they touch (popularity alone on the tag queries: NDCG@10 0.007 in one run, 0.036 in the
+    # next of the same code).
     settings = msgspec.structs.replace(
         settings,
         fusion=msgspec.structs.replace(settings.fusion, train_interval_seconds=0.0),
         recommend=msgspec.structs.replace(settings.recommend, popularity_refresh_seconds=math.inf),
+        collaborative=msgspec.structs.replace(settings.collaborative, refresh_seconds=math.inf),
     )
     async with AsyncExitStack() as stack:
         runtime = await stack.enter_async_context(open_runtime(settings))
@@ -746,15 +756,13 @@ async def run(
         tasks = [_askable(task, items) for task in tasks]
         past, simulated = usage_visits(history, visits)
         await replay(runtime, past)
-        # A running appliance's visitors meet a model of the history before them.
-        await runtime.collaborative.wait_fresh()
         usage = await simulate_usage(runtime, simulated)
         usage = replace(usage, fusion=await runtime.fusion.train())
         newest = max((i.timestamp for i in history), default=None)
         for task in tasks:
             await replay_liked(runtime, task.queries, newest)
         # Models learnt from feedback must have seen the whole replay before the first query.
-        await runtime.collaborative.wait_fresh()
+        await runtime.collaborative.rebuild()
         runtime.popularity.forget()
         default = pipelines(runtime.recommender)[-1]
         systems: list[System] = [

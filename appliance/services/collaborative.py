@@ -500,6 +500,22 @@ class CollaborativeModel:
             await self._built.wait_for(lambda: self._built_generation >= wanted)
         return self.current
 
+    async def rebuild(self) -> ItemSimilarity | None:
+        """Rebuild the model now from every change so far, and return it.
+
+        For batch work that decides when the model changes, with the refresher held off (an
+        infinite ``refresh_seconds``): the evaluation rebuilds it at set points. A rebuild timed
+        by the refresher lands wherever the work has got to by then, so what the work measures
+        with the model would change from run to run with the machine's speed.
+        """
+        generation = self._generation
+        self._stale.clear()
+        await self._rebuild()
+        async with self._built:
+            self._built_generation = max(self._built_generation, generation)
+            self._built.notify_all()
+        return self.current
+
     def status(self) -> ModelStatus:
         """Describe the model in use."""
         model = self.current

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import anyio
 import pytest
 
 from appliance.domain import InteractionType, Item, Selection
@@ -91,6 +92,39 @@ async def test_changes_are_rebuilt_in_the_background_after_the_pause(runtime: Ru
     assert rebuilt is not None
     assert "cup-0" in rebuilt.item_ids
     assert time.monotonic() - started >= REFRESH_SECONDS
+
+
+@pytest.mark.anyio
+async def test_with_the_refresher_held_off_the_model_changes_only_when_rebuilt(
+    tmp_path: Path,
+) -> None:
+    # How the evaluation decides when the model changes: never by the clock.
+    settings = make_settings(
+        tmp_path / "data",
+        embedder={"kind": "hashing"},
+        collaborative={"refresh_seconds": math.inf, "max_cpu_share": 1.0},
+    )
+    async with open_runtime(settings) as runtime:
+        await runtime.catalog.upsert(ITEMS)
+        model = runtime.collaborative
+        await runtime.feedback.import_events(
+            likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
+        )
+        built = await model.rebuild()
+        assert built is not None
+        assert sorted(built.item_ids) == ["ink-0", "pen-0"]
+        assert not model.status().pending
+
+        await runtime.feedback.import_events(likes(("writer-0", "cup-0"), ("writer-1", "cup-0")))
+        await anyio.sleep(5 * REFRESH_SECONDS)
+        assert model.current is built
+        assert model.status().pending
+        rebuilt = await model.rebuild()
+        assert rebuilt is not built
+        assert rebuilt is not None
+        assert "cup-0" in rebuilt.item_ids
+        assert not model.status().pending
+        assert await model.wait_fresh() is rebuilt
 
 
 @pytest.mark.anyio
