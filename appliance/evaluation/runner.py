@@ -301,7 +301,9 @@ def cosine_neighbours(pairs: Iterable[tuple[str, str]], neighbours: int) -> Item
     users: dict[str, int] = {}
     items: dict[str, int] = {}
     rows, cols = [], []
-    for user, item in pairs:
+    # In order: which of two equally similar items is kept among the ``neighbours`` follows
+    # their positions, and a set's order changes from process to process.
+    for user, item in sorted(pairs):
         rows.append(users.setdefault(user, len(users)))
         cols.append(items.setdefault(item, len(items)))
     x = scipy.sparse.csc_matrix(
