@@ -511,10 +511,14 @@ class CollaborativeModel:
         generation = self._generation
         self._stale.clear()
         await self._rebuild()
+        await self._mark_built(generation)
+        return self.current
+
+    async def _mark_built(self, generation: int) -> None:
+        """Note that every change up to ``generation`` is in the model; wake who waits for it."""
         async with self._built:
             self._built_generation = max(self._built_generation, generation)
             self._built.notify_all()
-        return self.current
 
     def status(self) -> ModelStatus:
         """Describe the model in use."""
@@ -547,9 +551,7 @@ class CollaborativeModel:
             self._next_start = started + max(
                 self._settings.refresh_seconds, elapsed / self._settings.max_cpu_share
             )
-            async with self._built:
-                self._built_generation = generation
-                self._built.notify_all()
+            await self._mark_built(generation)
 
     def _build(self, interactions: pa.Table) -> ItemSimilarity | None:
         """Fit the model and, when it has a reader of vectors, its neighbourhood."""
