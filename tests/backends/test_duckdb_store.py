@@ -755,6 +755,19 @@ def test_a_read_after_a_write_sees_the_write(store: DuckDBStore) -> None:
     assert store.user_history("alice") == []
 
 
+def test_a_history_is_in_the_order_its_items_were_last_given_feedback(store: DuckDBStore) -> None:
+    # A bulk import gives many items the same time: which of them are the latest must not
+    # change from one read (or one process) to the next. They come in the order stored.
+    store.put_items(_items(40))
+    stored = [f"item-{n:03d}" for n in (17, 3, 29, 8, 35, 0, 22, 11, 39, 5, 26, 14, 31, 2, 19)]
+    for item in stored:
+        store.record_feedback(_event("alice", item, at=NOW - timedelta(days=1)), _state("alice"))
+    store.record_feedback(_event("alice", "item-001", at=NOW - timedelta(days=2)), _state("alice"))
+    store.record_feedback(_event("alice", "item-004", at=NOW), _state("alice"))
+    expected = ["item-001", *stored, "item-004"]
+    assert [h.item_id for h in store.user_history("alice")] == expected
+
+
 def test_a_returned_history_is_the_callers_own(store: DuckDBStore) -> None:
     store.put_items(_items(2))
     store.record_feedback(_event("alice", "item-000"), _state("alice"))

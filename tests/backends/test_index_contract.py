@@ -597,6 +597,24 @@ def test_keyword_search_follows_upserts_and_deletes(index: VectorIndex) -> None:
     assert "item-2" not in _ids(index.keyword_search("cordless", 10, Selection()))
 
 
+def test_equal_scores_come_in_item_order(index: VectorIndex) -> None:
+    # Where the engine keeps an item (a segment written before or after an optimisation)
+    # must not decide the order of items that match alike.
+    vector = _unit_vectors(1, seed=9)[0]
+
+    def lamps(*names: str) -> list[IndexEntry]:
+        return [
+            IndexEntry(f"lamp-{n}", vector, f"hash-{n}", 1, {}, text="A brass lamp.") for n in names
+        ]
+
+    index.upsert(lamps("c", "a", "e"))
+    index.optimize()
+    index.upsert(lamps("d", "b"))
+    expected = ["lamp-a", "lamp-b", "lamp-c", "lamp-d", "lamp-e"]
+    assert _ids(index.keyword_search("lamp", 10, Selection())) == expected
+    assert _ids(index.search(vector, 10, Selection())) == expected
+
+
 # -- phrase vectors -------------------------------------------------------------------------
 
 #: Phrases per item of ``_phrased``; the last item has none.

@@ -404,7 +404,12 @@ class QdrantEdgeIndex:
             )
         )
         # ``payload`` is converted from the engine's at every read: read it once a hit.
-        return [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
+        hits = [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
+        # Equal scores are common (BM25 gives the same to every item matching the same words
+        # alike), and the engine orders them by where it keeps them, which depends on when its
+        # background optimisation ran: by item id, the same list comes out every time.
+        hits.sort(key=lambda hit: (-hit.score, hit.item_id))
+        return hits
 
     def recommend(
         self,

@@ -647,7 +647,10 @@ class DuckDBStore:
     def user_history(self, user_id: str) -> list[HistoryEntry]:
         """Return each item a user has given feedback on, with their latest event's weight.
 
-        Items that have left the catalog are included: they still count as seen.
+        Oldest first, by their latest event: items whose latest events share a time (a bulk
+        import) come in the order those events were stored, so that which of them count as
+        the latest is the same from one read to the next. Items that have left the catalog are
+        included: they still count as seen.
         """
         if not self._may_know(user_id):
             return []
@@ -656,7 +659,8 @@ class DuckDBStore:
     def _read_histories(self, user_ids: list[str]) -> dict[str, tuple[HistoryEntry, ...]]:
         rows = self._rows(
             "SELECT user_id, item_id, arg_max(weight, event_id), max(event_time) FROM feedback "
-            "WHERE user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY user_id, item_id",
+            "WHERE user_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY user_id, item_id "
+            "ORDER BY max(event_time), max(event_id)",
             [user_ids],
         )
         histories: dict[str, list[HistoryEntry]] = {u: [] for u in user_ids}
@@ -779,9 +783,11 @@ class DuckDBStore:
                            sum(weight * pow(0.5, age / (? * 86400.0))) AS recent
                     FROM positive GROUP BY item_id
                 )
+                -- Sums in parallel differ in their last bits from one run to the next: rounded,
+                -- items with the same feedback tie, and their order is by id every time.
                 SELECT item_id,
-                       0.5 * lifetime / sum(lifetime) OVER ()
-                       + 0.5 * recent / sum(recent) OVER () AS score
+                       round(0.5 * lifetime / sum(lifetime) OVER ()
+                             + 0.5 * recent / sum(recent) OVER (), 12) AS score
                 FROM totals
                 ORDER BY score DESC, item_id
                 """,
