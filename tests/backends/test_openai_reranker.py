@@ -14,6 +14,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,10 @@ class Received:
 class FakeAPI:
     url: str
     received: list[Received] = field(default_factory=list)
+    """The requests of the current test's re-rankers (see ``test``)."""
+    test: str = ""
+    """The current test's path prefix. A request a finished test cancelled can still reach the
+    server during the next one (a busy machine): its prefix is another, and it is not kept."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -50,10 +55,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         raw = self.rfile.read(int(self.headers["Content-Length"]))
         body = json.loads(raw)
-        self.server.api.received.append(
-            Received(self.path, self.headers.get("Authorization"), body)
-        )
-        scenario = self.path.split("/")[1]
+        _, test, scenario, rest = self.path.split("/", 3)
+        if test == self.server.api.test:
+            self.server.api.received.append(
+                Received(f"/{scenario}/{rest}", self.headers.get("Authorization"), body)
+            )
         answer = body["messages"][-1]["content"].rsplit("Item: ", 1)[1]
         if scenario == "logprobs":
             self._json(200, _completion_with_logprobs(float(answer)))
@@ -157,9 +163,11 @@ def fake_api() -> Iterator[FakeAPI]:
 async def make_reranker(fake_api: FakeAPI) -> AsyncIterator[Callable[..., OpenAIReranker]]:
     built: list[OpenAIReranker] = []
     fake_api.received.clear()
+    fake_api.test = uuid.uuid4().hex
 
     def make(scenario: str, **options: Any) -> OpenAIReranker:
-        reranker = OpenAIReranker(f"{fake_api.url}/{scenario}/v1", "test-model", **options)
+        url = f"{fake_api.url}/{fake_api.test}/{scenario}/v1"
+        reranker = OpenAIReranker(url, "test-model", **options)
         built.append(reranker)
         return reranker
 
@@ -265,7 +273,7 @@ async def test_a_failing_api_raises_backend_error_without_the_key(
     with pytest.raises(BackendError) as caught:
         await reranker.rerank("a film", _answers("0.5", "0.6"), deadline=_deadline())
     message = str(caught.value)
-    assert f"{fake_api.url}/{scenario}/v1" in message
+    assert f"{fake_api.url}/{fake_api.test}/{scenario}/v1" in message
     assert f"HTTP {status}" in message
     assert KEY not in message
     assert KEY not in repr(caught.value)
