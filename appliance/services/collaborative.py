@@ -467,7 +467,11 @@ class CollaborativeModel:
         self._generation = 0
         self._built_generation = 0
         self._built = asyncio.Condition()
-        # One rebuild at a time, in its own thread, outside the shared request thread pool.
+        # One rebuild at a time, from reading the feedback to putting the model in use: a
+        # build that read it earlier must never replace one that read it later (the refresher
+        # and a set-point rebuild can both be under way).
+        self._building = asyncio.Lock()
+        # Its fit in a thread of its own, outside the shared request thread pool.
         self._limiter = anyio.CapacityLimiter(1)
         self._task: asyncio.Task[None] | None = None
 
@@ -576,13 +580,14 @@ class CollaborativeModel:
         return model
 
     async def _rebuild(self) -> None:
-        interactions = await anyio.to_thread.run_sync(self._store.interactions)
-        # Abandoned on shutdown rather than waited for: the fit touches nothing but its input,
-        # and its result would be thrown away anyway.
-        model = await anyio.to_thread.run_sync(
-            self._build, interactions, limiter=self._limiter, abandon_on_cancel=True
-        )
-        self.current = model
+        async with self._building:
+            interactions = await anyio.to_thread.run_sync(self._store.interactions)
+            # Abandoned on shutdown rather than waited for: the fit touches nothing but its
+            # input, and its result would be thrown away anyway.
+            model = await anyio.to_thread.run_sync(
+                self._build, interactions, limiter=self._limiter, abandon_on_cancel=True
+            )
+            self.current = model
         self._built_at = datetime.now(UTC)
         if self._on_rebuilt is not None:
             self._on_rebuilt()

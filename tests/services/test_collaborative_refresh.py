@@ -4,13 +4,16 @@ items a request names."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import pyarrow as pa
 import pytest
 
 from appliance.domain import InteractionType, Item, Selection
@@ -125,6 +128,55 @@ async def test_with_the_refresher_held_off_the_model_changes_only_when_rebuilt(
         assert "cup-0" in rebuilt.item_ids
         assert not model.status().pending
         assert await model.wait_fresh() is rebuilt
+
+
+@pytest.mark.anyio
+async def test_a_build_never_replaces_one_that_read_the_feedback_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The refresher's first build reads the feedback, then is held (a busy machine); new
+    # feedback comes and the evaluation rebuilds at a set point meanwhile.
+    settings = make_settings(
+        tmp_path / "data",
+        embedder={"kind": "hashing"},
+        collaborative={"refresh_seconds": math.inf, "max_cpu_share": 1.0},
+    )
+    async with open_runtime(settings) as runtime:
+        await runtime.catalog.upsert(ITEMS)
+        await runtime.feedback.import_events(
+            likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
+        )
+        store = runtime.store
+        read, release = threading.Event(), threading.Event()
+        read_feedback = store.interactions
+
+        def first_read_held() -> pa.Table:
+            interactions = read_feedback()
+            if not read.is_set():
+                read.set()
+                release.wait(10)
+            return interactions
+
+        monkeypatch.setattr(store, "interactions", first_read_held)
+        model = CollaborativeModel(store, settings.collaborative)
+        await model.start()
+        try:
+            await anyio.to_thread.run_sync(read.wait, 10)
+            await runtime.feedback.import_events(
+                likes(("writer-0", "cup-0"), ("writer-1", "cup-0"))
+            )
+            rebuilding = asyncio.ensure_future(model.rebuild())
+            await anyio.sleep(0.3)
+            release.set()
+            rebuilt = await rebuilding
+            # Time for the held build to finish, had it still to.
+            await anyio.sleep(0.5)
+            assert rebuilt is not None
+            assert "cup-0" in rebuilt.item_ids
+            assert model.current is rebuilt
+        finally:
+            release.set()
+            await model.close()
 
 
 @pytest.mark.anyio
