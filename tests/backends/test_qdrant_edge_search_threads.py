@@ -6,6 +6,7 @@ at concurrency their hand-offs cost more CPU than the parallel reads saved.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,13 @@ def search_threads() -> set[str]:
     return found
 
 
-def open_and_search(path: Path, threads: int) -> set[str]:
-    """Open the index with ``threads`` search threads, search it, and return its new threads."""
+def open_and_search(path: Path, threads: int, expected: int) -> set[str]:
+    """Open the index with ``threads`` search threads, search it, and return its new threads.
+
+    The pool's threads start on their own: on a busy machine the last of them can still be
+    starting when a search returns, so ``expected`` of them are waited for (a few seconds at
+    most) before they are counted.
+    """
     before = search_threads()
     index = QdrantEdgeIndex(path, dimension=DIM, search_threads=threads)
     try:
@@ -47,7 +53,12 @@ def open_and_search(path: Path, threads: int) -> set[str]:
             [IndexEntry(f"item-{n}", v, "hash", n, text="words") for n, v in enumerate(vectors)]
         )
         assert len(index.search(vectors[0], 5, Selection())) == 5
-        return search_threads() - before
+        waited_until = time.monotonic() + 5.0
+        while len(started := search_threads() - before) < expected:
+            if time.monotonic() > waited_until:
+                break
+            time.sleep(0.05)
+        return started
     finally:
         index.close()
 
@@ -55,10 +66,10 @@ def open_and_search(path: Path, threads: int) -> set[str]:
 def test_a_search_uses_the_configured_threads_and_a_reopened_index_the_new_setting(
     tmp_path: Path,
 ) -> None:
-    assert len(open_and_search(tmp_path / "index", 3)) == 3
+    assert len(open_and_search(tmp_path / "index", 3, 3)) == 3
     # The engine keeps a shard's settings; the index sets this one at every opening.
-    assert len(open_and_search(tmp_path / "index", 1)) == 1
+    assert len(open_and_search(tmp_path / "index", 1, 1)) == 1
 
 
 def test_zero_means_one_thread_per_cpu_the_process_may_use(tmp_path: Path) -> None:
-    assert len(open_and_search(tmp_path / "index", 0)) == usable_cpus()
+    assert len(open_and_search(tmp_path / "index", 0, usable_cpus())) == usable_cpus()
