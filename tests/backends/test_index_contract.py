@@ -613,6 +613,13 @@ def test_equal_scores_come_in_item_order(index: VectorIndex) -> None:
     expected = ["lamp-a", "lamp-b", "lamp-c", "lamp-d", "lamp-e"]
     assert _ids(index.keyword_search("lamp", 10, Selection())) == expected
     assert _ids(index.search(vector, 10, Selection())) == expected
+    alike = Selection(exclude=frozenset({"lamp-c"}))
+    assert _ids(index.recommend(["lamp-c"], [], 10, alike)) == [
+        "lamp-a",
+        "lamp-b",
+        "lamp-d",
+        "lamp-e",
+    ]
 
 
 # -- phrase vectors -------------------------------------------------------------------------

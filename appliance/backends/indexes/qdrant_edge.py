@@ -404,12 +404,9 @@ class QdrantEdgeIndex:
             )
         )
         # ``payload`` is converted from the engine's at every read: read it once a hit.
-        hits = [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
-        # Equal scores are common (BM25 gives the same to every item matching the same words
-        # alike), and the engine orders them by where it keeps them, which depends on when its
-        # background optimisation ran: by item id, the same list comes out every time.
-        hits.sort(key=lambda hit: (-hit.score, hit.item_id))
-        return hits
+        return _best_first(
+            [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
+        )
 
     def recommend(
         self,
@@ -449,7 +446,7 @@ class QdrantEdgeIndex:
             raw = vector[_DENSE] if isinstance(vector, dict) else vector
             nearest = int(np.argmax(matrix @ np.asarray(raw, dtype=np.float32)))
             hits.append(Hit(payload["item_id"], float(p.score), liked[nearest]))
-        return hits
+        return _best_first(hits)
 
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
@@ -660,6 +657,18 @@ def _schema_for(value: Any) -> qe.PayloadSchemaType | None:
     if isinstance(value, str) and len(value) <= 256:  # noqa: PLR2004
         return qe.PayloadSchemaType.Keyword
     return None
+
+
+def _best_first(hits: list[Hit]) -> list[Hit]:
+    """Order hits by score, equal ones by item id.
+
+    Equal scores are common (BM25 gives the same to every item matching the same words alike;
+    items of the same text have the same vector), and the engine orders them by where it keeps
+    them, which depends on when its background optimisation ran: this way the same list comes
+    out every time.
+    """
+    hits.sort(key=lambda hit: (-hit.score, hit.item_id))
+    return hits
 
 
 def _to_filter(selection: Selection) -> qe.Filter | None:
