@@ -97,86 +97,85 @@ async def test_changes_are_rebuilt_in_the_background_after_the_pause(runtime: Ru
     assert time.monotonic() - started >= REFRESH_SECONDS
 
 
-@pytest.mark.anyio
-async def test_with_the_refresher_held_off_the_model_changes_only_when_rebuilt(
-    tmp_path: Path,
-) -> None:
-    # How the evaluation decides when the model changes: never by the clock.
+@pytest.fixture
+async def held_off(tmp_path: Path) -> AsyncIterator[Runtime]:
+    """A runtime whose refresher is held off (as in the evaluation), three writers' pens and
+    inks liked."""
     settings = make_settings(
         tmp_path / "data",
         embedder={"kind": "hashing"},
         collaborative={"refresh_seconds": math.inf, "max_cpu_share": 1.0},
     )
-    async with open_runtime(settings) as runtime:
-        await runtime.catalog.upsert(ITEMS)
-        model = runtime.collaborative
-        await runtime.feedback.import_events(
+    async with open_runtime(settings) as opened:
+        await opened.catalog.upsert(ITEMS)
+        await opened.feedback.import_events(
             likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
         )
-        built = await model.rebuild()
-        assert built is not None
-        assert sorted(built.item_ids) == ["ink-0", "pen-0"]
-        assert not model.status().pending
+        yield opened
 
-        await runtime.feedback.import_events(likes(("writer-0", "cup-0"), ("writer-1", "cup-0")))
-        await anyio.sleep(5 * REFRESH_SECONDS)
-        assert model.current is built
-        assert model.status().pending
-        rebuilt = await model.rebuild()
-        assert rebuilt is not built
-        assert rebuilt is not None
-        assert "cup-0" in rebuilt.item_ids
-        assert not model.status().pending
-        assert await model.wait_fresh() is rebuilt
+
+#: Feedback that brings a third item into the model.
+CUPS = likes(("writer-0", "cup-0"), ("writer-1", "cup-0"))
+
+
+@pytest.mark.anyio
+async def test_with_the_refresher_held_off_the_model_changes_only_when_rebuilt(
+    held_off: Runtime,
+) -> None:
+    # How the evaluation decides when the model changes: never by the clock.
+    model = held_off.collaborative
+    built = await model.rebuild()
+    assert built is not None
+    assert sorted(built.item_ids) == ["ink-0", "pen-0"]
+    assert not model.status().pending
+
+    await held_off.feedback.import_events(CUPS)
+    await anyio.sleep(5 * REFRESH_SECONDS)
+    assert model.current is built
+    assert model.status().pending
+    rebuilt = await model.rebuild()
+    assert rebuilt is not built
+    assert rebuilt is not None
+    assert "cup-0" in rebuilt.item_ids
+    assert not model.status().pending
+    assert await model.wait_fresh() is rebuilt
 
 
 @pytest.mark.anyio
 async def test_a_build_never_replaces_one_that_read_the_feedback_later(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    held_off: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The refresher's first build reads the feedback, then is held (a busy machine); new
     # feedback comes and the evaluation rebuilds at a set point meanwhile.
-    settings = make_settings(
-        tmp_path / "data",
-        embedder={"kind": "hashing"},
-        collaborative={"refresh_seconds": math.inf, "max_cpu_share": 1.0},
-    )
-    async with open_runtime(settings) as runtime:
-        await runtime.catalog.upsert(ITEMS)
-        await runtime.feedback.import_events(
-            likes(*((f"writer-{n}", i) for n in range(3) for i in ("pen-0", "ink-0")))
-        )
-        store = runtime.store
-        read, release = threading.Event(), threading.Event()
-        read_feedback = store.interactions
+    store = held_off.store
+    read, release = threading.Event(), threading.Event()
+    read_feedback = store.interactions
 
-        def first_read_held() -> pa.Table:
-            interactions = read_feedback()
-            if not read.is_set():
-                read.set()
-                release.wait(10)
-            return interactions
+    def first_read_held() -> pa.Table:
+        interactions = read_feedback()
+        if not read.is_set():
+            read.set()
+            release.wait(10)
+        return interactions
 
-        monkeypatch.setattr(store, "interactions", first_read_held)
-        model = CollaborativeModel(store, settings.collaborative)
-        await model.start()
-        try:
-            await anyio.to_thread.run_sync(read.wait, 10)
-            await runtime.feedback.import_events(
-                likes(("writer-0", "cup-0"), ("writer-1", "cup-0"))
-            )
-            rebuilding = asyncio.ensure_future(model.rebuild())
-            await anyio.sleep(0.3)
-            release.set()
-            rebuilt = await rebuilding
-            # Time for the held build to finish, had it still to.
-            await anyio.sleep(0.5)
-            assert rebuilt is not None
-            assert "cup-0" in rebuilt.item_ids
-            assert model.current is rebuilt
-        finally:
-            release.set()
-            await model.close()
+    monkeypatch.setattr(store, "interactions", first_read_held)
+    model = CollaborativeModel(store, held_off.settings.collaborative)
+    await model.start()
+    try:
+        await anyio.to_thread.run_sync(read.wait, 10)
+        await held_off.feedback.import_events(CUPS)
+        rebuilding = asyncio.ensure_future(model.rebuild())
+        await anyio.sleep(0.3)
+        release.set()
+        rebuilt = await rebuilding
+        # Time for the held build to finish, had it still to.
+        await anyio.sleep(0.5)
+        assert rebuilt is not None
+        assert "cup-0" in rebuilt.item_ids
+        assert model.current is rebuilt
+    finally:
+        release.set()
+        await model.close()
 
 
 @pytest.mark.anyio
