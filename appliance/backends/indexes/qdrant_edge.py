@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,33 +13,27 @@ import numpy as np
 import qdrant_edge as qe
 
 from appliance.backends.indexes.protocol import IndexEntry, Vector
+from appliance.backends.indexes.qdrant_common import (
+    KEYWORDS,
+    META,
+    PHRASES,
+    KeywordAnalyser,
+    PayloadReads,
+    best_first,
+    new_fields,
+    point_payload,
+    to_filter,
+    via_nearest_example,
+)
 from appliance.cpus import usable_cpus
-from appliance.domain import FIELD_NAME, FieldCondition, Hit, Selection, point_id
+from appliance.domain import Hit, Range, Selection, point_id
 from appliance.errors import BackendError, ConfigError
 
 _SCROLL_PAGE = 2048
 #: Points an upsert converts while queries wait (see ``upsert``): about 5 ms of queries' time.
 _POINTS_PER_PAUSE = 200
-_FIELD = re.compile(FIELD_NAME)
-# Filterable metadata lives under this payload key so that it can never shadow the
-# appliance's own payload fields.
-_META = "metadata"
 #: The dense vector is the unnamed one (as in indexes built before keyword search existed).
 _DENSE = ""
-#: The sparse BM25 vector of each item's text.
-_KEYWORDS = "keywords"
-#: The vectors of each item's phrases (``Item.phrases``), compared by their best match; the
-#: payload field of the same name counts them, and entries without it lack them.
-_PHRASES = "phrases"
-#: Payload field naming how an entry's keyword vector was made; entries without it, or with
-#: another value, are rewritten at start-up (see ``outdated``).
-_ANALYSER = "analyser"
-#: Bump when the text analysis changes in a way that needs every keyword vector rewritten.
-_ANALYSER_VERSION = 1
-#: Without stop words or stems: every word counts as written, in any language.
-NO_LANGUAGE = "none"
-#: Languages written without spaces between words, which need a segmenting tokenizer.
-_UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 
 
 #: Beam of the phrase vectors' graph build. Comparing two items' phrases compares every pair of
@@ -50,6 +44,8 @@ _UNSPACED_LANGUAGES = frozenset({"Chinese", "Japanese"})
 _PHRASE_EF_CONSTRUCT = 32
 #: Phrase vectors score an item by the best of them.
 _MAX_SIM = qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim)
+#: How a metadata field is indexed for filtering, by ``field_kind``.
+_SCHEMAS = {"keyword": qe.PayloadSchemaType.Keyword, "float": qe.PayloadSchemaType.Float}
 #: Stored precisions of the dense vectors, by the name the settings and the shard's config use.
 _DATATYPES = {
     "float32": qe.VectorStorageDatatype.Float32,
@@ -120,7 +116,7 @@ class _SharedShard:
             self._shard = reopen(self._shard)
 
 
-class QdrantEdgeIndex:
+class QdrantEdgeIndex(PayloadReads):
     """Qdrant's engine in-process: an ``EdgeShard`` in a folder of the data directory."""
 
     # qdrant-edge-py keeps the interpreter lock through a query: measured at 100K items, eight
@@ -150,8 +146,7 @@ class QdrantEdgeIndex:
         self._segment_items = segment_items
         # Points written since the graphs were last built (since the shard opened, at first).
         self._unbuilt = 0
-        self._bm25 = qe.Bm25(_bm25_config(text_language))
-        self._analyser = f"bm25-{_ANALYSER_VERSION}-{text_language.lower()}"
+        self._keywords = KeywordAnalyser(text_language)
         self._precision = precision
         self._hnsw = qe.HnswIndexConfig(
             m=hnsw_m, ef_construct=hnsw_ef_construct, full_scan_threshold=10_000
@@ -174,7 +169,7 @@ class QdrantEdgeIndex:
         self._write_lock = threading.Lock()
         shard = self._open()
         self._indexed_fields: dict[str, str] = {
-            name.removeprefix(f"{_META}."): str(info.data_type)
+            name.removeprefix(f"{META}."): str(info.data_type)
             for name, info in shard.info().payload_schema.items()
         }
         self._shard = _SharedShard(shard)
@@ -204,7 +199,7 @@ class QdrantEdgeIndex:
                             str(self._path), self._config(precision, keywords=False, phrases=True)
                         )
                 shard.update(
-                    qe.UpdateOperation.create_sparse_vector(_KEYWORDS, modifier=qe.Modifier.Idf)
+                    qe.UpdateOperation.create_sparse_vector(KEYWORDS, modifier=qe.Modifier.Idf)
                 )
             else:
                 shard = qe.EdgeShard.create(
@@ -235,7 +230,7 @@ class QdrantEdgeIndex:
         try:
             shard.update(
                 qe.UpdateOperation.create_dense_vector(
-                    _PHRASES,
+                    PHRASES,
                     self.dimension,
                     qe.Distance.Cosine,
                     multivector_config=_MAX_SIM,
@@ -253,7 +248,7 @@ class QdrantEdgeIndex:
         return qe.EdgeConfig(
             vectors={
                 _DENSE: dense,
-                _PHRASES: qe.EdgeVectorParams(
+                PHRASES: qe.EdgeVectorParams(
                     size=self.dimension,
                     distance=qe.Distance.Cosine,
                     datatype=_DATATYPES[precision],
@@ -265,7 +260,7 @@ class QdrantEdgeIndex:
             else dense,
             # IDF is computed by the engine over the points it holds, so it follows the catalog
             # as items come and go.
-            sparse_vectors={_KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
+            sparse_vectors={KEYWORDS: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)}
             if keywords
             else None,
             hnsw_config=self._hnsw,
@@ -319,21 +314,15 @@ class QdrantEdgeIndex:
     def _point(self, entry: IndexEntry) -> qe.Point:
         vectors: dict[str, Any] = {
             _DENSE: np.asarray(entry.vector, dtype=np.float32).tolist(),
-            _KEYWORDS: self._bm25.embed_document(entry.text),
+            KEYWORDS: self._keywords.document(entry.text),
         }
-        payload: dict[str, Any] = {
-            "item_id": entry.item_id,
-            "hash": entry.content_hash,
-            "seq": entry.seq,
-            _ANALYSER: self._analyser,
-            _META: {k: _filterable(v) for k, v in entry.metadata.items()},
-        }
-        if self.phrases and entry.phrases is not None:
-            # The count marks the entry as written with its phrases (see ``outdated``).
-            payload[_PHRASES] = len(entry.phrases)
-            if len(entry.phrases):
-                vectors[_PHRASES] = np.asarray(entry.phrases, dtype=np.float32).tolist()
-        return qe.Point(id=point_id(entry.item_id), vector=vectors, payload=payload)
+        if self.phrases and entry.phrases is not None and len(entry.phrases):
+            vectors[PHRASES] = np.asarray(entry.phrases, dtype=np.float32).tolist()
+        return qe.Point(
+            id=point_id(entry.item_id),
+            vector=vectors,
+            payload=point_payload(entry, self._keywords.name, phrases=self.phrases),
+        )
 
     def _reopen(self, shard: qe.EdgeShard) -> qe.EdgeShard:
         shard.flush()
@@ -341,17 +330,10 @@ class QdrantEdgeIndex:
         return self._open()
 
     def _index_new_fields(self, shard: qe.EdgeShard, entries: Sequence[IndexEntry]) -> None:
-        for entry in entries:
-            for name, value in entry.metadata.items():
-                # Keys the API would refuse (e.g. from an older database) stay unindexed
-                # rather than failing the write.
-                if name in self._indexed_fields or not _FIELD.fullmatch(name):
-                    continue
-                schema = _schema_for(_filterable(value))
-                if schema is None:
-                    continue
-                shard.update(qe.UpdateOperation.create_field_index(f"{_META}.{name}", schema))
-                self._indexed_fields[name] = str(schema)
+        for name, kind in new_fields(entries, self._indexed_fields):
+            schema = _SCHEMAS[kind]
+            shard.update(qe.UpdateOperation.create_field_index(f"{META}.{name}", schema))
+            self._indexed_fields[name] = str(schema)
 
     def delete(self, item_ids: Iterable[str]) -> None:
         """Remove items; unknown ids are ignored."""
@@ -371,10 +353,10 @@ class QdrantEdgeIndex:
 
     def keyword_search(self, text: str, limit: int, selection: Selection) -> list[Hit]:
         """Return the admitted items whose words best match ``text``, by BM25."""
-        query = self._bm25.embed_query(text)
+        query = self._keywords.query(text)
         if not query.indices:
             return []
-        return self._nearest(qe.Query.Nearest(query, using=_KEYWORDS), limit, selection, None)
+        return self._nearest(qe.Query.Nearest(query, using=KEYWORDS), limit, selection, None)
 
     def phrase_search(self, vector: Vector, limit: int, selection: Selection) -> list[Hit]:
         """Return the admitted items whose best phrase is nearest ``vector``, best first."""
@@ -382,7 +364,7 @@ class QdrantEdgeIndex:
             return []
         return self._nearest(
             # A query of one vector: MaxSim scores each item by its best phrase.
-            qe.Query.Nearest([np.asarray(vector, dtype=np.float32).tolist()], using=_PHRASES),
+            qe.Query.Nearest([np.asarray(vector, dtype=np.float32).tolist()], using=PHRASES),
             limit,
             selection,
             self._phrase_search_params,
@@ -398,13 +380,13 @@ class QdrantEdgeIndex:
             qe.QueryRequest(
                 limit=limit,
                 query=query,
-                filter=_to_filter(selection),
+                filter=to_filter(selection, _FILTERS),
                 with_payload=["item_id"],
                 params=params,
             )
         )
         # ``payload`` is converted from the engine's at every read: read it once a hit.
-        return _best_first(
+        return best_first(
             [Hit(payload["item_id"], float(p.score)) for p in points if (payload := p.payload)]
         )
 
@@ -416,8 +398,7 @@ class QdrantEdgeIndex:
         selection: Selection,
     ) -> list[Hit]:
         """Qdrant's recommend query with the best-score strategy, on the examples' vectors."""
-        examples = self.vectors([*positive, *negative])
-        liked = [i for i in positive if i in examples]
+        liked, disliked = self._examples(positive, negative)
         if not liked or (selection.only is not None and not selection.only):
             return []
         points = self._query(
@@ -425,28 +406,26 @@ class QdrantEdgeIndex:
                 limit=limit,
                 query=qe.Query.RecommendBestScore(
                     qe.RecommendQuery(
-                        positives=[examples[i].tolist() for i in liked],
-                        negatives=[examples[i].tolist() for i in negative if i in examples],
+                        positives=[v.tolist() for v in liked.values()],
+                        negatives=[v.tolist() for v in disliked],
                     )
                 ),
-                filter=_to_filter(selection),
+                filter=to_filter(selection, _FILTERS),
                 with_payload=["item_id"],
                 with_vector=[_DENSE],
                 params=self._search_params,
             )
         )
-        # The nearest positive example, by cosine (the index keeps vectors normalised).
-        matrix = np.stack([examples[i] for i in liked])
-        hits: list[Hit] = []
+        found = []
         for p in points:
             vector: Any = p.vector
             payload = p.payload
-            if not payload or vector is None:
-                continue
-            raw = vector[_DENSE] if isinstance(vector, dict) else vector
-            nearest = int(np.argmax(matrix @ np.asarray(raw, dtype=np.float32)))
-            hits.append(Hit(payload["item_id"], float(p.score), liked[nearest]))
-        return _best_first(hits)
+            if payload and vector is not None:
+                raw = vector[_DENSE] if isinstance(vector, dict) else vector
+                found.append(
+                    (payload["item_id"], float(p.score), np.asarray(raw, dtype=np.float32))
+                )
+        return via_nearest_example(found, liked)
 
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
@@ -455,16 +434,12 @@ class QdrantEdgeIndex:
         records, _ = self._scroll(
             qe.ScrollRequest(
                 limit=limit,
-                filter=_to_filter(selection),
+                filter=to_filter(selection, _FILTERS),
                 with_payload=["item_id"],
                 order_by=qe.OrderBy("seq", direction=qe.Direction.Desc),
             )
         )
         return [payload["item_id"] for r in records if (payload := r.payload)]
-
-    def vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
-        """Return the stored vectors of the items that exist."""
-        return {k: vector for k, (vector, _) in self.hashed_vectors(item_ids).items()}
 
     def phrase_vectors(self, item_ids: Sequence[str]) -> dict[str, Vector]:
         """Return the stored phrase vectors of the items that have them, a row per phrase."""
@@ -472,14 +447,14 @@ class QdrantEdgeIndex:
             return {}
         with self._shard.use() as shard:
             records = shard.retrieve(
-                [point_id(i) for i in item_ids], with_payload=["item_id"], with_vector=[_PHRASES]
+                [point_id(i) for i in item_ids], with_payload=["item_id"], with_vector=[PHRASES]
             )
         out: dict[str, Vector] = {}
         for record in records:
             vector: Any = record.vector
             payload = record.payload
-            if payload and isinstance(vector, dict) and vector.get(_PHRASES):
-                out[payload["item_id"]] = np.asarray(vector[_PHRASES], dtype=np.float32)
+            if payload and isinstance(vector, dict) and vector.get(PHRASES):
+                out[payload["item_id"]] = np.asarray(vector[PHRASES], dtype=np.float32)
         return out
 
     def hashed_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[Vector, str]]:
@@ -504,22 +479,6 @@ class QdrantEdgeIndex:
                     payload.get("hash", ""),
                 )
         return out
-
-    def fingerprints(self) -> dict[str, str]:
-        """Return every item id with the content hash of its vector."""
-        return {
-            payload["item_id"]: payload.get("hash", "")
-            for payload in self._payloads(["item_id", "hash"])
-        }
-
-    def outdated(self) -> list[str]:
-        """Return the items lacking current keyword vectors, or phrase vectors when kept."""
-        return [
-            payload["item_id"]
-            for payload in self._payloads(["item_id", _ANALYSER, _PHRASES])
-            if payload.get(_ANALYSER) != self._analyser
-            or (self.phrases and _PHRASES not in payload)
-        ]
 
     def _payloads(self, fields: list[str]) -> Iterator[dict[str, Any]]:
         offset: qe.PointId | None = None
@@ -593,112 +552,25 @@ class QdrantEdgeIndex:
             shard.close()
 
 
-def _bm25_config(language: str) -> qe.Bm25Config:
-    """Return the text analysis of keyword search.
+class _EdgeFilters:
+    """Qdrant Edge's filter objects, for ``to_filter``."""
 
-    Words are split at Unicode word boundaries, which keeps numbers and part numbers
-    ("ZQ-3537", "1995") searchable; Chinese and Japanese, written without spaces, are segmented
-    by dictionary instead. Words are lower-cased and folded to ASCII, then the stop words of
-    ``language`` are dropped and the rest stemmed. k1 and b keep BM25's usual values (1.2,
-    0.75). The average length stays at the engine's default (256 words), far above an item's
-    title and description: length normalisation is then mild, which suits catalog texts, where
-    a longer text says more about its item rather than repeating itself.
-
-    Raises:
-        ConfigError: ``language`` is neither ``none`` nor a language the engine knows.
-
-    """
-    name = language.strip().capitalize()
-    stopwords: Any = getattr(qe.Language, name, None)
-    snowball = getattr(qe.SnowballLanguage, name, None)
-    if language.strip().lower() == NO_LANGUAGE:
-        stopwords, snowball = None, None
-    elif stopwords is None and snowball is None:
-        known = sorted(
-            {n.lower() for n in dir(qe.Language) if not n.startswith("_")}
-            | {n.lower() for n in dir(qe.SnowballLanguage) if not n.startswith("_")}
-        )
-        raise ConfigError(
-            f"unknown keyword language {language!r} (index.text_language); choose "
-            f"{NO_LANGUAGE} or one of: {', '.join(known)}"
-        )
-    unspaced = name in _UNSPACED_LANGUAGES
-    return qe.Bm25Config(
-        tokenizer=qe.TokenizerType.Multilingual if unspaced else qe.TokenizerType.Word,
-        lowercase=True,
-        ascii_folding=True,
-        stopwords=stopwords if stopwords is not None else qe.StopwordsSet(custom=set()),
-        stemmer=qe.SnowballParams(snowball) if snowball is not None else qe.DisabledStemmer(),
-    )
-
-
-def _filterable(value: Any) -> Any:
-    """Return a metadata value as the payload stores it for filtering.
-
-    The binding hands booleans to the engine as integers, so a boolean condition could never
-    match a stored boolean; booleans are therefore stored, and matched, as "true"/"false".
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return [_filterable(v) for v in value]
-    return value
-
-
-def _schema_for(value: Any) -> qe.PayloadSchemaType | None:
-    if isinstance(value, list):
-        if value and all(isinstance(v, str) for v in value):
-            return qe.PayloadSchemaType.Keyword
-        return None
-    if isinstance(value, int | float):
-        # Float covers integers too, so a field mixing 2 and 2.5 is still range-filterable.
-        return qe.PayloadSchemaType.Float
-    # Long strings are prose, not categories: exact-match indexing them would waste memory.
-    if isinstance(value, str) and len(value) <= 256:  # noqa: PLR2004
-        return qe.PayloadSchemaType.Keyword
-    return None
-
-
-def _best_first(hits: list[Hit]) -> list[Hit]:
-    """Order hits by score, equal ones by item id.
-
-    Equal scores are common (BM25 gives the same to every item matching the same words alike;
-    items of the same text have the same vector), and the engine orders them by where it keeps
-    them, which depends on when its background optimisation ran: this way the same list comes
-    out every time.
-    """
-    hits.sort(key=lambda hit: (-hit.score, hit.item_id))
-    return hits
-
-
-def _to_filter(selection: Selection) -> qe.Filter | None:
-    must: list[Any] = [_condition(c) for c in selection.conditions]
-    if selection.only is not None:
-        must.append(qe.HasIdCondition({point_id(i) for i in selection.only}))
-    must_not: list[Any] = []
-    if selection.exclude:
-        must_not.append(qe.HasIdCondition({point_id(i) for i in selection.exclude}))
-    if not must and not must_not:
-        return None
-    return qe.Filter(must=must or None, must_not=must_not or None)
-
-
-def _condition(condition: FieldCondition) -> Any:
-    key = f"{_META}.{condition.field}"
-    if condition.range is not None:
-        r = condition.range
+    def within(self, key: str, bounds: Range) -> Any:
         return qe.FieldCondition(
-            key=key, range=qe.RangeFloat(gt=r.gt, gte=r.gte, lt=r.lt, lte=r.lte)
+            key=key, range=qe.RangeFloat(gt=bounds.gt, gte=bounds.gte, lt=bounds.lt, lte=bounds.lte)
         )
-    if condition.any_of is not None:
-        values = [_filterable(v) for v in condition.any_of]
-        if all(isinstance(v, str) for v in values):
-            return qe.FieldCondition(key=key, match=qe.MatchAny(values))
-        return qe.Filter(
-            should=[_condition(FieldCondition(condition.field, equals=v)) for v in values]
-        )
-    value = _filterable(condition.equals)
-    if isinstance(value, int | float):
-        # A range matches 2 and 2.0 alike; an exact match would tell integers from floats.
-        return qe.FieldCondition(key=key, range=qe.RangeFloat(gte=value, lte=value))
-    return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+    def any_of(self, key: str, values: list[str]) -> Any:
+        return qe.FieldCondition(key=key, match=qe.MatchAny(values))
+
+    def equals(self, key: str, value: Any) -> Any:
+        return qe.FieldCondition(key=key, match=qe.MatchValue(value))
+
+    def ids(self, points: list[uuid.UUID]) -> Any:
+        return qe.HasIdCondition(set(points))
+
+    def combined(self, must: list[Any], must_not: list[Any], should: list[Any]) -> Any:
+        return qe.Filter(must=must or None, must_not=must_not or None, should=should or None)
+
+
+_FILTERS = _EdgeFilters()
