@@ -39,7 +39,7 @@ lint: (install "dev,llamacpp")
 # Re-pin requirements.lock from pyproject.toml (torch pinned to its CPU build, found in TORCH_WHEELS)
 lock:
     printf 'torch==2.13.0+cpu\n' > /tmp/appliance-torch-override.txt
-    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --extra tui --extra bench --python-version 3.11 \
+    .venv/bin/uv pip compile pyproject.toml --extra dev --extra llamacpp --extra tui --python-version 3.11 \
         --find-links "${TORCH_WHEELS:-/opt/wheels}" --override /tmp/appliance-torch-override.txt \
         --no-header -o requirements.lock
 
@@ -52,12 +52,12 @@ eval *args: (install "llamacpp,dev")
     scripts/with-llama-server.sh .venv/bin/appliance eval --rerank llamacpp --rerank openai {{args}}
 
 # Load benchmark at 100K items (issue 4): wrk against `appliance serve`, report in bench/results
-bench *args: (install "bench,llamacpp")
+bench *args: (install "llamacpp")
     scripts/install-bench-tools.sh
     .venv/bin/python -m bench.run --items 100000 {{args}}
 
 # Build the benchmark's 100K-item data directory once (bench/data; `just bench` reuses it)
-bench-build: (install "bench,llamacpp")
+bench-build: (install "llamacpp")
     .venv/bin/python -m bench.run --items 100000 --build-only
 
 # Time of one learning of the fusion weights at the most impressions it reads (synthetic impressions)

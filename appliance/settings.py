@@ -102,7 +102,24 @@ class IndexSettings(_Section, frozen=True):
     """The vector index that holds one vector per catalog item."""
 
     kind: str = "qdrant-edge"
-    """Vector index backend: qdrant-edge (embedded, in the data directory)."""
+    """Vector index backend: qdrant-edge (embedded, in the data directory) or qdrant-server (a
+    collection on a Qdrant server or cluster at url)."""
+    url: str = "http://127.0.0.1:6333"
+    """qdrant-server: the server's REST URL (of any node of a cluster)."""
+    collection: str = "appliance"
+    """qdrant-server: the collection's name, to which the embedding model's name and dimension
+    are appended (each model has a collection of its own). One appliance per collection: at
+    start-up it deletes the points of items its store does not hold."""
+    api_key_env: str = "QDRANT_API_KEY"
+    """qdrant-server: the environment variable that holds the server's API key, if it needs one;
+    the key itself never appears in the configuration."""
+    timeout_seconds: PositiveInt = 30
+    """qdrant-server: longest wait for one answer from the server."""
+    shards: PositiveInt = 1
+    """qdrant-server: shards of a new collection, which a cluster spreads over its nodes."""
+    replicas: PositiveInt = 1
+    """qdrant-server: copies a new collection keeps of each shard, each on another node of a
+    cluster (2 keeps serving when a node is down)."""
     hnsw_m: PositiveInt = 16
     """HNSW graph degree: higher is more accurate and uses more memory."""
     hnsw_ef_construct: PositiveInt = 100
@@ -120,9 +137,9 @@ class IndexSettings(_Section, frozen=True):
     by less than 0.001. A new index takes it; an existing one keeps the precision it was
     written with until `appliance reindex` rebuilds it."""
     segment_items: Annotated[int, Meta(ge=14_000)] = 50_000
-    """Most items one search graph is built over: a bulk load builds a graph each time this
-    many items were written, and segments merge up to this size. A graph's build time and
-    memory grow faster than its size; a search visits every segment (20 at 1M items). A
+    """qdrant-edge: most items one search graph is built over: a bulk load builds a graph each
+    time this many items were written, and segments merge up to this size. A graph's build time
+    and memory grow faster than its size; a search visits every segment (20 at 1M items). A
     segment of fewer than 14,000 (10 MB of float16 vectors) is scanned instead."""
     phrases: bool = False
     """Keep a vector for each phrase of every item (its title and the sentences and clauses of
@@ -134,10 +151,10 @@ class IndexSettings(_Section, frozen=True):
     At 100,000 items it slowed ingest 2.5x and added about 600 MB at peak. Turned on, an
     existing index has its items' phrases encoded at the next start."""
     search_threads: Annotated[int, Meta(ge=0)] = 0
-    """Threads that read the index's segments in parallel for one search; 0 is one per CPU
-    the process may use (a container's CPU quota counts). The engine's own default (eight
-    threads on a 2-core machine) took about a third more server CPU a request at concurrency
-    32 than one or two."""
+    """qdrant-edge: threads that read the index's segments in parallel for one search; 0 is one
+    per CPU the process may use (a container's CPU quota counts). The engine's own default
+    (eight threads on a 2-core machine) took about a third more server CPU a request at
+    concurrency 32 than one or two."""
     text_language: str = "english"
     """Language of the item texts for keyword (BM25) search: its stop words are ignored and
     words are reduced to their stem (english, french, german, ...); none keeps every word as

@@ -198,7 +198,7 @@ def _recall(found: Sequence[Sequence[str]], exact: Sequence[Sequence[str]]) -> d
 
 
 def _qdrant_local(ids: Sequence[str], vectors: Vectors) -> tuple[Any, float]:
-    from qdrant_client import QdrantClient, models  # noqa: PLC0415 - the bench extra
+    from qdrant_client import QdrantClient, models  # noqa: PLC0415 - only the benchmark needs it
 
     started = time.perf_counter()
     client = QdrantClient(location=":memory:")

@@ -73,14 +73,17 @@ def _hashing(settings: Settings) -> Embedder:
     return HashingEmbedder()
 
 
+def _per_model(embedder: Embedder) -> str:
+    # One index per embedding model: switching models starts a fresh index that start-up fills
+    # from the store, instead of mixing vectors from two models.
+    return f"{embedder.name}-{embedder.dimension}".replace("/", "_")
+
+
 def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
     from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex  # noqa: PLC0415
 
-    # One folder per embedding model: switching models starts a fresh index that start-up
-    # fills from the store, instead of mixing vectors from two models.
-    folder = f"{embedder.name}-{embedder.dimension}".replace("/", "_")
     return QdrantEdgeIndex(
-        settings.data_dir / INDEX_DIR / folder,
+        settings.data_dir / INDEX_DIR / _per_model(embedder),
         dimension=embedder.dimension,
         hnsw_m=settings.index.hnsw_m,
         hnsw_ef_construct=settings.index.hnsw_ef_construct,
@@ -92,6 +95,38 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
         phrases=settings.index.phrases,
         search_threads=settings.index.search_threads,
     )
+
+
+def _qdrant_server(settings: Settings, embedder: Embedder) -> VectorIndex:
+    from qdrant_client import QdrantClient  # noqa: PLC0415
+
+    from appliance.backends.indexes.qdrant_server import QdrantServerIndex  # noqa: PLC0415
+
+    config = settings.index
+    client = QdrantClient(
+        url=config.url,
+        api_key=os.environ.get(config.api_key_env) or None,
+        timeout=config.timeout_seconds,
+    )
+    try:
+        return QdrantServerIndex(
+            client,
+            f"{config.collection}-{_per_model(embedder)}",
+            dimension=embedder.dimension,
+            location=config.url,
+            hnsw_m=config.hnsw_m,
+            hnsw_ef_construct=config.hnsw_ef_construct,
+            hnsw_ef=config.hnsw_ef,
+            quantized=config.quantized,
+            precision=config.precision,
+            text_language=config.text_language,
+            phrases=config.phrases,
+            shards=config.shards,
+            replicas=config.replicas,
+        )
+    except BaseException:
+        client.close()
+        raise
 
 
 def _passthrough(settings: Settings) -> Reranker:
@@ -146,7 +181,10 @@ EMBEDDERS: dict[str, Callable[[Settings], Embedder]] = {
     "sentence-transformers": _sentence_transformers,
     "hashing": _hashing,
 }
-INDEXES: dict[str, Callable[[Settings, Embedder], VectorIndex]] = {"qdrant-edge": _qdrant_edge}
+INDEXES: dict[str, Callable[[Settings, Embedder], VectorIndex]] = {
+    "qdrant-edge": _qdrant_edge,
+    "qdrant-server": _qdrant_server,
+}
 RERANKERS: dict[str, Callable[[Settings], Reranker]] = {
     "none": _passthrough,
     "llamacpp": _llamacpp,

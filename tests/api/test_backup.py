@@ -29,6 +29,7 @@ from appliance.settings import Settings
 from tests.api.calls import COUNTED, counts, feedback, ids, recommend, serving, stats, upsert
 from tests.api.test_auth import ADMIN_KEY, CLIENT_KEY, bearer, keyed_settings
 from tests.conftest import make_settings, started_clients
+from tests.qdrant_server import server_index
 
 #: Requests answered by every way of building the query, with and without filters.
 REQUESTS: dict[str, dict[str, Any]] = {
@@ -94,16 +95,20 @@ def answers(client: TestClient[Any]) -> dict[str, dict[str, Any]]:
     return {name: recommend(client, **body) for name, body in REQUESTS.items()}
 
 
-def assert_same_answers(after: dict[str, Any], before: dict[str, Any]) -> None:
+def assert_same_answers(
+    after: dict[str, Any], before: dict[str, Any], *, tolerance: float = 1e-5
+) -> None:
     for name, answer in before.items():
         assert after[name]["strategy"] == answer["strategy"], name
         assert ids(after[name]) == ids(answer), name
         for now, was in zip(after[name]["recommendations"], answer["recommendations"], strict=True):
             assert now["sources"].keys() == was["sources"].keys(), name
             exact = {s: v for s, v in was["sources"].items() if s not in INDEX_STATISTICS}
-            assert {s: now["sources"][s] for s in exact} == pytest.approx(exact, abs=1e-5), name
+            assert {s: now["sources"][s] for s in exact} == pytest.approx(exact, abs=tolerance), (
+                name
+            )
             if not was["sources"].keys() & INDEX_STATISTICS:
-                assert now["score"] == pytest.approx(was["score"], abs=1e-5), name
+                assert now["score"] == pytest.approx(was["score"], abs=tolerance), name
 
 
 def take_backup(client: TestClient[Any], **headers: str) -> bytes:
@@ -234,6 +239,30 @@ def test_a_restored_appliance_answers_exactly_as_the_original(
     last = shown_before["tail"]["last_event_id"]
     feedback(fresh, "dave", "tt-3", interaction_type="like")
     assert fresh.get("/feedback").json()["last_event_id"] == last + 1
+
+
+def test_an_appliance_moves_to_a_qdrant_server_by_backup_and_restore(
+    source: TestClient[Any], minilm: Embedder, tmp_path: Path
+) -> None:
+    before, shown_before = answers(source), history(source)
+    body = take_backup(source)
+
+    index = server_index(tmp_path / "qdrant", minilm.dimension)
+    try:
+        app = create_app(
+            make_settings(tmp_path / "moved"), backends=Backends(embedder=minilm, index=index)
+        )
+        with TestClient(app) as moved:
+            assert restore(moved, body).status_code == 200
+            # The server's collection took the archived vectors: nothing was embedded again.
+            assert moved.get("/stats").json()["encoder"]["texts"] == 8
+            assert counts(moved)["index_points"] == 35
+            assert history(moved) == shown_before
+            # The same vectors, but the embedded index compares them with a request's in float16,
+            # the server's stand-in in float32.
+            assert_same_answers(answers(moved), before, tolerance=1e-3)
+    finally:
+        index.close()
 
 
 #: The sources that read only the request, the items' vectors and the user's own feedback; the

@@ -16,6 +16,7 @@ from appliance.backends.indexes.protocol import IndexEntry, VectorIndex
 from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
 from appliance.domain import FieldCondition, Hit, Range, Selection
 from appliance.errors import ConfigError
+from tests.qdrant_server import server_index
 
 DIM = 32
 GENRES = ("drama", "comedy", "horror", "scifi", "western")
@@ -27,11 +28,24 @@ FACTORIES: dict[str, Callable[..., VectorIndex]] = {
     "qdrant-edge-float32": lambda path, dimension, **options: QdrantEdgeIndex(
         path, dimension=dimension, precision="float32", **options
     ),
+    # qdrant-client's in-process mode stands in for the server; it keeps vectors as written.
+    "qdrant-server": server_index,
 }
 #: How each kind stores a vector, and how far a stored vector, and so a score, may be from what
 #: was written: float16 keeps three significant digits of a unit vector's components.
-STORED_AS = {"qdrant-edge": np.float16, "qdrant-edge-float32": np.float32}
-STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6}
+STORED_AS = {
+    "qdrant-edge": np.float16,
+    "qdrant-edge-float32": np.float32,
+    "qdrant-server": np.float32,
+}
+#: What the message says to do about an index of another dimension.
+ANOTHER_DIMENSION = {
+    "qdrant-edge": "run `appliance reindex`",
+    "qdrant-edge-float32": "run `appliance reindex`",
+    "qdrant-server": r"holds vectors of 32 dimensions, the embedding model gives 64; name another "
+    r"collection \(index.collection\)",
+}
+STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6, "qdrant-server": 1e-6}
 
 Matrix = npt.NDArray[np.float32]
 
@@ -522,7 +536,7 @@ def test_reopening_with_another_dimension_is_a_config_error(kind: str, tmp_path:
     first = FACTORIES[kind](path, DIM)
     first.upsert(_entries(_unit_vectors(3)))
     first.close()
-    with pytest.raises(ConfigError, match="reindex"):
+    with pytest.raises(ConfigError, match=ANOTHER_DIMENSION[kind]):
         FACTORIES[kind](path, DIM * 2)
     # The stored index is left intact for the right model.
     again = FACTORIES[kind](path, DIM)
