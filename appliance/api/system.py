@@ -46,7 +46,11 @@ class SystemController(Controller):
         security=[{}],
     )
     async def health(self, runtime: NamedDependency[Runtime]) -> Health:
-        """Ready once model, index and store are loaded (the server listens only then)."""
+        """Ready once model, index and store are loaded (the server listens only then).
+
+        503 while the index cannot answer (a Qdrant server that is down or lost the collection).
+        """
+        await anyio.to_thread.run_sync(runtime.index.check)
         return Health(
             status="ready",
             components={

@@ -147,9 +147,16 @@ def test_a_server_that_fails_is_a_503_that_names_it(
             create_app(settings, backends=Backends(embedder=minilm, index=index))
         ) as client:
             upsert(client, test_items[:6])
+            assert client.get("/health").status_code == 200
             # The collection disappears under the running appliance (an operator's mistake).
             server.delete_collection("items")
             where = "the Qdrant server at qdrant:6333"
+            health = client.get("/health")
+            assert health.status_code == 503, health.text
+            assert health.json()["detail"] == (
+                f"{where} no longer holds the collection 'items': run `appliance reindex` to "
+                "rebuild it from the store"
+            )
             asked = {"user_id": "u", "context": "a journey through time", "sources": ["vector"]}
             response = client.post("/recommendations", json=asked)
             assert response.status_code == 503, response.text
@@ -163,6 +170,7 @@ def test_a_server_that_fails_is_a_503_that_names_it(
 
             # Rebuilt from the database, the appliance answers again.
             assert client.post("/admin/reindex").status_code == 200
+            assert client.get("/health").status_code == 200
             assert ids(recommend(client, **asked))
             assert feedback(client, **liked)["preference_updated"]
     finally:

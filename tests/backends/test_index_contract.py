@@ -469,6 +469,14 @@ def test_count(index: VectorIndex) -> None:
     assert index.count() == 25
 
 
+def test_a_working_index_passes_its_check(index: VectorIndex) -> None:
+    index.check()
+    index.upsert(_entries(_unit_vectors(5)))
+    index.check()
+    index.clear()
+    index.check()
+
+
 def test_search_after_optimize(index: VectorIndex, exact: Exact) -> None:
     vectors = _fill(index)
     index.optimize()

@@ -136,6 +136,14 @@ class VectorIndex(Protocol):
         """Return the number of items."""
         ...
 
+    def check(self) -> None:
+        """Raise ``BackendError`` if the index cannot answer now, saying why.
+
+        Cheap enough for every health check: a server that is down, or that lost the index's
+        data, fails it; an index in this process's own files always passes.
+        """
+        ...
+
     def optimize(self) -> None:
         """Build or refresh search structures after bulk writes; may take a while."""
         ...

@@ -509,6 +509,9 @@ class QdrantEdgeIndex(PayloadReads):
         with self._shard.use() as shard:
             return int(shard.count(qe.CountRequest(exact=True)))
 
+    def check(self) -> None:
+        """Pass: the shard is open in this process (a failing disk fails the writes instead)."""
+
     def indexed_vectors(self) -> int:
         """Return how many vectors the engine has in search structures (graphs, sparse indexes).
 

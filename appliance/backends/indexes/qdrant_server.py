@@ -390,6 +390,16 @@ class QdrantServerIndex(PayloadReads):
         with self._answering("count the items"):
             return int(self._client.count(self._collection, exact=True).count)
 
+    def check(self) -> None:
+        """Raise ``BackendError`` if the server cannot be reached or lost the collection."""
+        with self._answering("answer"):
+            held = self._client.collection_exists(self._collection)
+        if not held:
+            raise BackendError(
+                f"the Qdrant server at {self._location} no longer holds the collection "
+                f"{self._collection!r}: run `appliance reindex` to rebuild it from the store"
+            )
+
     def optimize(self) -> None:
         """Wait until the server has built the graphs for what was written (it builds them itself).
 
