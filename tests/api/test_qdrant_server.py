@@ -177,7 +177,6 @@ def test_a_server_that_fails_is_a_503_that_names_it(
         index.close()
 
 
-@pytest.mark.filterwarnings("ignore:Failed to obtain server version:UserWarning")
 def test_an_unreachable_server_is_a_config_error_that_names_it(
     minilm: Embedder, tmp_path: Path
 ) -> None:
