@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from appliance import model_files
 from appliance.backends.embedders.protocol import Embedder
@@ -15,6 +15,9 @@ from appliance.backends.rerankers.protocol import Reranker
 from appliance.backends.stores.duckdb_store import DuckDBStore
 from appliance.errors import ConfigError
 from appliance.settings import Settings
+
+if TYPE_CHECKING:
+    from qdrant_client import QdrantClient
 
 T = TypeVar("T")
 
@@ -97,17 +100,22 @@ def _qdrant_edge(settings: Settings, embedder: Embedder) -> VectorIndex:
     )
 
 
-def _qdrant_server(settings: Settings, embedder: Embedder) -> VectorIndex:
+def _qdrant_server_client(settings: Settings) -> QdrantClient:
     from qdrant_client import QdrantClient  # noqa: PLC0415
 
-    from appliance.backends.indexes.qdrant_server import QdrantServerIndex  # noqa: PLC0415
-
     config = settings.index
-    client = QdrantClient(
+    return QdrantClient(
         url=config.url,
         api_key=os.environ.get(config.api_key_env) or None,
         timeout=config.timeout_seconds,
     )
+
+
+def _qdrant_server(settings: Settings, embedder: Embedder) -> VectorIndex:
+    from appliance.backends.indexes.qdrant_server import QdrantServerIndex  # noqa: PLC0415
+
+    config = settings.index
+    client = _qdrant_server_client(settings)
     try:
         return QdrantServerIndex(
             client,
@@ -204,8 +212,8 @@ def preflight(settings: Settings) -> None:
     """Check, cheaply and before anything loads, that the settings name usable backends.
 
     Raises:
-        ConfigError: An unknown kind, or a model file that is not in the models folder (the
-            message names the command that fetches it).
+        ConfigError: An unknown kind, a model file that is not in the models folder (the
+            message names the command that fetches it), or a Qdrant server that does not answer.
 
     """
     _pick("embedder", EMBEDDERS, settings.embedder.kind)
@@ -215,6 +223,14 @@ def preflight(settings: Settings) -> None:
         model_files.require(settings.models_dir, settings.embedder.model)
     if settings.reranker.kind == "llamacpp":
         _reranker_model(settings)
+    if settings.index.kind == "qdrant-server":
+        from appliance.backends.indexes.qdrant_server import reach  # noqa: PLC0415
+
+        client = _qdrant_server_client(settings)
+        try:
+            reach(client, settings.index.url)
+        finally:
+            client.close()
 
 
 def build_embedder(settings: Settings) -> Embedder:

@@ -215,6 +215,16 @@ def test_a_missing_reranker_model_fails_at_start(env: dict[str, str], tmp_path: 
     assert "absent.gguf does not exist" in started.stderr
 
 
+def test_an_unreachable_qdrant_server_fails_at_start_naming_it(env: dict[str, str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    env = {**env, "APPLIANCE_INDEX__KIND": "qdrant-server", "APPLIANCE_INDEX__URL": url}
+    started = run("serve", "--port", str(free_port()), env=env)
+    assert started.returncode == 2
+    assert f"error: cannot reach the Qdrant server at {url}: " in started.stderr
+    assert "check index.url" in started.stderr
+    assert "Traceback" not in started.stderr
+
+
 def test_serve_refuses_a_network_host_without_keys(env: dict[str, str]) -> None:
     started = run("serve", "--host", "0.0.0.0", "--port", str(free_port()), env=env)  # noqa: S104
     assert started.returncode == 2

@@ -48,6 +48,23 @@ _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
 _OPTIMIZE_POLL_SECONDS = 0.5
 
 
+def reach(client: QdrantClient, location: str) -> None:
+    """Check that the server answers.
+
+    Raises:
+        ConfigError: It does not (nothing listens at ``location``, or not a Qdrant server, or
+            one that refuses the API key).
+
+    """
+    try:
+        client.get_collections()
+    except Exception as e:  # transport and server errors alike
+        raise ConfigError(
+            f"cannot reach the Qdrant server at {location}: {e}; check index.url, the API key "
+            "(index.api_key_env) and that the server is running"
+        ) from e
+
+
 class QdrantServerIndex(PayloadReads):
     """One collection of a Qdrant server (or cluster), reached through qdrant-client."""
 
@@ -120,13 +137,9 @@ class QdrantServerIndex(PayloadReads):
         self._shards = shards
         self._replicas = replicas
         self._optimize_timeout = optimize_timeout_seconds
-        try:
+        reach(client, location)
+        with self._answering("describe the collections"):
             exists = client.collection_exists(collection)
-        except Exception as e:  # transport and server errors alike
-            raise ConfigError(
-                f"cannot reach the Qdrant server at {location}: {e}; check index.url and "
-                "that the server is running"
-            ) from e
         if exists:
             self._check_existing()
         else:
