@@ -66,13 +66,16 @@ def test_every_index_source_answers_from_the_server(
         upsert(client, test_items)
         assert counts(client)["index_points"] == len(test_items)
 
-        by_meaning = ask(client, "a journey through time", "vector")
-        assert set(ids(by_meaning)) <= {f"tt-{n}" for n in range(1, 7)}
+        time_travel = {f"tt-{n}" for n in range(1, 7)}
+        by_meaning = ids(ask(client, "a journey through time", "vector"))
+        assert len(by_meaning) == 5
+        assert set(by_meaning) <= time_travel
         # A rare word of one item's text, which the embedding alone misses (test_text_sources).
         assert ids(ask(client, "coastal", "keyword")) == ["ro-2"]
         assert ids(ask(client, "coastal", "vector"))[0] != "ro-2"
-        phrased = ask(client, "a journey through time", "phrases")
-        assert set(ids(phrased)) <= {f"tt-{n}" for n in range(1, 7)}
+        phrased = ids(ask(client, "a journey through time", "phrases"))
+        assert len(phrased) == 5
+        assert set(phrased) <= time_travel
         named = ask(client, "Something like Paradox Station, please", "named", top_k=4)
         assert "tt-2" not in ids(named)
         assert all(r["item_id"].startswith("tt-") for r in named["recommendations"][:2])
@@ -87,11 +90,12 @@ def test_every_index_source_answers_from_the_server(
         assert ids(history)
         assert "tt-4" not in ids(history)
         assert all(set(r["sources"]) == {"history"} for r in history["recommendations"])
-        assert ids(history)[0].startswith("tt-")
+        assert all(r["via"]["history"] == "tt-4" for r in history["recommendations"])
+        assert ids(history)[0] in time_travel
 
         more = similar(client, "tt-1", top_k=5)
         assert "tt-1" not in ids(more)
-        assert ids(more)[0].startswith("tt-")
+        assert ids(more)[0] in time_travel
 
         # An item's new text is searched at once; a deleted item is gone from every search.
         upsert(client, [{"item_id": "tt-1", "title": "The Narwhal Clock", "text": "A narwhal."}])
