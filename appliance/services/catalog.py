@@ -364,7 +364,16 @@ class CatalogService:
             self._schedule_optimize()  # after the running one, for what it did not see
             return
         self._unoptimized = False
-        self._optimizing = asyncio.create_task(anyio.to_thread.run_sync(self._index.optimize))
+        self._optimizing = asyncio.create_task(self._optimize())
+
+    async def _optimize(self) -> None:
+        try:
+            await anyio.to_thread.run_sync(self._index.optimize)
+        except ApplianceError as e:
+            # Searches still answer from what was written; the pause after the next write tries
+            # again, and until then the graphs count as pending.
+            log.error("index optimisation failed: %s", e.message)  # noqa: TRY400 - said in full
+            self._unoptimized = True
 
     @property
     def optimization_pending(self) -> bool:

@@ -19,11 +19,13 @@ from appliance.backends.embedders.hashing import HashingEmbedder
 from appliance.backends.embedders.protocol import Vectors
 from appliance.backends.indexes.protocol import IndexEntry
 from appliance.backends.indexes.qdrant_edge import QdrantEdgeIndex
+from appliance.backends.indexes.qdrant_server import QdrantServerIndex
 from appliance.backends.registry import Backends, build_store
 from appliance.domain import Item
 from appliance.services import catalog as catalog_module
 from appliance.services.runtime import open_runtime
 from tests.conftest import make_settings
+from tests.qdrant_server import stand_in_server
 
 QUIET = 0.05
 ENCODING = 0.2  # four times the quiet period
@@ -89,6 +91,35 @@ async def test_a_bulk_import_is_optimized_once_after_its_last_batch(
             await runtime.catalog.upsert([Item("b0-0", "item 0 of batch 0", "text")])
             await asyncio.sleep(QUIET * 6)
             assert [kind for kind, _ in index.events].count("optimize") == 1
+    finally:
+        index.close()
+
+
+@pytest.mark.anyio
+async def test_a_failed_optimisation_is_logged_and_tried_again_after_the_next_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(catalog_module, "OPTIMIZE_DELAY", QUIET)
+    settings = make_settings(tmp_path / "data", embedder={"kind": "hashing"})
+    embedder = HashingEmbedder()
+    server = stand_in_server(tmp_path / "qdrant")
+    index = QdrantServerIndex(server, "items", dimension=embedder.dimension, location="qdrant")
+    try:
+        async with open_runtime(settings, Backends(embedder=embedder, index=index)) as runtime:
+            await runtime.catalog.upsert([Item("a", "first item", "text")])
+            # The server loses the collection before the pause after the write is over.
+            server.delete_collection("items")
+            await asyncio.sleep(QUIET * 6)
+            failed = [r for r in caplog.records if "index optimisation failed" in r.message]
+            assert len(failed) == 1
+            assert "could not describe the collection" in failed[0].message
+            assert runtime.catalog.optimization_pending
+
+            index.clear()  # the collection back, empty
+            await runtime.catalog.upsert([Item("b", "second item", "text")])
+            await asyncio.sleep(QUIET * 6)
+            assert not runtime.catalog.optimization_pending
+            assert len([r for r in caplog.records if "optimisation failed" in r.message]) == 1
     finally:
         index.close()
 
