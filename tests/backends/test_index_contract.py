@@ -38,6 +38,7 @@ STORED_AS = {
     "qdrant-edge-float32": np.float32,
     "qdrant-server": np.float32,
 }
+STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6, "qdrant-server": 1e-6}
 #: What the message says to do about an index of another dimension.
 ANOTHER_DIMENSION = {
     "qdrant-edge": "run `appliance reindex`",
@@ -45,7 +46,6 @@ ANOTHER_DIMENSION = {
     "qdrant-server": r"holds vectors of 32 dimensions, the embedding model gives 64; name another "
     r"collection \(index.collection\)",
 }
-STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6, "qdrant-server": 1e-6}
 
 Matrix = npt.NDArray[np.float32]
 
