@@ -17,7 +17,7 @@ from appliance.backends.indexes.qdrant_server import QdrantServerIndex
 
 
 class _OneCallAtATime:
-    """A client whose methods run one at a time, as a server would serialise its collection's."""
+    """A client whose calls run one at a time (the in-process mode is not thread-safe)."""
 
     def __init__(self, client: QdrantClient) -> None:
         self._client = client
