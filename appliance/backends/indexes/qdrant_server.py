@@ -11,7 +11,6 @@ persistence; a write returns once the server has applied it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -44,8 +43,6 @@ _SCROLL_PAGE = 2048
 _UPSERT_BATCH = 256
 _SCHEMAS = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
-#: How often ``optimize`` asks whether the server has finished building its graphs.
-_OPTIMIZE_POLL_SECONDS = 0.5
 
 
 def reach(client: QdrantClient, location: str) -> None:
@@ -87,7 +84,6 @@ class QdrantServerIndex(PayloadReads):
         phrases: bool = False,
         shards: int = 1,
         replicas: int = 1,
-        optimize_timeout_seconds: float = 600.0,
     ) -> None:
         """Open the collection, creating it if the server has none of that name.
 
@@ -107,7 +103,6 @@ class QdrantServerIndex(PayloadReads):
                 room for them, so turning them on later needs no new collection).
             shards: Shards of a new collection.
             replicas: Copies of each shard a new collection keeps.
-            optimize_timeout_seconds: Longest ``optimize`` waits for the server's graphs.
 
         Raises:
             ConfigError: The server cannot be reached, or the collection was written otherwise
@@ -136,7 +131,6 @@ class QdrantServerIndex(PayloadReads):
         self._precision = precision
         self._shards = shards
         self._replicas = replicas
-        self._optimize_timeout = optimize_timeout_seconds
         reach(client, location)
         with self._answering("describe the collections"):
             exists = client.collection_exists(collection)
@@ -414,32 +408,27 @@ class QdrantServerIndex(PayloadReads):
             )
 
     def optimize(self) -> None:
-        """Wait until the server has built the graphs for what was written (it builds them itself).
+        """Leave the graphs to the server, which builds them as points arrive.
+
+        A collection the server reports grey (optimisations pending since it restarted, which
+        wait for an update) is nudged to start them; nothing waits for them to finish.
 
         Raises:
-            BackendError: The server reports a failed optimisation, or is still at it after
-                ``optimize_timeout_seconds``.
+            BackendError: The server reports the collection red (an optimisation failed).
 
         """
-        give_up = time.monotonic() + self._optimize_timeout
-        while True:
-            with self._answering("describe the collection"):
-                status = self._client.get_collection(self._collection).status
-            if status == qm.CollectionStatus.GREEN:
-                return
-            if status == qm.CollectionStatus.GREY:
-                # Optimisations pending since the server restarted: they wait for an update.
-                with self._answering("start optimising the collection"):
-                    self._client.update_collection(
-                        self._collection, optimizers_config=qm.OptimizersConfigDiff()
-                    )
-            if status == qm.CollectionStatus.RED or time.monotonic() > give_up:
-                raise BackendError(
-                    f"the Qdrant server at {self._location} reports the collection "
-                    f"{self._collection!r} {status.value} (its optimisation "
-                    + ("failed)" if status == qm.CollectionStatus.RED else "is not finished)")
+        with self._answering("describe the collection"):
+            status = self._client.get_collection(self._collection).status
+        if status == qm.CollectionStatus.RED:
+            raise BackendError(
+                f"the Qdrant server at {self._location} reports the collection "
+                f"{self._collection!r} red: an optimisation failed there (see its log)"
+            )
+        if status == qm.CollectionStatus.GREY:
+            with self._answering("start optimising the collection"):
+                self._client.update_collection(
+                    self._collection, optimizers_config=qm.OptimizersConfigDiff()
                 )
-            time.sleep(_OPTIMIZE_POLL_SECONDS)
 
     def clear(self) -> None:
         """Delete the collection and create it empty."""
