@@ -8,6 +8,8 @@ threads at once, which the appliance does, so every call to it takes one lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ class _OneCallAtATime:
     def __init__(self, client: QdrantClient) -> None:
         self._client = client
         self._lock = threading.Lock()
+        self._down = False
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
@@ -30,9 +33,20 @@ class _OneCallAtATime:
 
         def locked(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
+                if self._down:
+                    raise ConnectionRefusedError(111, "Connection refused")
                 return method(*args, **kwargs)
 
         return locked
+
+    @contextmanager
+    def down(self) -> Iterator[None]:
+        """Refuse every call meanwhile, as a server that is down refuses connections."""
+        self._down = True
+        try:
+            yield
+        finally:
+            self._down = False
 
 
 def stand_in_server(path: Path) -> Any:

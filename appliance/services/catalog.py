@@ -87,6 +87,9 @@ class CatalogService:
         # Upserts under way, and whether the index took writes it has not optimized yet.
         self._writing = 0
         self._unoptimized = False
+        # Items whose index entry may differ from the store: a write to the index failed after
+        # the store's (a Qdrant server out of reach). The next write mends them first.
+        self._astray: set[str] = set()
 
     async def upsert(self, items: Sequence[Item]) -> UpsertSummary:
         """Insert or replace items; only items whose title or text changed are re-embedded.
@@ -99,6 +102,9 @@ class CatalogService:
 
         Raises:
             InvalidInputError: An item id appears more than once.
+            BackendError: The index refused a write (a Qdrant server out of reach). If the store
+                had taken the items, the next write, this one sent again included, writes them
+                to the index first; until the index takes that, every write is refused.
 
         """
         ids = [i.item_id for i in items]
@@ -114,6 +120,7 @@ class CatalogService:
             self._write_finished()
 
     async def _upsert(self, items: Sequence[Item], ids: Sequence[str]) -> UpsertSummary:
+        await self._mend()
         existing = await anyio.to_thread.run_sync(self._store.get_items, ids)
         changed = [i for i in items if i.item_id not in existing or existing[i.item_id].item != i]
         if not changed:
@@ -127,7 +134,12 @@ class CatalogService:
         try:
             stored = await anyio.to_thread.run_sync(self._store.put_items, changed)
             self._unoptimized = True
-            await anyio.to_thread.run_sync(self._index.upsert, _entries(stored, vectors, phrases))
+            try:
+                entries = _entries(stored, vectors, phrases)
+                await anyio.to_thread.run_sync(self._index.upsert, entries)
+            except ApplianceError:
+                self._astray.update(i.item_id for i in changed)
+                raise
             await anyio.to_thread.run_sync(
                 self.titles.update, [(i.item_id, i.title, i.text) for i in changed]
             )
@@ -237,15 +249,20 @@ class CatalogService:
             NotFoundError: No item has this id.
 
         """
+        await self._mend()
         deleted = await anyio.to_thread.run_sync(self._store.delete_items, [item_id])
         if not deleted:
             raise NotFoundError(f"item {item_id!r} is not in the catalog")
         try:
             await anyio.to_thread.run_sync(self._index.delete, deleted)
-            self.titles.remove(deleted)
+        except ApplianceError:
+            self._astray.update(deleted)
+            raise
         finally:
+            # The store no longer holds it, whatever the index did.
+            self.titles.remove(deleted)
             self._on_change()
-        self._on_delete()
+            self._on_delete()
 
     async def reconcile(self) -> ReconcileSummary:
         """Make the index and the dictionary of titles agree with the store.
@@ -257,6 +274,8 @@ class CatalogService:
         appliance serves.
         """
         await self.reload_titles()
+        # Everything is compared below: what earlier writes left astray included.
+        self._astray.clear()
         wanted = await anyio.to_thread.run_sync(self._store.content_hashes)
         present = await anyio.to_thread.run_sync(self._index.fingerprints)
         orphans = [i for i in present if i not in wanted]
@@ -272,16 +291,14 @@ class CatalogService:
         rewritten, failed = await self._rewrite(outdated)
         for start in range(0, len(stale), _RECONCILE_BATCH):
             ids = stale[start : start + _RECONCILE_BATCH]
-            found = await anyio.to_thread.run_sync(self._store.get_items, ids)
-            rows = list(found.values())
-            items = [r.item for r in rows]
-            vectors, phrases = await self.encode(items, items)
             try:
-                await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors, phrases))
+                await self._index_as_stored(ids)
             except ApplianceError as e:
-                # One bad batch must not keep the appliance from starting.
-                log.exception("index reconcile: %d items not indexed: %s", len(rows), e.message)
-                failed += len(rows)
+                # One bad batch must not keep the appliance from starting; the first write
+                # tries them again.
+                log.exception("index reconcile: %d items not indexed: %s", len(ids), e.message)
+                failed += len(ids)
+                self._astray.update(ids)
             log.info(
                 "index: %d of %d items embedded",
                 min(start + _RECONCILE_BATCH, len(stale)),
@@ -295,6 +312,44 @@ class CatalogService:
         return ReconcileSummary(
             embedded=len(stale) - failed, removed=len(orphans), failed=failed, rewritten=rewritten
         )
+
+    async def _index_as_stored(self, item_ids: Sequence[str]) -> tuple[list[Item], list[str]]:
+        """Write the items to the index as the store holds them, embedded afresh.
+
+        Returns:
+            The items written, and the ids the store does not hold, deleted from the index.
+
+        """
+        found = await anyio.to_thread.run_sync(self._store.get_items, item_ids)
+        gone = [i for i in item_ids if i not in found]
+        if gone:
+            await anyio.to_thread.run_sync(self._index.delete, gone)
+        rows = list(found.values())
+        items = [r.item for r in rows]
+        vectors, phrases = await self.encode(items, items)
+        await anyio.to_thread.run_sync(self._index.upsert, _entries(rows, vectors, phrases))
+        return items, gone
+
+    async def _mend(self) -> None:
+        """Bring the index in line with the store for the items a failed index write left.
+
+        Raises:
+            BackendError: The index still fails; they stay astray.
+
+        """
+        if not self._astray:
+            return
+        astray = sorted(self._astray)
+        self._unoptimized = True
+        for start in range(0, len(astray), _RECONCILE_BATCH):
+            items, gone = await self._index_as_stored(astray[start : start + _RECONCILE_BATCH])
+            await anyio.to_thread.run_sync(
+                self.titles.update, [(i.item_id, i.title, i.text) for i in items]
+            )
+            self.titles.remove(gone)
+        self._astray.difference_update(astray)
+        log.info("index: %d items left astray by a failed write brought in line", len(astray))
+        self._on_change()
 
     async def reload_titles(self) -> None:
         """Rebuild the dictionary of titles from the store (at start-up, after a restore)."""
