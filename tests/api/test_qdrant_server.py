@@ -27,7 +27,7 @@ from appliance.settings import Settings
 from tests.api.calls import counts, feedback, ids, recommend, similar, upsert
 from tests.api.test_persistence import assert_same_answers, encoded_texts, populate, take
 from tests.conftest import make_settings
-from tests.qdrant_server import server_index, stand_in_server
+from tests.qdrant_server import stand_in_server
 
 
 @pytest.fixture
@@ -43,9 +43,16 @@ def collection(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def running(settings: Settings, embedder: Embedder, collection: Path) -> Iterator[TestClient[Any]]:
-    """The application on a server index, both closed on exit (the collection stays)."""
-    index = server_index(collection, embedder.dimension, phrases=settings.index.phrases)
+def running(settings: Settings, embedder: Embedder, server: Any) -> Iterator[TestClient[Any]]:
+    """The application on the collection "items" of ``server``; closed on exit (the collection
+    stays)."""
+    index = QdrantServerIndex(
+        server,
+        "items",
+        dimension=embedder.dimension,
+        location="qdrant:6333",
+        phrases=settings.index.phrases,
+    )
     try:
         app = create_app(settings, backends=Backends(embedder=embedder, index=index))
         with TestClient(app) as client:
@@ -62,7 +69,7 @@ def ask(client: TestClient[Any], context: str, *sources: str, **body: Any) -> di
 def test_every_index_source_answers_from_the_server(
     minilm: Embedder, settings: Settings, collection: Path, test_items: list[dict[str, Any]]
 ) -> None:
-    with running(settings, minilm, collection) as client:
+    with running(settings, minilm, stand_in_server(collection)) as client:
         upsert(client, test_items)
         assert counts(client)["index_points"] == len(test_items)
 
@@ -108,12 +115,12 @@ def test_every_index_source_answers_from_the_server(
 def test_a_restart_finds_the_collection_as_it_was(
     minilm: Embedder, settings: Settings, collection: Path, test_items: list[dict[str, Any]]
 ) -> None:
-    with running(settings, minilm, collection) as first:
+    with running(settings, minilm, stand_in_server(collection)) as first:
         populate(first, test_items)
         before = take(first)
         counts_before = counts(first)
 
-    with running(settings, minilm, collection) as second:
+    with running(settings, minilm, stand_in_server(collection)) as second:
         # Nothing was re-embedded: the collection agreed with the database.
         assert encoded_texts(second) == 0
         assert counts(second) == counts_before
@@ -126,7 +133,7 @@ def test_a_lost_collection_is_rebuilt_from_the_database(
 ) -> None:
     # Without phrase vectors, so that rebuilding encodes one text an item.
     settings = make_settings(tmp_path / "data")
-    with running(settings, minilm, collection) as first:
+    with running(settings, minilm, stand_in_server(collection)) as first:
         populate(first, test_items)
         before = take(first)
 
@@ -134,7 +141,7 @@ def test_a_lost_collection_is_rebuilt_from_the_database(
     lost.delete_collection("items")
     lost.close()
 
-    with running(settings, minilm, collection) as second:
+    with running(settings, minilm, stand_in_server(collection)) as second:
         assert encoded_texts(second) == len(test_items)
         assert counts(second)["index_points"] == len(test_items)
         after = take(second)
@@ -145,84 +152,72 @@ def test_a_server_that_fails_is_a_503_that_names_it(
     minilm: Embedder, settings: Settings, collection: Path, test_items: list[dict[str, Any]]
 ) -> None:
     server = stand_in_server(collection)
-    index = QdrantServerIndex(server, "items", dimension=minilm.dimension, location="qdrant:6333")
-    try:
-        with TestClient(
-            create_app(settings, backends=Backends(embedder=minilm, index=index))
-        ) as client:
-            upsert(client, test_items[:6])
-            assert client.get("/health").status_code == 200
-            # The collection disappears under the running appliance (an operator's mistake).
-            server.delete_collection("items")
-            where = "the Qdrant server at qdrant:6333"
-            health = client.get("/health")
-            assert health.status_code == 503, health.text
-            assert health.json()["detail"] == (
-                f"{where} no longer holds the collection 'items': run `appliance reindex` to "
-                "rebuild it from the store"
-            )
-            asked = {"user_id": "u", "context": "a journey through time", "sources": ["vector"]}
-            response = client.post("/recommendations", json=asked)
-            assert response.status_code == 503, response.text
-            assert where in response.json()["detail"]
-            # Feedback needs the item's vector: refused, so not stored (the client retries).
-            liked = {"user_id": "u", "item_id": "tt-1", "interaction_type": "like"}
-            response = client.post("/feedback", json=liked)
-            assert response.status_code == 503, response.text
-            assert where in response.json()["detail"]
-            assert client.get("/users/u").status_code == 404
+    with running(settings, minilm, server) as client:
+        upsert(client, test_items[:6])
+        assert client.get("/health").status_code == 200
+        # The collection disappears under the running appliance (an operator's mistake).
+        server.delete_collection("items")
+        where = "the Qdrant server at qdrant:6333"
+        health = client.get("/health")
+        assert health.status_code == 503, health.text
+        assert health.json()["detail"] == (
+            f"{where} no longer holds the collection 'items': run `appliance reindex` to "
+            "rebuild it from the store"
+        )
+        asked = {"user_id": "u", "context": "a journey through time", "sources": ["vector"]}
+        response = client.post("/recommendations", json=asked)
+        assert response.status_code == 503, response.text
+        assert where in response.json()["detail"]
+        # Feedback needs the item's vector: refused, so not stored (the client retries).
+        liked = {"user_id": "u", "item_id": "tt-1", "interaction_type": "like"}
+        response = client.post("/feedback", json=liked)
+        assert response.status_code == 503, response.text
+        assert where in response.json()["detail"]
+        assert client.get("/users/u").status_code == 404
 
-            # Rebuilt from the database, the appliance answers again.
-            assert client.post("/admin/reindex").status_code == 200
-            assert client.get("/health").status_code == 200
-            assert ids(recommend(client, **asked))
-            assert feedback(client, **liked)["preference_updated"]
-    finally:
-        index.close()
+        # Rebuilt from the database, the appliance answers again.
+        assert client.post("/admin/reindex").status_code == 200
+        assert client.get("/health").status_code == 200
+        assert ids(recommend(client, **asked))
+        assert feedback(client, **liked)["preference_updated"]
 
 
 def test_what_a_down_server_missed_is_written_before_the_next_write(
     minilm: Embedder, settings: Settings, collection: Path, test_items: list[dict[str, Any]]
 ) -> None:
     server = stand_in_server(collection)
-    index = QdrantServerIndex(server, "items", dimension=minilm.dimension, location="qdrant:6333")
-    try:
-        with TestClient(
-            create_app(settings, backends=Backends(embedder=minilm, index=index))
-        ) as client:
-            upsert(client, test_items)
-            new = {"item_id": "nw-1", "title": "The Narwhal Atlas", "text": "Narwhal migrations."}
-            edited = dict(test_items[0], text="A lighthouse keeper counts the ships in a storm.")
-            with server.down():
-                assert client.get("/health").status_code == 503
-                # The store deletes the item, the index cannot: the answer says so.
-                refused = client.delete("/items/ro-2")
-                assert refused.status_code == 503, refused.text
-                assert "the Qdrant server at qdrant:6333 could not delete items" in refused.text
-                assert client.get("/items/ro-2").status_code == 404
-                # While the index lags behind the store, writes wait for it: nothing is stored.
-                refused = client.post("/items", json={"items": [new, edited]})
-                assert refused.status_code == 503, refused.text
-                assert client.get("/items/nw-1").status_code == 404
+    with running(settings, minilm, server) as client:
+        upsert(client, test_items)
+        new = {"item_id": "nw-1", "title": "The Narwhal Atlas", "text": "Narwhal migrations."}
+        edited = dict(test_items[0], text="A lighthouse keeper counts the ships in a storm.")
+        with server.down():
+            assert client.get("/health").status_code == 503
+            # The store deletes the item, the index cannot: the answer says so.
+            refused = client.delete("/items/ro-2")
+            assert refused.status_code == 503, refused.text
+            assert "the Qdrant server at qdrant:6333 could not delete items" in refused.text
+            assert client.get("/items/ro-2").status_code == 404
+            # While the index lags behind the store, writes wait for it: nothing is stored.
+            refused = client.post("/items", json={"items": [new, edited]})
+            assert refused.status_code == 503, refused.text
+            assert client.get("/items/nw-1").status_code == 404
 
-            # Sent again, the items are written after the index has caught up with the delete.
-            again = upsert(client, [new, edited])
-            assert (again["created"], again["updated"]) == (1, 1)
-            assert ids(ask(client, "narwhal", "keyword")) == ["nw-1"]
-            assert ids(ask(client, "lighthouse", "keyword")) == ["tt-1"]
-            assert ask(client, "coastal", "keyword")["recommendations"] == []
+        # Sent again, the items are written after the index has caught up with the delete.
+        again = upsert(client, [new, edited])
+        assert (again["created"], again["updated"]) == (1, 1)
+        assert ids(ask(client, "narwhal", "keyword")) == ["nw-1"]
+        assert ids(ask(client, "lighthouse", "keyword")) == ["tt-1"]
+        assert ask(client, "coastal", "keyword")["recommendations"] == []
 
-            # A write the store takes and the index refuses is indexed when it is sent again.
-            late = {"item_id": "nw-2", "title": "Walrus Tales", "text": "Stories of the walrus."}
-            with server.down():
-                assert client.post("/items", json={"items": [late]}).status_code == 503
-            assert client.get("/items/nw-2").status_code == 200
-            again = upsert(client, [late])
-            assert again["unchanged"] == 1
-            assert ids(ask(client, "walrus", "keyword")) == ["nw-2"]
-            assert counts(client)["index_points"] == counts(client)["items"] == len(test_items) + 1
-    finally:
-        index.close()
+        # A write the store takes and the index refuses is indexed when it is sent again.
+        late = {"item_id": "nw-2", "title": "Walrus Tales", "text": "Stories of the walrus."}
+        with server.down():
+            assert client.post("/items", json={"items": [late]}).status_code == 503
+        assert client.get("/items/nw-2").status_code == 200
+        again = upsert(client, [late])
+        assert again["unchanged"] == 1
+        assert ids(ask(client, "walrus", "keyword")) == ["nw-2"]
+        assert counts(client)["index_points"] == counts(client)["items"] == len(test_items) + 1
 
 
 def test_an_unreachable_server_is_a_config_error_that_names_it(
