@@ -25,6 +25,8 @@ class _OneCallAtATime:
         self._client = client
         self._lock = threading.Lock()
         self._down = False
+        self.calls: list[str] = []
+        """The names of the client's methods called, in order."""
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._client, name)
@@ -33,6 +35,7 @@ class _OneCallAtATime:
 
         def locked(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
+                self.calls.append(name)
                 if self._down:
                     raise ConnectionRefusedError(111, "Connection refused")
                 return method(*args, **kwargs)

@@ -88,7 +88,7 @@ class CatalogService:
         self._writing = 0
         self._unoptimized = False
         # Items whose index entry may differ from the store: a write to the index failed after
-        # the store's (a Qdrant server out of reach). The next write mends them first.
+        # the store's (a Qdrant server out of reach). Each write first tries to mend them.
         self._astray: set[str] = set()
 
     async def upsert(self, items: Sequence[Item]) -> UpsertSummary:
@@ -102,9 +102,9 @@ class CatalogService:
 
         Raises:
             InvalidInputError: An item id appears more than once.
-            BackendError: The index refused a write (a Qdrant server out of reach). If the store
-                had taken the items, the next write, this one sent again included, writes them
-                to the index first; until the index takes that, every write is refused.
+            BackendError: The index refused a write (a Qdrant server out of reach). The store
+                has the items: the next write (this one sent again, say) writes them to the
+                index first.
 
         """
         ids = [i.item_id for i in items]
@@ -333,23 +333,32 @@ class CatalogService:
     async def _mend(self) -> None:
         """Bring the index in line with the store for the items a failed index write left.
 
-        Raises:
-            BackendError: The index still fails; they stay astray.
-
+        An index that still fails leaves them for the next write, and the write goes on: an
+        item the index refused for good must not stop every other.
         """
         if not self._astray:
             return
         astray = sorted(self._astray)
         self._unoptimized = True
-        for start in range(0, len(astray), _RECONCILE_BATCH):
-            items, gone = await self._index_as_stored(astray[start : start + _RECONCILE_BATCH])
-            await anyio.to_thread.run_sync(
-                self.titles.update, [(i.item_id, i.title, i.text) for i in items]
+        try:
+            for start in range(0, len(astray), _RECONCILE_BATCH):
+                items, gone = await self._index_as_stored(astray[start : start + _RECONCILE_BATCH])
+                await anyio.to_thread.run_sync(
+                    self.titles.update, [(i.item_id, i.title, i.text) for i in items]
+                )
+                self.titles.remove(gone)
+                self._astray.difference_update(i.item_id for i in items)
+                self._astray.difference_update(gone)
+        except ApplianceError as e:
+            log.error(  # noqa: TRY400 - said in full
+                "index: %d items a failed write left behind still not written: %s",
+                len(self._astray),
+                e.message,
             )
-            self.titles.remove(gone)
-        self._astray.difference_update(astray)
-        log.info("index: %d items left astray by a failed write brought in line", len(astray))
-        self._on_change()
+        else:
+            log.info("index: %d items a failed write left behind written", len(astray))
+        finally:
+            self._on_change()
 
     async def reload_titles(self) -> None:
         """Rebuild the dictionary of titles from the store (at start-up, after a restore)."""

@@ -39,8 +39,9 @@ from appliance.errors import BackendError, ConfigError
 #: The items' dense vectors (named: the collection holds phrase vectors beside them).
 _DENSE = "dense"
 _SCROLL_PAGE = 2048
-#: Points sent in one request: bounds its size (about 1 MB of JSON at 384 dimensions).
-_UPSERT_BATCH = 256
+#: Vectors (an item's own and its phrases') sent in one request: at 384 dimensions, each is
+#: about 8 kB of JSON, so a request stays near 8 MB, under the server's limit (32 MB by default).
+_VECTORS_PER_REQUEST = 1024
 _SCHEMAS = {"keyword": qm.PayloadSchemaType.KEYWORD, "float": qm.PayloadSchemaType.FLOAT}
 _DATATYPES = {"float32": qm.Datatype.FLOAT32, "float16": qm.Datatype.FLOAT16}
 
@@ -206,10 +207,21 @@ class QdrantServerIndex(PayloadReads):
     def upsert(self, entries: Sequence[IndexEntry]) -> None:
         """Insert or replace items, indexing new metadata fields for filtering."""
         self._index_new_fields(entries)
-        for start in range(0, len(entries), _UPSERT_BATCH):
-            points = [self._point(e) for e in entries[start : start + _UPSERT_BATCH]]
-            with self._answering("write items"):
-                self._client.upsert(self._collection, points, wait=True)
+        points: list[qm.PointStruct] = []
+        vectors = 0
+        for entry in entries:
+            phrases = entry.phrases if self.phrases and entry.phrases is not None else ()
+            if points and vectors + 1 + len(phrases) > _VECTORS_PER_REQUEST:
+                self._write(points)
+                points, vectors = [], 0
+            points.append(self._point(entry))
+            vectors += 1 + len(phrases)
+        if points:
+            self._write(points)
+
+    def _write(self, points: list[qm.PointStruct]) -> None:
+        with self._answering("write items"):
+            self._client.upsert(self._collection, points, wait=True)
 
     def _point(self, entry: IndexEntry) -> qm.PointStruct:
         keywords = self._keywords.document(entry.text)
