@@ -341,6 +341,8 @@ class CatalogService:
         astray = sorted(self._astray)
         self._unoptimized = True
         try:
+            # Before encoding anything: a server still down fails this at once.
+            await anyio.to_thread.run_sync(self._index.check)
             for start in range(0, len(astray), _RECONCILE_BATCH):
                 items, gone = await self._index_as_stored(astray[start : start + _RECONCILE_BATCH])
                 await anyio.to_thread.run_sync(
