@@ -41,8 +41,8 @@ STORED_AS = {
 STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6, "qdrant-server": 1e-6}
 #: What the message says to do about an index of another dimension.
 ANOTHER_DIMENSION = {
-    "qdrant-edge": "run `appliance reindex`",
-    "qdrant-edge-float32": "run `appliance reindex`",
+    "qdrant-edge": "remove that folder and start again to rebuild it",
+    "qdrant-edge-float32": "remove that folder and start again to rebuild it",
     "qdrant-server": r"holds vectors of 32 dimensions, the embedding model gives 64; name another "
     r"collection \(index.collection\)",
 }

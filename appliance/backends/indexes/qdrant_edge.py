@@ -212,9 +212,11 @@ class QdrantEdgeIndex(PayloadReads):
                     )
                 )
         except Exception as e:  # the binding raises plain Exceptions for I/O and format errors
+            # `appliance reindex` would have to open it too; start-up rebuilds a missing index.
             raise ConfigError(
-                f"cannot open the vector index in {self._path}: {e}; if the embedding model "
-                "changed, run `appliance reindex` to rebuild it"
+                f"cannot open the vector index in {self._path}: {e}; it is derived from the "
+                "database: remove that folder and start again to rebuild it (every item is "
+                "embedded again)"
             ) from e
         return shard
 
