@@ -41,8 +41,10 @@ STORED_AS = {
 STORED_ATOL = {"qdrant-edge": 1e-3, "qdrant-edge-float32": 1e-6, "qdrant-server": 1e-6}
 #: What the message says to do about an index of another dimension.
 ANOTHER_DIMENSION = {
-    "qdrant-edge": "remove that folder and start again to rebuild it",
-    "qdrant-edge-float32": "remove that folder and start again to rebuild it",
+    "qdrant-edge": r"expected vector size 64, but got 32; it is derived from the database: remove "
+    "that folder and start again",
+    "qdrant-edge-float32": r"expected vector size 64, but got 32; it is derived from the database: "
+    "remove that folder and start again",
     "qdrant-server": r"holds vectors of 32 dimensions, the embedding model gives 64; name another "
     r"collection \(index.collection\)",
 }

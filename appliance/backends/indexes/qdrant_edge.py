@@ -190,14 +190,13 @@ class QdrantEdgeIndex(PayloadReads):
                 wanted = self._config(precision, keywords=False, phrases=self.phrases)
                 try:
                     shard = qe.EdgeShard.load(str(self._path), wanted)
-                except Exception:  # noqa: BLE001 - the binding raises plain Exceptions
-                    if self.phrases:
-                        self._add_phrase_vectors(precision)
-                        shard = qe.EdgeShard.load(str(self._path), wanted)
-                    else:  # written with phrase vectors: they stay, unused
-                        shard = qe.EdgeShard.load(
-                            str(self._path), self._config(precision, keywords=False, phrases=True)
-                        )
+                except Exception as first:  # noqa: BLE001 - the binding raises plain Exceptions
+                    try:
+                        shard = self._load_otherwise(precision, wanted)
+                    except Exception:  # noqa: BLE001
+                        # Not a matter of phrase vectors then (another dimension, damaged
+                        # files): what the first attempt said is what to report.
+                        raise first from None
                 shard.update(
                     qe.UpdateOperation.create_sparse_vector(KEYWORDS, modifier=qe.Modifier.Idf)
                 )
@@ -219,6 +218,16 @@ class QdrantEdgeIndex(PayloadReads):
                 "embedded again)"
             ) from e
         return shard
+
+    def _load_otherwise(self, precision: str, wanted: qe.EdgeConfig) -> qe.EdgeShard:
+        """Load an index that differs from ``wanted`` in having phrase vectors or not."""
+        if self.phrases:
+            self._add_phrase_vectors(precision)
+            return qe.EdgeShard.load(str(self._path), wanted)
+        # Written with phrase vectors: they stay, unused.
+        return qe.EdgeShard.load(
+            str(self._path), self._config(precision, keywords=False, phrases=True)
+        )
 
     def _add_phrase_vectors(self, precision: str) -> None:
         """Give an index written before phrase vectors their (empty) storage.
