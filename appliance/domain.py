@@ -102,6 +102,11 @@ class Selection:
     exclude: frozenset[str] = frozenset()
     only: frozenset[str] | None = None
 
+    @property
+    def admits_nothing(self) -> bool:
+        """Whether ``only`` names no item, so that no search need run."""
+        return self.only is not None and not self.only
+
 
 @dataclass(frozen=True, slots=True)
 class Hit:

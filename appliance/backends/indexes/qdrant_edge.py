@@ -385,7 +385,7 @@ class QdrantEdgeIndex(PayloadReads):
         self, query: qe.Query, limit: int, selection: Selection, params: qe.SearchParams | None
     ) -> list[Hit]:
         """Run a nearest-neighbour query among the admitted items and return its hits."""
-        if selection.only is not None and not selection.only:
+        if selection.admits_nothing:
             return []
         points = self._query(
             qe.QueryRequest(
@@ -410,7 +410,7 @@ class QdrantEdgeIndex(PayloadReads):
     ) -> list[Hit]:
         """Qdrant's recommend query with the best-score strategy, on the examples' vectors."""
         liked, disliked = self._examples(positive, negative)
-        if not liked or (selection.only is not None and not selection.only):
+        if not liked or selection.admits_nothing:
             return []
         points = self._query(
             qe.QueryRequest(
@@ -440,7 +440,7 @@ class QdrantEdgeIndex(PayloadReads):
 
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
-        if selection.only is not None and not selection.only:
+        if selection.admits_nothing:
             return []
         records, _ = self._scroll(
             qe.ScrollRequest(

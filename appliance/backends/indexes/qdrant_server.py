@@ -286,7 +286,7 @@ class QdrantServerIndex(PayloadReads):
         selection: Selection,
         params: qm.SearchParams | None,
     ) -> list[Hit]:
-        if selection.only is not None and not selection.only:
+        if selection.admits_nothing:
             return []
         points = self._query(query, using, limit, selection, params)
         return best_first([Hit(p.payload["item_id"], float(p.score)) for p in points if p.payload])
@@ -323,7 +323,7 @@ class QdrantServerIndex(PayloadReads):
     ) -> list[Hit]:
         """Qdrant's recommend query with the best-score strategy, on the examples' vectors."""
         liked, disliked = self._examples(positive, negative)
-        if not liked or (selection.only is not None and not selection.only):
+        if not liked or selection.admits_nothing:
             return []
         query = qm.RecommendQuery(
             recommend=qm.RecommendInput(
@@ -346,7 +346,7 @@ class QdrantServerIndex(PayloadReads):
 
     def newest(self, limit: int, selection: Selection) -> list[str]:
         """Return admitted item ids, most recently added first."""
-        if selection.only is not None and not selection.only:
+        if selection.admits_nothing:
             return []
         with self._answering("list the newest items"):
             records, _ = self._client.scroll(
